@@ -1,0 +1,129 @@
+"""``heron.LLM``: the offline API, in vLLM's conventions."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any, TypedDict
+
+from heron.config import CacheConfig, EngineConfig, SchedulerConfig
+from heron.engine.llm_engine import LLMEngine
+from heron.outputs import RequestOutput
+from heron.sampling_params import SamplingParams
+from heron.tokenizer import Tokenizer
+
+
+class TokensPrompt(TypedDict):
+    prompt_token_ids: list[int]
+
+
+PromptType = str | TokensPrompt
+ChatMessage = dict[str, Any]
+
+
+class LLM:
+    """Load a model and generate.
+
+    ``model`` is a GGUF file or an HF checkpoint directory. The keyword arguments map one to
+    one onto ``EngineConfig`` fields.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        max_model_len: int | None = None,
+        block_size: int = 16,
+        kv_cache_memory_bytes: int = 1 << 30,
+        num_kv_blocks: int | None = None,
+        enable_prefix_caching: bool = True,
+        max_num_batched_tokens: int = 2048,
+        max_num_seqs: int = 64,
+        long_prefill_token_threshold: int = 0,
+        scheduling_policy: str = "fcfs",
+        dtype: str = "float32",
+        kv_cache_dtype: str = "float32",
+        quantization: str | None = None,
+        num_threads: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        config = EngineConfig(
+            cache=CacheConfig(
+                block_size=block_size,
+                memory_bytes=kv_cache_memory_bytes,
+                num_blocks=num_kv_blocks,
+                enable_prefix_caching=enable_prefix_caching,
+                dtype=kv_cache_dtype,
+            ),
+            scheduler=SchedulerConfig(
+                max_num_batched_tokens=max_num_batched_tokens,
+                max_num_seqs=max_num_seqs,
+                long_prefill_token_threshold=long_prefill_token_threshold,
+                policy=scheduling_policy,
+            ),
+            max_model_len=max_model_len,
+            dtype=dtype,
+            quantization=quantization,
+            num_threads=num_threads,
+            seed=seed,
+        )
+        self.engine = LLMEngine(model, config)
+        self._ids = itertools.count()
+
+    def get_tokenizer(self) -> Tokenizer:
+        return self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        priority: Sequence[int] | None = None,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt, batched; outputs come back in prompt order."""
+        if isinstance(prompts, str | dict):
+            prompts = [prompts]  # type: ignore[list-item]
+        prompt_list = list(prompts)  # type: ignore[arg-type]
+        if isinstance(sampling_params, Sequence):
+            if len(sampling_params) != len(prompt_list):
+                raise ValueError("sampling_params must be one object or one per prompt")
+            params_list = list(sampling_params)
+        else:
+            params_list = [sampling_params or SamplingParams()] * len(prompt_list)
+        ids = []
+        for i, (prompt, params) in enumerate(zip(prompt_list, params_list, strict=True)):
+            rid = str(next(self._ids))
+            body: str | list[int] = (
+                prompt if isinstance(prompt, str) else prompt["prompt_token_ids"]
+            )
+            self.engine.add_request(rid, body, params, priority[i] if priority else 0)
+            ids.append(rid)
+        return self._run(ids)
+
+    def chat(
+        self,
+        messages: list[ChatMessage] | list[list[ChatMessage]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        add_generation_prompt: bool = True,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[RequestOutput]:
+        """Apply the model's chat template to each conversation, then generate."""
+        conversations = messages if messages and isinstance(messages[0], list) else [messages]
+        tok = self.engine.tokenizer
+        prompts: list[PromptType] = []
+        for conv in conversations:
+            ids = tok.encode_chat(
+                conv,  # type: ignore[arg-type]
+                add_generation_prompt=add_generation_prompt,
+                **(chat_template_kwargs or {}),
+            )
+            prompts.append(TokensPrompt(prompt_token_ids=ids))
+        return self.generate(prompts, sampling_params)
+
+    def _run(self, ids: list[str]) -> list[RequestOutput]:
+        final: dict[str, RequestOutput] = {}
+        wanted = set(ids)
+        while self.engine.has_unfinished_requests():
+            for out in self.engine.step():
+                if out.finished and out.request_id in wanted:
+                    final[out.request_id] = out
+        return [final[i] for i in ids]

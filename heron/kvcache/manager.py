@@ -1,0 +1,258 @@
+"""Per-request block tables on top of ``BlockPool``, with automatic prefix caching.
+
+A request's block table is append-only while it runs: block ``i`` holds token positions
+``[i * block_size, (i + 1) * block_size)``. ``free`` gives everything back at once.
+
+Typical use by the scheduler for a waiting request, then on every step it runs:
+
+    blocks, num_hit = kv.get_computed_blocks(rid, token_ids, num_prompt_tokens)
+    ok = kv.allocate_slots(rid, token_ids, 0, num_new, new_computed_blocks=blocks)
+    ...
+    ok = kv.allocate_slots(rid, token_ids, num_computed_tokens, num_new)   # later steps
+    kv.free(rid)                                                           # finish/abort/preempt
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from heron.kvcache.block_hash import PROCESS_HASH_SEED, BlockHash, hash_block_tokens
+from heron.kvcache.block_pool import BlockContent, BlockPool, KVCacheBlock
+
+
+@dataclass(slots=True)
+class _RequestState:
+    """What the manager remembers about one request id."""
+
+    extra_key: bytes | None
+    blocks: list[KVCacheBlock] = field(default_factory=list)
+    # Chained hashes of the request's full blocks, computed lazily and kept until free().
+    block_hashes: list[BlockHash] = field(default_factory=list)
+    # Entry id of the cache entry backing each registered full block (its own, or the existing
+    # block's for a duplicate); the next block names the last one as its parent.
+    entry_ids: list[int] = field(default_factory=list)
+
+
+class KVCacheManager:
+    """Block tables and prefix caching for all requests, keyed by ``request_id``."""
+
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_caching: bool = True,
+        hash_seed: bytes | None = None,
+    ) -> None:
+        if block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        self.block_size = block_size
+        self.enable_caching = enable_caching
+        self.hash_seed = PROCESS_HASH_SEED if hash_seed is None else hash_seed
+        self.block_pool = BlockPool(num_blocks, enable_caching)
+        self._requests: dict[str, _RequestState] = {}
+
+    @property
+    def num_blocks(self) -> int:
+        return self.block_pool.num_blocks
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks no request holds (some may still be cached)."""
+        return self.block_pool.num_free_blocks
+
+    @property
+    def usage(self) -> float:
+        """Fraction of blocks held by requests, in [0, 1]."""
+        return self.block_pool.usage
+
+    def get_block_ids(self, request_id: str) -> list[int]:
+        """The request's block table as block ids (empty for an unknown id). Pure."""
+        state = self._requests.get(request_id)
+        return [] if state is None else [b.block_id for b in state.blocks]
+
+    def get_computed_blocks(
+        self,
+        request_id: str,
+        token_ids: Sequence[int],
+        num_prompt_tokens: int,
+        extra_key: bytes | None = None,
+    ) -> tuple[list[KVCacheBlock], int]:
+        """Find the longest run of cached full blocks matching the start of ``token_ids``.
+
+        At least one token is always left to compute, so at most
+        ``(len(token_ids) - 1) // block_size`` blocks can match:
+
+            token_ids (block_size 4, 8 tokens):  | 0 1 2 3 | 4 5 6 7 |
+            both blocks cached -> returns 1 block, 4 tokens; tokens 4..7 are recomputed
+
+        Returns ``(blocks, num_tokens)`` with ``num_tokens == len(blocks) * block_size``. Does
+        not take references: pass the blocks to ``allocate_slots`` before allocating anything
+        else, since any allocation may evict free ones. Mutates: caches the request's block
+        hashes (so call ``free`` even for a request that is never allocated) and adds
+        ``num_prompt_tokens`` / ``num_tokens`` to the pool's ``prefix_queries`` /
+        ``prefix_hits``. With caching disabled returns ``([], 0)`` and records nothing.
+        Only for a request that holds no blocks yet.
+        """
+        if not self.enable_caching:
+            return [], 0
+        state = self._state(request_id, extra_key)
+        if state.blocks:
+            raise ValueError(f"request {request_id!r} already holds blocks")
+        bs = self.block_size
+        max_blocks = max(len(token_ids) - 1, 0) // bs
+        self._ensure_hashes(state, token_ids, max_blocks)
+        hits: list[KVCacheBlock] = []
+        parent_entry = 0
+        for i in range(max_blocks):
+            content = BlockContent(parent_entry, tuple(token_ids[i * bs : (i + 1) * bs]), extra_key)
+            block = self.block_pool.get_cached_block(state.block_hashes[i], content)
+            if block is None:
+                break
+            hits.append(block)
+            parent_entry = block.entry_id
+        num_hit_tokens = len(hits) * bs
+        self.block_pool.prefix_queries += num_prompt_tokens
+        self.block_pool.prefix_hits += num_hit_tokens
+        return hits, num_hit_tokens
+
+    def allocate_slots(
+        self,
+        request_id: str,
+        token_ids: Sequence[int],
+        num_computed_tokens: int,
+        num_new_tokens: int,
+        new_computed_blocks: list[KVCacheBlock] | None = None,
+        extra_key: bytes | None = None,
+    ) -> bool:
+        """Grow the request's block table so it covers the tokens about to be computed.
+
+            |<--------------------------- num_total_tokens ---------------------------->|
+            | num_computed_tokens | len(new_computed_blocks) * block_size | num_new_tokens |
+            |  already in table   |    prefix hit, appended by this call  | computed next  |
+
+            blocks needed = ceil(num_total_tokens / block_size)
+                            - len(blocks held) - len(new_computed_blocks)
+
+        ``num_computed_tokens`` counts tokens before the new computed blocks; when any are
+        given it must equal ``len(blocks held) * block_size``. ``token_ids`` must hold at least
+        ``num_total_tokens`` tokens, and ``extra_key`` must match every earlier call for
+        this request id.
+
+        Returns False, changing nothing, if the free blocks (not counting free cached blocks
+        in ``new_computed_blocks``, which touching takes out of the queue) cannot cover the
+        blocks needed. Otherwise returns True having mutated: the computed blocks are touched
+        and appended, new blocks are popped from the pool and appended, and (caching on) every
+        block full within the first ``num_total_tokens`` tokens is registered in the cache.
+        """
+        new_computed = new_computed_blocks or []
+        bs = self.block_size
+        if num_computed_tokens < 0 or num_new_tokens < 0:
+            raise ValueError("num_computed_tokens and num_new_tokens must be non-negative")
+        num_total_tokens = num_computed_tokens + len(new_computed) * bs + num_new_tokens
+        if num_total_tokens > len(token_ids):
+            raise ValueError(f"need {num_total_tokens} token ids, got {len(token_ids)}")
+        state = self._requests.get(request_id)
+        held = [] if state is None else state.blocks
+        if new_computed and num_computed_tokens != len(held) * bs:
+            raise ValueError("new_computed_blocks must start right after the held blocks")
+
+        num_needed = -(-num_total_tokens // bs) - len(held) - len(new_computed)
+        num_needed = max(num_needed, 0)
+        num_evictable_hits = sum(1 for b in new_computed if b.ref_cnt == 0)
+        if num_needed > self.block_pool.num_free_blocks - num_evictable_hits:
+            return False
+
+        state = self._state(request_id, extra_key)
+        self.block_pool.touch(new_computed)
+        state.blocks.extend(new_computed)
+        if self.enable_caching and new_computed:
+            # Hits start right after the held blocks, which are all full and registered, so
+            # the hits' entries continue the request's chain.
+            assert len(state.entry_ids) + len(new_computed) == len(state.blocks)
+            state.entry_ids.extend(b.entry_id for b in new_computed)
+        state.blocks.extend(self.block_pool.get_new_blocks(num_needed))
+        if self.enable_caching:
+            self._cache_full_blocks(state, token_ids, num_total_tokens)
+        return True
+
+    def free(self, request_id: str) -> None:
+        """Release the request's blocks, last block first, and forget the request.
+
+        Mutates: each block's ``ref_cnt -= 1``; blocks reaching 0 join the free-queue tail in
+        reverse table order (so the request's tail is evicted first) and stay cached. A no-op
+        for an unknown ``request_id``.
+        """
+        state = self._requests.pop(request_id, None)
+        if state is not None:
+            self.block_pool.free_blocks(reversed(state.blocks))
+
+    def fork(self, parent_id: str, child_id: str, num_tokens: int) -> int:
+        """Share the parent's full blocks covering its first ``num_tokens`` tokens with a child.
+
+            parent: | b0 full | b1 full | b2 partial |     num_tokens = 2 * block_size + 3
+            child:  | b0      | b1      |                  returns 2 * block_size
+
+        Only full blocks are shared, so nobody ever writes into a shared block (no
+        copy-on-write). Mutates: the shared blocks' ``ref_cnt += 1``; the child starts with
+        them as its table (and the parent's hashes and extra key). Returns the number of
+        tokens they cover, which is the child's ``num_computed_tokens``. The child must hold
+        no blocks; the parent must hold at least ``num_tokens // block_size`` blocks.
+        """
+        parent = self._requests.get(parent_id)
+        if parent is None:
+            raise ValueError(f"unknown parent request {parent_id!r}")
+        child = self._requests.get(child_id)
+        if child is not None and child.blocks:
+            raise ValueError(f"child request {child_id!r} already holds blocks")
+        n = num_tokens // self.block_size
+        if n > len(parent.blocks):
+            raise ValueError(f"parent {parent_id!r} holds {len(parent.blocks)} blocks, not {n}")
+        if self.enable_caching and len(parent.entry_ids) < n:
+            raise ValueError(f"parent {parent_id!r} has only {len(parent.entry_ids)} full blocks")
+        shared = parent.blocks[:n]
+        self.block_pool.touch(shared)
+        self._requests[child_id] = _RequestState(
+            extra_key=parent.extra_key,
+            blocks=list(shared),
+            block_hashes=parent.block_hashes[:n],
+            entry_ids=parent.entry_ids[:n],
+        )
+        return n * self.block_size
+
+    def reset_prefix_cache(self) -> bool:
+        """Drop every cached hash if no request holds blocks; returns whether it did."""
+        return self.block_pool.reset_prefix_cache()
+
+    def _state(self, request_id: str, extra_key: bytes | None) -> _RequestState:
+        state = self._requests.get(request_id)
+        if state is None:
+            state = self._requests[request_id] = _RequestState(extra_key=extra_key)
+        elif state.extra_key != extra_key:
+            raise ValueError(f"request {request_id!r} changed its extra_key")
+        return state
+
+    def _ensure_hashes(self, state: _RequestState, token_ids: Sequence[int], n: int) -> None:
+        bs = self.block_size
+        hashes = state.block_hashes
+        for i in range(len(hashes), n):
+            parent = hashes[-1] if hashes else None
+            chunk = token_ids[i * bs : (i + 1) * bs]
+            hashes.append(hash_block_tokens(parent, chunk, state.extra_key, self.hash_seed))
+
+    def _cache_full_blocks(
+        self, state: _RequestState, token_ids: Sequence[int], num_tokens: int
+    ) -> None:
+        bs = self.block_size
+        start, end = len(state.entry_ids), num_tokens // bs
+        if end <= start:
+            return
+        self._ensure_hashes(state, token_ids, end)
+        entries = self.block_pool.cache_full_blocks(
+            blocks=state.blocks[start:end],
+            block_hashes=state.block_hashes[start:end],
+            block_token_ids=[tuple(token_ids[i * bs : (i + 1) * bs]) for i in range(start, end)],
+            extra_key=state.extra_key,
+            parent_entry=state.entry_ids[-1] if state.entry_ids else 0,
+        )
+        state.entry_ids.extend(entries)

@@ -1,0 +1,141 @@
+"""Runs one batched forward per step over every scheduled token.
+
+Host work (flattening token ids, positions, slots and block tables) happens once per step in
+``prepare_inputs``; the forward itself has no per-sequence Python loop and no ``.item()``.
+Decodes are laid out first and prefill chunks after them, so the attention backend can treat
+each kind as one padded group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from heron.attention import AttentionBatch, get_attention_backend
+from heron.config import EngineConfig, ModelConfig
+from heron.layers.linear import Linear
+from heron.models import build_model
+from heron.runner.sampler import Sampler, SamplerOutput
+from heron.scheduler.output import ScheduledRequest, SchedulerOutput
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(slots=True)
+class ModelInputs:
+    input_ids: torch.Tensor  # [num_tokens]
+    positions: torch.Tensor  # [num_tokens]
+    logits_indices: torch.Tensor  # [num_sampled]: last token of each sampling request
+    sampled: list[ScheduledRequest]  # rows of the logits, in order
+    attention: AttentionBatch
+
+
+def kv_bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    per_token = 2 * model_config.num_key_value_heads * model_config.head_dim
+    elem = torch.empty((), dtype=dtype).element_size()
+    return model_config.num_hidden_layers * block_size * per_token * elem
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        weights: Callable[[], Iterator[tuple[str, torch.Tensor]]],
+        config: EngineConfig,
+    ) -> None:
+        self.model_config = model_config
+        self.config = config
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
+        self.dtype = _DTYPES[config.dtype]
+        self.model = build_model(model_config)
+        self.model.load_weights(weights())
+        self.model.to(self.dtype)
+        if config.quantization == "int8":
+            for module in self.model.modules():
+                if isinstance(module, Linear):
+                    module.quantize_int8()
+        self.model.eval()
+        self.backend = get_attention_backend(config.attention_backend)
+        self.block_size = config.cache.block_size
+        self.kv_dtype = _DTYPES[config.cache.dtype]
+        self.num_blocks = config.cache.num_blocks or max(
+            1,
+            config.cache.memory_bytes
+            // kv_bytes_per_block(model_config, self.block_size, self.kv_dtype),
+        )
+        c = model_config
+        # [num_layers, K/V, num_blocks, block_size, num_kv_heads, head_dim]
+        self.kv_caches = torch.zeros(
+            c.num_hidden_layers,
+            2,
+            self.num_blocks,
+            self.block_size,
+            c.num_key_value_heads,
+            c.head_dim,
+            dtype=self.kv_dtype,
+        )
+        self.sampler = Sampler(c.vocab_size)
+        self.sampler.seed(config.seed)
+        # Called with (sampled rows, logits [num_sampled, vocab]) each step; parity tests use it.
+        self.logits_hook: Callable[[list[ScheduledRequest], torch.Tensor], None] | None = None
+
+    def prepare_inputs(self, out: SchedulerOutput) -> ModelInputs:
+        """Flatten the step's work; decodes first, then prefill chunks."""
+        order = sorted(out.scheduled, key=lambda s: s.num_scheduled_tokens != 1)
+        ids: list[int] = []
+        positions: list[np.ndarray] = []
+        slots: list[np.ndarray] = []
+        query_lens, context_lens, tables = [], [], []
+        logits_indices, sampled = [], []
+        bs = self.block_size
+        num_decodes = 0
+        for s in order:
+            start, n = s.num_computed_tokens, s.num_scheduled_tokens
+            num_decodes += n == 1
+            ids.extend(s.request.all_token_ids[start : start + n])
+            pos = np.arange(start, start + n, dtype=np.int64)
+            table = np.asarray(s.block_ids, dtype=np.int64)
+            positions.append(pos)
+            slots.append(table[pos // bs] * bs + pos % bs)
+            query_lens.append(n)
+            context_lens.append(start + n)
+            tables.append(s.block_ids)
+            if s.sample:
+                logits_indices.append(len(ids) - 1)
+                sampled.append(s)
+        attention = AttentionBatch(
+            query_lens=query_lens,
+            context_lens=context_lens,
+            block_tables=tables,
+            num_decodes=num_decodes,
+            slot_mapping=torch.from_numpy(np.concatenate(slots)),
+            block_size=bs,
+        )
+        return ModelInputs(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            positions=torch.from_numpy(np.concatenate(positions)),
+            logits_indices=torch.tensor(logits_indices, dtype=torch.long),
+            sampled=sampled,
+            attention=attention,
+        )
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> tuple[list[ScheduledRequest], SamplerOutput]:
+        """Run the step's forward and sample. Writes KV into the cache. Returns the sampling
+        rows (scheduled requests whose chunk reached their end) and one token per row."""
+        inputs = self.prepare_inputs(out)
+        metadata = self.backend.prepare_metadata(inputs.attention)
+        batch = self.sampler.prepare([s.request for s in inputs.sampled])
+        hidden = self.model(
+            inputs.input_ids, inputs.positions, self.kv_caches, self.backend, metadata
+        )
+        if not inputs.sampled:
+            return [], SamplerOutput([], [])
+        logits = self.model.compute_logits(hidden.index_select(0, inputs.logits_indices))
+        if self.logits_hook is not None:
+            self.logits_hook(inputs.sampled, logits)
+        return inputs.sampled, self.sampler.sample(logits, batch)

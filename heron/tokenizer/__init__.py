@@ -1,0 +1,16 @@
+"""Tokenization for Heron: GGUF and HF vocabularies, chat templates, streaming decode."""
+
+from __future__ import annotations
+
+from heron.tokenizer.chat_template import render_chat_template
+from heron.tokenizer.detokenizer import IncrementalDetokenizer
+from heron.tokenizer.gguf_vocab import GGUFVocab, build_gguf_vocab
+from heron.tokenizer.tokenizer import Tokenizer
+
+__all__ = [
+    "GGUFVocab",
+    "IncrementalDetokenizer",
+    "Tokenizer",
+    "build_gguf_vocab",
+    "render_chat_template",
+]

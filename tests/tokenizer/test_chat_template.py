@@ -1,0 +1,149 @@
+"""Chat template rendering: sandboxing, limits, errors and the environment templates expect."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from heron.tokenizer import Tokenizer
+from heron.tokenizer.chat_template import compile_chat_template, render_chat_template
+
+from .helpers import spm_metadata
+
+MESSAGES = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+
+
+def render(source: str, **kwargs: Any) -> str:
+    return render_chat_template(source, MESSAGES, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ cycler.__init__.__globals__.os }}",
+        "{{ joiner.__init__.__globals__ }}",
+        "{{ lipsum.__globals__['os'] }}",
+        "{{ namespace.__init__ }}",
+        "{{ messages.__class__ }}",
+        "{{ ()|attr('__class__') }}",
+        "{{ self._TemplateReference__context }}",
+        "{{ '{0.__class__}'.format(1) }}",
+        "{{ raise_exception.__globals__ }}",
+        "{% set _ = messages.append({'role': 'x'}) %}",
+        "{% set _ = messages[0].update({'role': 'x'}) %}",
+    ],
+)
+def test_sandbox_escapes_fail(source: str) -> None:
+    with pytest.raises(ValueError, match="chat template failed"):
+        render(source)
+
+
+def test_messages_are_not_mutated() -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(ValueError):
+        render_chat_template("{% set _ = messages[0].pop('role') %}", messages)
+    assert messages == [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("source", "match"),
+    [
+        ("{% for %}", "does not parse"),
+        ("{% if x %}unclosed", "does not parse"),
+        ("{{ raise_exception('Conversation roles must alternate') }}", "roles must alternate"),
+        ("{{ 1 / 0 }}", "ZeroDivisionError"),
+        ("{{ missing.attribute }}", "undefined"),
+        ("{{ messages[0]['content'] + 1 }}", "TypeError"),
+    ],
+)
+def test_template_errors_are_value_errors(source: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        render(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxx{% endfor %}{% endfor %}",
+        "{{ 'a' * 1000000000 }}",
+        "{{ [0] * 1000000000 }}",
+        "{% set n = 10 %}{{ n ** 100000000 }}",
+    ],
+)
+def test_template_bombs_stop(source: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="too long|over"):
+        render(source)
+    assert time.monotonic() - start < 10
+
+
+def test_output_cap_is_configurable() -> None:
+    source = "{% for i in range(100) %}0123456789{% endfor %}"
+    assert len(render(source, max_output_chars=1000)) == 1000
+    with pytest.raises(ValueError, match="over 999 characters"):
+        render(source, max_output_chars=999)
+
+
+def test_template_environment() -> None:
+    source = (
+        "{% set ns = namespace(n=0) %}"
+        "{% for m in messages %}{% set ns.n = ns.n + 1 %}"
+        "{% if loop.index > 1 %}{% break %}{% endif %}"
+        "{% generation %}[{{ m.role }}:{{ m['content'] | trim }}]{% endgeneration %}\n"
+        "{% endfor %}"
+        "{{ ns.n }} {{ data | tojson }} {{ strftime_now('%Y') | length }}"
+        "{% if add_generation_prompt %}<go>{% endif %}"
+    )
+    data = {"html": "<b>&'", "text": "ü"}
+    out = render(source, data=data)
+    # trim_blocks eats the newline after a block tag; the namespace counts both turns.
+    assert out == '[user:hi]2 {"html": "<b>&\'", "text": "ü"} 4<go>'
+    assert not render(source, data=data, add_generation_prompt=False).endswith("<go>")
+
+
+def test_tools_and_kwargs_reach_the_template() -> None:
+    source = "{{ tools | tojson }}|{{ enable_thinking }}|{{ bos_token }}"
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    out = render(source, tools=tools, enable_thinking=False, special_tokens={"bos_token": "<s>"})
+    assert out == '[{"type": "function", "function": {"name": "f"}}]|False|<s>'
+
+
+def test_compiled_once() -> None:
+    source = "{{ messages | length }} cached"
+    assert compile_chat_template(source) is compile_chat_template(source)
+
+
+def test_model_without_template_is_an_error() -> None:
+    tok = Tokenizer.from_gguf_metadata(spm_metadata())
+    assert tok.chat_template is None
+    with pytest.raises(ValueError, match="no chat template"):
+        tok.apply_chat_template(MESSAGES)
+
+
+def test_named_templates_and_bos() -> None:
+    metadata = spm_metadata(
+        **{
+            "tokenizer.chat_template": "{{ bos_token }}{% for m in messages %}{{ m.content }}"
+            "{% endfor %}",
+            "tokenizer.chat_template.tool_use": "TOOLS{{ tools | length }}",
+        }
+    )
+    tok = Tokenizer.from_gguf_metadata(metadata)
+    assert tok.apply_chat_template(MESSAGES) == "<s>hiyo"
+    assert tok.apply_chat_template(MESSAGES, tools=[{"name": "f"}]) == "TOOLS1"
+    assert tok.apply_chat_template(MESSAGES, template_name="default") == "<s>hiyo"
+    # The template writes bos itself: exactly one bos, not two.
+    ids = tok.encode_chat(MESSAGES)
+    assert ids[0] == 1 and ids.count(1) == 1
+
+
+def test_encode_chat_adds_missing_bos() -> None:
+    metadata = spm_metadata(**{"tokenizer.chat_template": "{{ messages[0].content }}"})
+    tok = Tokenizer.from_gguf_metadata(metadata)
+    assert tok.add_bos_token
+    assert tok.encode_chat(MESSAGES) == tok.encode("hi")
+    assert tok.encode_chat(MESSAGES)[:1] == [1]
