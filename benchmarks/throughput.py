@@ -35,7 +35,11 @@ def bench_hf(path: str, seqs: list[int], tokens: int) -> dict[int, float]:
             batch = ids.repeat(n, 1)
             t0 = time.perf_counter()
             out = model.generate(
-                batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False
+                batch,
+                attention_mask=torch.ones_like(batch),  # identical prompts: no padding
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
             )
             elapsed = time.perf_counter() - t0
             assert out.shape[1] - ids.shape[1] == tokens

@@ -105,7 +105,6 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     max_model_len: int | None = None  # defaults to the model's context length
-    device: str = "cpu"
     dtype: str = "float32"
     quantization: str | None = None  # None: dequantized weights; "int8": dynamic int8 linears
     attention_backend: str = "torch"
@@ -119,5 +118,9 @@ class EngineConfig:
             raise ValueError(f"unsupported dtype {self.dtype!r}")
         if self.quantization not in (None, "int8"):
             raise ValueError(f"unsupported quantization {self.quantization!r}; use None or 'int8'")
+        if self.quantization == "int8" and self.dtype != "float32":
+            raise ValueError(
+                "quantization='int8' computes activations in float32; use dtype='float32'"
+            )
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError("num_threads must be positive")

@@ -121,8 +121,9 @@ class TorchAttentionBackend(AttentionBackend):
         num_tokens, num_heads, head_dim = q.shape
         num_kv_heads = k.shape[1]
         k_cache, v_cache = kv_cache[0], kv_cache[1]  # [num_blocks, block_size, kv_heads, dim]
-        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, k)
-        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, metadata.slot_mapping, v)
+        slots = metadata.slot_mapping
+        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, k.to(k_cache.dtype))
+        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, v.to(v_cache.dtype))
         out = q.new_empty(num_tokens, num_heads, head_dim)
         nd = metadata.num_decode_tokens
         bs = metadata.block_size

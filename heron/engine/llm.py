@@ -44,6 +44,7 @@ class LLM:
         dtype: str = "float32",
         kv_cache_dtype: str = "float32",
         quantization: str | None = None,
+        attention_backend: str = "torch",
         num_threads: int | None = None,
         seed: int = 0,
     ) -> None:
@@ -64,6 +65,7 @@ class LLM:
             max_model_len=max_model_len,
             dtype=dtype,
             quantization=quantization,
+            attention_backend=attention_backend,
             num_threads=num_threads,
             seed=seed,
         )
@@ -89,14 +91,19 @@ class LLM:
             params_list = list(sampling_params)
         else:
             params_list = [sampling_params or SamplingParams()] * len(prompt_list)
-        ids = []
-        for i, (prompt, params) in enumerate(zip(prompt_list, params_list, strict=True)):
-            rid = str(next(self._ids))
-            body: str | list[int] = (
-                prompt if isinstance(prompt, str) else prompt["prompt_token_ids"]
-            )
-            self.engine.add_request(rid, body, params, priority[i] if priority else 0)
-            ids.append(rid)
+        ids: list[str] = []
+        try:
+            for i, (prompt, params) in enumerate(zip(prompt_list, params_list, strict=True)):
+                rid = str(next(self._ids))
+                body: str | list[int] = (
+                    prompt if isinstance(prompt, str) else prompt["prompt_token_ids"]
+                )
+                self.engine.add_request(rid, body, params, priority[i] if priority else 0)
+                ids.append(rid)
+        except Exception:
+            for rid in ids:  # all or nothing: do not leave earlier prompts queued
+                self.engine.abort(rid)
+            raise
         return self._run(ids)
 
     def chat(

@@ -93,6 +93,13 @@ class LLMEngine:
             raise ValueError("the prompt is empty")
         if any(not isinstance(t, int) or not 0 <= t < vocab for t in token_ids):
             raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+        if any(t >= vocab for t in params.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be in [0, {vocab})")
+        if priority != 0 and self.config.scheduler.policy != "priority":
+            raise ValueError("priority is set but the scheduling policy is not 'priority'")
+        seq_ids = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
+        if any(s in self._seq_to_group or s in self.scheduler.requests for s in seq_ids):
+            raise ValueError(f"request id {request_id!r} collides with a live request")
         if len(token_ids) >= self.max_model_len:
             raise ValueError(
                 f"the prompt has {len(token_ids)} tokens, but this model's context length is "
@@ -103,8 +110,7 @@ class LLMEngine:
         group = RequestGroup(request_id, text, token_ids)
         salt = cache_salt.encode() if cache_salt else None
         parent: Request | None = None
-        for i in range(params.n):
-            seq_id = request_id if params.n == 1 else f"{request_id}#{i}"
+        for i, seq_id in enumerate(seq_ids):
             req = Request(
                 request_id=seq_id,
                 prompt_token_ids=token_ids,
@@ -155,10 +161,10 @@ class LLMEngine:
                 chosen, rank, top_ids, top_vals = lp
                 k = req.sampling_params.logprobs or 0
                 entry = {
-                    tid: Logprob(val, r + 1)
+                    tid: Logprob(val, r + 1, self._token_text(tid))
                     for r, (tid, val) in enumerate(zip(top_ids[:k], top_vals[:k], strict=True))
                 }
-                entry[token] = Logprob(chosen, rank)
+                entry[token] = Logprob(chosen, rank, self._token_text(token))
                 req.logprobs.append(entry)
         self.scheduler.update_from_output(sched, tokens)
 
@@ -176,6 +182,9 @@ class LLMEngine:
             if group.finished:
                 self._forget(group)
         return outputs
+
+    def _token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     def _forget(self, group: RequestGroup) -> None:
         self._groups.pop(group.request_id, None)

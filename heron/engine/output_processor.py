@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from heron.outputs import CompletionOutput, RequestOutput
-from heron.request import FINISH_REASONS, Request
+from heron.request import FINISH_REASONS, Request, RequestStatus
 from heron.tokenizer import IncrementalDetokenizer, Tokenizer
 
 
@@ -72,7 +72,9 @@ class OutputProcessor:
                     )
                     req.stop_reason = stop
                     seq.stopped = True
-                    if not req.is_finished:
+                    if req.is_finished:  # finished by length on this very token: the stop wins
+                        req.status = RequestStatus.FINISHED_STOPPED
+                    else:
                         stopped.append(req.request_id)
         return stopped
 
@@ -104,7 +106,7 @@ class OutputProcessor:
                     token_ids=list(req.output_token_ids),
                     finish_reason=FINISH_REASONS.get(req.status) if finished else None,
                     stop_reason=req.stop_reason,
-                    logprobs=req.logprobs,
+                    logprobs=None if req.logprobs is None else list(req.logprobs),
                 )
             )
         return RequestOutput(

@@ -115,6 +115,13 @@ def load_hf_checkpoint(path: str | os.PathLike[str]) -> ModelConfig:
             if tid not in eos:
                 eos.append(tid)
     sliding = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
+    if sliding is not None and cfg.get("max_window_layers", 0) not in (
+        0,
+        cfg.get("num_hidden_layers"),
+    ):
+        raise CheckpointError(
+            f"{where}: sliding windows on only some layers (max_window_layers) are not supported"
+        )
     try:
         return ModelConfig(
             architecture=archs[0],

@@ -30,9 +30,12 @@ class LlamaAttention(nn.Module):
         self.head_dim = config.head_dim
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        bias = config.attention_bias
-        self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
-        self.o_proj = Linear(self.q_size, config.hidden_size, bias=False)
+        # Qwen2 always has q/k/v biases and no output bias; Llama's attention_bias covers all four.
+        is_qwen2 = config.architecture == "Qwen2ForCausalLM"
+        qkv_bias = config.attention_bias or is_qwen2
+        o_bias = config.attention_bias and not is_qwen2
+        self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
+        self.o_proj = Linear(self.q_size, config.hidden_size, bias=o_bias)
         self.scale = self.head_dim**-0.5
         self.sliding_window = config.sliding_window
         self.layer_id = layer_id

@@ -54,6 +54,9 @@ class Scheduler:
         ``update_from_output``."""
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
+        if self.config.policy == "priority":
+            # The budget goes to the most urgent first; the victim is taken from the tail.
+            self.running.sort(key=lambda r: (r.priority, r.arrival_time))
         chunk = self.config.long_prefill_token_threshold
 
         i = 0

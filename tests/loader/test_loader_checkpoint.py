@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers as transformers
 
 from heron.loader import Checkpoint, CheckpointError, GGUFError, load_checkpoint
-
-transformers = pytest.importorskip("transformers")
 
 
 def test_gguf_file(smollm2_path: str) -> None:

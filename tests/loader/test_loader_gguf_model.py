@@ -178,7 +178,8 @@ def test_smollm2_config(smollm2_path: str) -> None:
 
 @pytest.mark.slow
 def test_smollm2_weights_match_transformers(smollm2_path: str) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers as transformers
+
     model = transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(smollm2_path), gguf_file=os.path.basename(smollm2_path), dtype=torch.float32
     )

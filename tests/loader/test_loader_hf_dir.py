@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 import torch
+import transformers as transformers
 
 from heron.loader.hf_dir import CheckpointError, iter_safetensors_weights, load_hf_checkpoint
-
-transformers = pytest.importorskip("transformers")
 
 
 def save_tiny(path: Path, dtype: torch.dtype = torch.float32, **overrides: Any) -> dict:

@@ -115,11 +115,13 @@ def test_logprobs_top_and_rank() -> None:
     assert out.token_ids == [0] and rank == 1
     assert top_ids == [0, 2]
     assert abs(chosen - ref[0].item()) < 1e-6 and abs(top_vals[1] - ref[2].item()) < 1e-6
-    # the rank of a sampled non-top token
+    # the rank of a sampled token: its position when the vocabulary is sorted by logit
     s2 = Sampler(V)
-    out = s2.sample(
-        logits, s2.prepare([request(temperature=1.0, top_k=0, logprobs=0, min_tokens=0)])
-    )
-    lp = out.logprobs[0]
-    assert lp is not None
-    assert lp[1] == 1 + int((ref > ref[out.token_ids[0]]).sum())
+    for seed in range(20):
+        s2.seed(seed)
+        out = s2.sample(logits, s2.prepare([request(temperature=5.0, logprobs=0)]))
+        order = [0, 2, 1]  # logits 3.0, 2.0, 1.0, then the zeros tie for rank 4
+        tok = out.token_ids[0]
+        lp = out.logprobs[0]
+        assert lp is not None
+        assert lp[1] == (order.index(tok) + 1 if tok in order else 4)

@@ -37,7 +37,8 @@ def smollm2(smollm2_metadata: dict[str, Any]) -> Tokenizer:
 @pytest.fixture(scope="session")
 def hf_smollm2(smollm2_gguf: Path) -> Any:
     """transformers' tokenizer for the same GGUF: the reference Heron is checked against."""
-    transformers = pytest.importorskip("transformers")
+    import transformers as transformers
+
     return transformers.AutoTokenizer.from_pretrained(
         str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name
     )

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import pytest
-
 
 def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """GGUF metadata as plain Python values, the shape Heron's GGUF reader hands over."""
-    gguf = pytest.importorskip("gguf")
+    import gguf as gguf
+
     reader = gguf.GGUFReader(str(path))
     return {key: field.contents() for key, field in reader.fields.items()}
 

@@ -37,8 +37,9 @@ LEADING_SPACE_TEXTS = ["  and  in", " ", " the"]
 
 @pytest.fixture(scope="module")
 def spm_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    gguf = pytest.importorskip("gguf")
-    np = pytest.importorskip("numpy")
+    import gguf as gguf
+    import numpy as np
+
     tokens, scores, types = spm_vocab()
     path = tmp_path_factory.mktemp("spm") / "tiny-spm.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -71,15 +72,17 @@ def heron_spm(spm_gguf: Path) -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def hf_spm(spm_gguf: Path) -> Any:
-    transformers = pytest.importorskip("transformers")
+    import transformers as transformers
+
     return transformers.AutoTokenizer.from_pretrained(str(spm_gguf.parent), gguf_file=spm_gguf.name)
 
 
 @pytest.fixture(scope="module")
 def sentencepiece_spm() -> Any:
     """The sentencepiece library running a BPE model with the same pieces (Llama's settings)."""
-    spm = pytest.importorskip("sentencepiece")
-    pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
+    import sentencepiece as spm
+    import sentencepiece.sentencepiece_model_pb2 as pb
+
     model = pb.ModelProto()
     model.trainer_spec.model_type = pb.TrainerSpec.BPE
     model.trainer_spec.byte_fallback = True
