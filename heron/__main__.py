@@ -7,7 +7,6 @@ GGUF file, an HF directory, or the name of a packaged model (default: smollm2).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -27,14 +26,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from heron.config import EngineConfig
     from heron.engine.llm_engine import LLMEngine
-    from heron.packaged import find_packaged_model
     from heron.sampling_params import SamplingParams
 
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     if not prompt.strip():
         parser.error("empty prompt")
-    path = args.model if os.path.exists(args.model) else find_packaged_model(args.model)
-    engine = LLMEngine(path, EngineConfig())
+    engine = LLMEngine(args.model, EngineConfig())
     params = SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
     )

