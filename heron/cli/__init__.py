@@ -1,0 +1,1 @@
+"""The ``heron`` command line."""

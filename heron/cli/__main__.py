@@ -1,0 +1,3 @@
+from heron.cli.main import main
+
+main()

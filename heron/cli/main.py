@@ -1,0 +1,107 @@
+"""``heron``: Typer app; each verb is a thin layer over the library."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from heron import __version__, env
+
+app = typer.Typer(
+    name="heron",
+    help="Heron: serve and run LLMs, one user or many.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"heron {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-v", callback=_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Heron: serve and run LLMs, one user or many."""
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str, typer.Argument(help="Packaged model name, GGUF file or HF directory.")
+    ] = "smollm2",
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default 127.0.0.1; env HERON_HOST).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help=f"Port (default {env.DEFAULT_PORT}; env HERON_HOST=host:port)."),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="Require this key (env HERON_API_KEY).")
+    ] = None,
+    allow_insecure_public_bind: Annotated[
+        bool, typer.Option(help="Allow a non-loopback bind without an API key.")
+    ] = False,
+    cors_origins: Annotated[
+        list[str] | None, typer.Option(help="Origins granted CORS (repeat the option).")
+    ] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="Name clients use for the model.")
+    ] = None,
+    max_waiting: Annotated[int, typer.Option(help="Queued requests beyond this get 503.")] = 256,
+    max_tokens: Annotated[int, typer.Option(help="Cap on max_tokens of any request.")] = 8192,
+    max_n: Annotated[int, typer.Option(help="Cap on n (choices per request).")] = 8,
+    max_num_seqs: Annotated[int, typer.Option(help="Sequences per batch.")] = 64,
+    max_num_batched_tokens: Annotated[int, typer.Option(help="Token budget per step.")] = 2048,
+    kv_cache_memory_mb: Annotated[int, typer.Option(help="KV cache size in MiB.")] = 1024,
+    quantization: Annotated[str | None, typer.Option(help="None (exact) or int8.")] = None,
+    shutdown_timeout: Annotated[float, typer.Option(help="Seconds to drain on SIGTERM.")] = 30.0,
+) -> None:
+    """Serve the OpenAI, Anthropic and Ollama APIs on one port."""
+    from heron.config import CacheConfig, EngineConfig, SchedulerConfig
+    from heron.server.serve import InsecureBindError, ServeConfig, run_server
+    from heron.server.state import ServerLimits
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    env_host, env_port = env.split_host_port(env.host())
+    try:
+        cfg = ServeConfig(
+            model=model,
+            host=host or env_host,
+            port=port or env_port,
+            api_key=api_key or env.api_key(),
+            allow_insecure_public_bind=allow_insecure_public_bind,
+            cors_origins=cors_origins or [],
+            served_model_name=served_model_name,
+            shutdown_timeout=shutdown_timeout,
+            limits=ServerLimits(max_waiting=max_waiting, max_tokens=max_tokens, max_n=max_n),
+            engine=EngineConfig(
+                cache=CacheConfig(memory_bytes=kv_cache_memory_mb << 20),
+                scheduler=SchedulerConfig(
+                    max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs
+                ),
+                quantization=quantization,
+            ),
+        )
+        run_server(cfg)
+    except InsecureBindError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,44 @@
+"""Every environment variable Heron reads, typed, in one place. All start with ``HERON_``."""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11434  # Ollama's port, so that existing Ollama clients work unchanged
+
+
+def _get(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def host() -> str:
+    """``HERON_HOST``: ``host``, ``host:port`` or ``http://host:port``."""
+    return _get("HERON_HOST") or DEFAULT_HOST
+
+
+def api_key() -> str | None:
+    """``HERON_API_KEY``: the key every route but /health requires, if set."""
+    return _get("HERON_API_KEY")
+
+
+def fault_inject_step() -> int | None:
+    """``HERON_FAULT_INJECT_STEP``: testing only. The engine core raises at that step number,
+    so tests can check that a mid-stream engine error ends streams cleanly."""
+    value = _get("HERON_FAULT_INJECT_STEP")
+    return int(value) if value is not None else None
+
+
+def split_host_port(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """Parse ``[scheme://]host[:port]``; IPv6 hosts go in brackets."""
+    value = value.split("://", 1)[-1].rstrip("/")
+    if value.startswith("["):
+        end = value.index("]")
+        host_part, rest = value[1:end], value[end + 1 :]
+        port = int(rest[1:]) if rest.startswith(":") else default_port
+        return host_part, port
+    if value.count(":") == 1:
+        h, p = value.split(":")
+        return h or DEFAULT_HOST, int(p)
+    return value, default_port

@@ -1,0 +1,1 @@
+"""``heron serve``: the OpenAI, Anthropic and Ollama APIs on one port."""

@@ -1,0 +1,109 @@
+"""The FastAPI app: operational routes, error rendering, and the API families (a registry
+with lazy imports)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from heron import __version__
+from heron.server.common import APIError, error_response, family_of
+from heron.server.protocol import EngineDeadError, QueueFullError
+from heron.server.state import ServerState
+
+logger = logging.getLogger(__name__)
+
+API_FAMILIES: dict[str, str] = {
+    "openai": "heron.server.openai.routes",
+    "anthropic": "heron.server.anthropic.routes",
+    "ollama": "heron.server.ollama.routes",
+}
+
+RETRY_AFTER_S = "1"
+
+
+def build_app(state: ServerState, families: list[str] | None = None) -> FastAPI:
+    app = FastAPI(title="Heron", version=__version__, docs_url=None, redoc_url=None)
+    app.state.heron = state
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(family_of(request.url.path), exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "extra_forbidden":
+            msg = f"unsupported field: {param}"
+        elif first.get("type") == "json_invalid":
+            msg = "malformed JSON body"
+        message = f"{msg} ({param})" if param and "unsupported" not in msg else msg
+        return error_response(family_of(request.url.path), APIError(400, message, param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # A route that does not exist; "not_found" is kept for unknown models.
+        err = APIError(exc.status_code, str(exc.detail), "invalid_request")
+        return error_response(family_of(request.url.path), err)
+
+    @app.exception_handler(QueueFullError)
+    async def queue_full(request: Request, exc: QueueFullError) -> JSONResponse:
+        err = APIError(503, str(exc), "overloaded", headers={"Retry-After": RETRY_AFTER_S})
+        return error_response(family_of(request.url.path), err)
+
+    @app.exception_handler(EngineDeadError)
+    async def engine_dead(request: Request, exc: EngineDeadError) -> JSONResponse:
+        return error_response(family_of(request.url.path), APIError(503, str(exc), "server_error"))
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> Response:
+        """Liveness: the HTTP server answers and the engine process is alive."""
+        if not state.engine.alive:
+            return PlainTextResponse("engine process has exited", status_code=503)
+        return PlainTextResponse("ok")
+
+    @app.get("/ready", include_in_schema=False)
+    async def ready() -> Response:
+        """Readiness: fails while draining (the model is loaded before the port opens)."""
+        if state.draining or not state.engine.alive:
+            return PlainTextResponse("draining", status_code=503)
+        return PlainTextResponse("ready")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        state.metrics.update_engine(state.engine.stats)
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    for name in list(API_FAMILIES) if families is None else families:
+        module = importlib.import_module(API_FAMILIES[name])
+        module.register(app, state)
+    return app
+
+
+class DrainGuard:
+    """While draining (after SIGTERM), refuse new work with 503 + Retry-After; requests
+    already running finish normally."""
+
+    OPEN = frozenset({"/health", "/ready", "/metrics"})
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.state.draining and scope["path"] not in self.OPEN:
+            headers = {"Retry-After": RETRY_AFTER_S}
+            err = APIError(503, "server is shutting down", "overloaded", headers=headers)
+            await error_response(family_of(scope["path"]), err)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

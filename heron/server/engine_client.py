@@ -1,0 +1,190 @@
+"""The server side of the engine: starts the engine-core process and streams its outputs.
+
+A reader thread receives the core's messages and hands each delta to the asyncio queue of
+its request, so the event loop never blocks on the pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import multiprocessing as mp
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from heron.config import EngineConfig, ModelConfig
+from heron.engine.llm_engine import load_tokenizer, resolve_model
+from heron.loader import load_checkpoint
+from heron.request import Logprob
+from heron.sampling_params import SamplingParams
+from heron.server.engine_core import run_engine_core
+from heron.server.protocol import (
+    EngineDeadError,
+    EngineRequestError,
+    EngineStats,
+    GenerationDelta,
+    QueueFullError,
+)
+from heron.tokenizer import Tokenizer
+
+_DONE = object()
+
+
+class AsyncEngineClient:
+    """Submit requests to the engine core and iterate their outputs.
+
+    ``generate`` raises ValueError for input the engine rejects (before the first delta),
+    QueueFullError when too many requests wait, EngineRequestError if the engine fails
+    mid-request, EngineDeadError if the core process is gone. Closing the iterator early
+    (client disconnect, cancellation) aborts the request, which frees its KV blocks.
+    """
+
+    def __init__(self, model: str, config: EngineConfig, max_waiting: int = 256) -> None:
+        self.model_path = resolve_model(model)
+        checkpoint = load_checkpoint(self.model_path)  # header only: config + tokenizer
+        self.model_config: ModelConfig = checkpoint.config
+        self.metadata: dict[str, Any] = checkpoint.gguf.metadata if checkpoint.gguf else {}
+        self.tokenizer: Tokenizer = load_tokenizer(checkpoint)
+        self.config = config
+        self.max_waiting = max_waiting
+        self.max_model_len = 0
+        self.stats = EngineStats()
+        self._ids = itertools.count()
+        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._dead: str | None = None
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=run_engine_core, args=(self.model_path, config, child), daemon=True
+        )
+        self._proc.start()
+        child.close()
+        try:
+            kind, info = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            raise RuntimeError("the engine process exited while loading the model") from exc
+        if kind == "fatal":
+            raise RuntimeError(info)
+        self.max_model_len = info["max_model_len"]
+        self._reader = threading.Thread(target=self._read_loop, name="heron-engine-reader")
+        self._reader.daemon = True
+        self._reader.start()
+
+    # ------------------------------------------------------------------ requests
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._queues)
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None and self._proc.is_alive()
+
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        priority: int = 0,
+    ) -> AsyncIterator[GenerationDelta]:
+        if not self.alive:
+            raise EngineDeadError(self._dead or "the engine process has exited")
+        if self.stats.num_waiting + self._pending() >= self.max_waiting:
+            raise QueueFullError("server busy: too many requests are waiting")
+        rid = request_id or f"req-{next(self._ids)}"
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        with self._lock:
+            if rid in self._queues:
+                raise ValueError(f"request id {rid!r} is already in use")
+            self._queues[rid] = (asyncio.get_running_loop(), queue)
+        finished = False
+        try:
+            self._send(("add", rid, list(prompt_token_ids), _params_dict(params), priority))
+            remaining = params.n
+            while remaining:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                if item.finish_reason is not None:
+                    remaining -= 1
+                yield item
+            finished = True
+        finally:
+            with self._lock:
+                self._queues.pop(rid, None)
+            if not finished and self.alive:
+                self._send(("abort", rid))
+
+    def _pending(self) -> int:
+        # requests submitted but not yet counted by the engine's last stats snapshot
+        return max(0, len(self._queues) - self.stats.num_running - self.stats.num_waiting)
+
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        try:
+            with self._send_lock:
+                self._conn.send(msg)
+        except (OSError, EOFError) as exc:
+            raise EngineDeadError("the engine process has exited") from exc
+
+    # -------------------------------------------------------------------- reader
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                msg = self._conn.recv()
+            except (EOFError, OSError):
+                self._dead = "the engine process has exited"
+                self._fail_all(EngineDeadError(self._dead))
+                return
+            kind = msg[0]
+            if kind == "outputs":
+                self.stats = EngineStats(**msg[2])
+                for d in msg[1]:
+                    self._deliver(d[0], _delta(d))
+            elif kind == "stats":
+                self.stats = EngineStats(**msg[1])
+            elif kind == "rejected":
+                self._deliver(msg[1], ValueError(msg[2]))
+            elif kind == "failed":
+                for rid in msg[1]:
+                    self._deliver(rid, EngineRequestError(msg[2]))
+
+    def _deliver(self, rid: str, item: Any) -> None:
+        with self._lock:
+            entry = self._queues.get(rid)
+        if entry is not None:
+            loop, queue = entry
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            entries = list(self._queues.items())
+        for _, (loop, queue) in entries:
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        try:
+            self._send(("shutdown",))
+        except EngineDeadError:
+            pass
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+
+
+def _params_dict(params: SamplingParams) -> dict[str, Any]:
+    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+
+
+def _delta(d: tuple[Any, ...]) -> GenerationDelta:
+    rid, index, text, ids, lps, finish, stop_reason, n_prompt, n_cached, n_out = d
+    logprobs = None
+    if lps is not None:
+        logprobs = [{t: Logprob(*v) for t, v in entry.items()} for entry in lps]
+    return GenerationDelta(
+        rid, index, text, ids, logprobs, finish, stop_reason, n_prompt, n_cached, n_out
+    )

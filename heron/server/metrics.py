@@ -1,0 +1,119 @@
+"""Prometheus metrics under the ``heron:`` prefix, in a registry of the server's own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from heron.server.protocol import EngineStats
+
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+
+
+class Metrics:
+    def __init__(self, model_name: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model_name"]
+        r = self.registry
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(f"heron:{name}", doc, labels, registry=r)
+
+        def counter(name: str, doc: str, extra: list[str] | None = None) -> Counter:
+            return Counter(f"heron:{name}", doc, labels + (extra or []), registry=r)
+
+        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(f"heron:{name}", doc, labels, buckets=buckets, registry=r)
+
+        self.running = gauge("num_requests_running", "Requests in the running batch.")
+        self.waiting = gauge("num_requests_waiting", "Requests waiting to be scheduled.")
+        self.kv_usage = gauge("kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1).")
+        self.prefix_queries = counter(
+            "prefix_cache_queries", "Prompt tokens looked up in the prefix cache."
+        )
+        self.prefix_hits = counter(
+            "prefix_cache_hits", "Prompt tokens served from the prefix cache."
+        )
+        self.preemptions = counter("num_preemptions", "Requests preempted for recompute.")
+        self.prompt_tokens = counter("prompt_tokens", "Prompt tokens of finished requests.")
+        self.generation_tokens = counter(
+            "generation_tokens", "Generated tokens of finished requests."
+        )
+        self.request_success = counter(
+            "request_success", "Finished requests by finish reason.", ["finished_reason"]
+        )
+        self.ttft = hist("time_to_first_token_seconds", "Time to first token.", _LATENCY_BUCKETS)
+        self.itl = hist("inter_token_latency_seconds", "Time between output chunks.", _ITL_BUCKETS)
+        self.e2e = hist(
+            "e2e_request_latency_seconds", "End-to-end request latency.", _LATENCY_BUCKETS
+        )
+        self.model_name = model_name
+        self._last = EngineStats()
+        # Create every labelled series now, so that /metrics lists them before any traffic.
+        for metric in (
+            self.running,
+            self.waiting,
+            self.kv_usage,
+            self.prefix_queries,
+            self.prefix_hits,
+            self.preemptions,
+            self.prompt_tokens,
+            self.generation_tokens,
+            self.ttft,
+            self.itl,
+            self.e2e,
+        ):
+            metric.labels(model_name)
+
+    def update_engine(self, stats: EngineStats) -> None:
+        """Mirror the engine core's latest snapshot; counters advance by the difference."""
+        m = self.model_name
+        self.running.labels(m).set(stats.num_running)
+        self.waiting.labels(m).set(stats.num_waiting)
+        self.kv_usage.labels(m).set(stats.kv_cache_usage)
+        for counter, new, old in (
+            (self.prefix_queries, stats.prefix_cache_queries, self._last.prefix_cache_queries),
+            (self.prefix_hits, stats.prefix_cache_hits, self._last.prefix_cache_hits),
+            (self.preemptions, stats.num_preemptions, self._last.num_preemptions),
+        ):
+            if new > old:
+                counter.labels(m).inc(new - old)
+        self._last = stats
+
+    def observe_request(
+        self,
+        prompt_tokens: int,
+        generation_tokens: int,
+        ttft_s: float | None,
+        itl_s: list[float],
+        e2e_s: float,
+        finish_reason: str | None,
+    ) -> None:
+        """Record one finished (or aborted) request."""
+        m = self.model_name
+        self.prompt_tokens.labels(m).inc(prompt_tokens)
+        self.generation_tokens.labels(m).inc(generation_tokens)
+        self.request_success.labels(m, finish_reason or "abort").inc()
+        if ttft_s is not None:
+            self.ttft.labels(m).observe(ttft_s)
+        for gap in itl_s:
+            self.itl.labels(m).observe(gap)
+        self.e2e.labels(m).observe(e2e_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

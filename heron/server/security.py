@@ -1,0 +1,166 @@
+"""Secure-by-default HTTP guards, as one ASGI middleware in front of every route.
+
+In order: a header-size cap, the Host allowlist while bound to loopback (DNS rebinding),
+CORS (no grant unless the origin is listed), the API key (every route but /health,
+compared in constant time), and a body-size cap.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import posixpath
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from heron.server.common import APIError, error_body, family_of
+
+OPEN_PATHS = frozenset({"/health"})
+CORS_ALLOW_HEADERS = "authorization, content-type, x-api-key, anthropic-version, accept, user-agent"
+
+
+def is_loopback_host(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_allowed(host_header: str) -> bool:
+    """Hosts a browser may legitimately use to reach a loopback-bound server."""
+    if not host_header:
+        return False
+    host = host_header
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":")[0]
+    host = host.lower().rstrip(".")
+    if host in ("localhost",) or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    # A rebinding attack needs a host name; IP literals of this or a private network are fine.
+    return ip.is_loopback or ip.is_unspecified or ip.is_private
+
+
+def normalise_path(raw: str) -> str:
+    """Decode and collapse a request path so that checks and routing agree."""
+    path = posixpath.normpath(unquote(raw or "/"))
+    path = "/" + path.lstrip("/")
+    return path
+
+
+class SecurityMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_key: str | None,
+        loopback_only: bool,
+        cors_origins: list[str],
+        max_body_bytes: int,
+        max_header_bytes: int,
+    ) -> None:
+        self.app = app
+        self.api_key = api_key.encode() if api_key else None
+        self.loopback_only = loopback_only
+        self.cors_origins = frozenset(o.rstrip("/") for o in cors_origins)
+        self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path = normalise_path(scope.get("path", "/"))
+        family = family_of(path)
+        origin = headers.get("origin")
+        cors_ok = origin is not None and origin.rstrip("/") in self.cors_origins
+
+        async def reject(err: APIError) -> None:
+            await _send_json(send, err.status, error_body(family, err), _cors(origin, cors_ok))
+
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
+            await reject(APIError(431, "request headers are too large", "request_too_large"))
+            return
+        if self.loopback_only and not host_allowed(headers.get("host", "")):
+            await reject(APIError(403, "host not allowed", "permission"))
+            return
+        if origin is not None and not cors_ok and scope["method"] == "OPTIONS":
+            await reject(APIError(403, "origin not allowed", "permission"))
+            return
+        if scope["method"] == "OPTIONS" and cors_ok:
+            await _send_json(send, 204, None, _cors(origin, True, preflight=True))
+            return
+        if self.api_key is not None and path not in OPEN_PATHS and not self._key_ok(headers):
+            await reject(APIError(401, "invalid or missing API key", "authentication"))
+            return
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            await reject(APIError(413, "request body is too large", "request_too_large"))
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start" and cors_ok:
+                message["headers"] = list(message.get("headers", [])) + [
+                    (k.encode(), v.encode()) for k, v in _cors(origin, True).items()
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_cors)
+        except _BodyTooLarge:
+            await reject(APIError(413, "request body is too large", "request_too_large"))
+
+    def _key_ok(self, headers: dict[str, str]) -> bool:
+        assert self.api_key is not None
+        presented = headers.get("x-api-key", "")
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            presented = auth[7:].strip()
+        return hmac.compare_digest(presented.encode(), self.api_key)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _cors(origin: str | None, allowed: bool, preflight: bool = False) -> dict[str, str]:
+    if not allowed or origin is None:
+        return {}
+    headers = {"access-control-allow-origin": origin, "vary": "Origin"}
+    if preflight:
+        headers["access-control-allow-methods"] = "GET, POST, DELETE, HEAD, OPTIONS"
+        headers["access-control-allow-headers"] = CORS_ALLOW_HEADERS
+        headers["access-control-max-age"] = "600"
+    return headers
+
+
+async def _send_json(send: Send, status: int, body: Any, headers: dict[str, str]) -> None:
+    import json
+
+    payload = b"" if body is None else json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,43 @@
+"""Server-wide state handed to every API family's routes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from heron.server.engine_client import AsyncEngineClient
+    from heron.server.metrics import Metrics
+
+
+@dataclass(slots=True)
+class ServerLimits:
+    """Caps on one request, each enforced as a clear 4xx."""
+
+    max_n: int = 8
+    max_tokens: int = 8192
+    max_logprobs: int = 20
+    max_stop_strings: int = 16
+    max_body_bytes: int = 4 << 20
+    max_header_bytes: int = 16 << 10
+    max_waiting: int = 256  # queued requests beyond this get 503 + Retry-After
+
+    def __post_init__(self) -> None:
+        for name in self.__slots__:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+
+
+@dataclass(slots=True)
+class ServerState:
+    engine: AsyncEngineClient
+    metrics: Metrics
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    served_model_name: str = "smollm2"
+    started_at: float = field(default_factory=time.time)
+    draining: bool = False
+
+    def model_known(self, name: str) -> bool:
+        """Is ``name`` the served model? Accepts ``name`` and ``name:latest`` as Ollama does."""
+        return name in (self.served_model_name, f"{self.served_model_name}:latest")
