@@ -46,8 +46,10 @@ class SamplingParams:
             raise ValueError(f"n must be in [1, {MAX_N}], got {self.n}")
         if not 0.0 <= self.temperature <= 100.0:
             raise ValueError(f"temperature must be in [0, 100], got {self.temperature}")
-        if self.top_k < -1:
-            raise ValueError(f"top_k must be -1, 0 (disabled) or positive, got {self.top_k}")
+        if not -1 <= self.top_k < 2**31:
+            raise ValueError(
+                f"top_k must be -1, 0 (disabled) or a positive int32, got {self.top_k}"
+            )
         if self.top_k == -1:
             self.top_k = 0
         if not 0.0 < self.top_p <= 1.0:

@@ -57,7 +57,7 @@ class Sampler:
         all_greedy = all(p.greedy for p in params)
         top_k = top_p = min_p = None
         if any(p.top_k > 0 for p in params if not p.greedy):
-            top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params])
+            top_k = torch.tensor([min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params])
         if any(p.top_p < 1.0 for p in params if not p.greedy):
             top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32)
         if any(p.min_p > 0.0 for p in params if not p.greedy):

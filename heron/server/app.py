@@ -46,7 +46,7 @@ def build_app(state: ServerState, families: list[str] | None = None) -> FastAPI:
         if first.get("type") == "extra_forbidden":
             msg = f"unsupported field: {param}"
         elif first.get("type") == "json_invalid":
-            msg = "malformed JSON body"
+            msg, param = "malformed JSON body", None
         message = f"{msg} ({param})" if param and "unsupported" not in msg else msg
         return error_response(family_of(request.url.path), APIError(400, message, param=param))
 

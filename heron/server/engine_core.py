@@ -41,8 +41,10 @@ class EngineCore:
     def __init__(self, engine: LLMEngine, conn: Connection) -> None:
         self.engine = engine
         self.conn = conn
-        # (request id, choice index) -> (characters, tokens, logprob entries) already sent
-        self.sent: dict[tuple[str, int], tuple[int, int, int]] = {}
+        # (request id, choice index) -> (characters, tokens, logprob entries, finished) sent;
+        # a choice that finished early must not be reported finished again while its
+        # siblings run on.
+        self.sent: dict[tuple[str, int], tuple[int, int, int, bool]] = {}
         self.num_steps = 0
         self.fault_step = env.fault_inject_step()
 
@@ -105,7 +107,9 @@ class EngineCore:
         deltas = []
         for c in out.outputs:
             key = (out.request_id, c.index)
-            n_chars, n_tokens, n_lp = self.sent.get(key, (0, 0, 0))
+            n_chars, n_tokens, n_lp, done = self.sent.get(key, (0, 0, 0, False))
+            if done:
+                continue
             new_text = c.text[n_chars:]
             new_ids = c.token_ids[n_tokens:]
             if not new_text and not new_ids and c.finish_reason is None:
@@ -117,7 +121,12 @@ class EngineCore:
                     for entry in c.logprobs[n_lp:]
                 ]
             n_lp_total = len(c.logprobs) if c.logprobs is not None else 0
-            self.sent[key] = (len(c.text), len(c.token_ids), n_lp_total)
+            self.sent[key] = (
+                len(c.text),
+                len(c.token_ids),
+                n_lp_total,
+                c.finish_reason is not None,
+            )
             deltas.append(
                 (
                     out.request_id,

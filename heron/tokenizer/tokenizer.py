@@ -172,7 +172,14 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids for `text`. Special-token text inside `text` (e.g. "<|im_start|>") encodes
-        as its single id; `add_special_tokens` only controls the bos/eos the model adds."""
+        as its single id; `add_special_tokens` only controls the bos/eos the model adds.
+        Raises ValueError for text that is not valid Unicode (lone surrogates)."""
+        if not isinstance(text, str):
+            raise ValueError("text to encode must be a string")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # lone surrogates cannot be tokenized
+            raise ValueError(f"text is not valid Unicode: {exc.reason}") from None
         if self._double_leading_space and text.startswith(" "):
             text = " " + text
         return list(self._backend.encode(text, add_special_tokens=add_special_tokens).ids)

@@ -125,3 +125,12 @@ def test_logprobs_top_and_rank() -> None:
         lp = out.logprobs[0]
         assert lp is not None
         assert lp[1] == (order.index(tok) + 1 if tok in order else 4)
+
+
+def test_top_k_larger_than_vocab_is_clamped_and_absurd_values_rejected() -> None:
+    import pytest
+
+    logits = torch.randn(1, V)
+    assert 0 <= run([request(temperature=1.0, top_k=10**6)], logits)[0] < V
+    with pytest.raises(ValueError, match="top_k"):
+        SamplingParams(top_k=2**70)

@@ -96,3 +96,8 @@ def test_tolerated_oddities_warn(caplog: pytest.LogCaptureFixture) -> None:
     assert tok.encode("aab") == [1, 3]
     for needle in ("padding_token_id", "repeats 1 tokens", "skipped 2 GGUF merges", "no-such-pre"):
         assert needle in caplog.text
+
+
+def test_lone_surrogate_is_a_value_error(smollm2) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="Unicode"):
+        smollm2.encode("bad \ud800 text")

@@ -1,0 +1,215 @@
+"""Pydantic models of Anthropic's Messages API, with Anthropic's field names.
+
+Request models forbid unknown fields, so anything Heron does not implement (``tools``,
+``thinking``, ``service_tier``, ...) is a 400 that names the field rather than being dropped.
+Content blocks other than ``text`` (images, documents, tool use and results, thinking) are
+refused the same way. ``cache_control`` markers are accepted: Heron's prefix cache reuses any
+repeated prompt prefix on its own, so a marker changes nothing about the result.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "model_context_window_exceeded"]
+
+
+def _valid_unicode(text: str) -> str:
+    """JSON can carry lone surrogates ("\\ud800"), which are not text and cannot be tokenized."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError(
+            "invalid_unicode", "text must be valid Unicode (it has a lone surrogate)"
+        ) from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+
+
+class _Request(BaseModel):
+    # strict: "10" is not a number and 1 is not a boolean, as in Anthropic's API
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# -------------------------------------------------------------------------- requests
+class CacheControlEphemeral(_Request):
+    type: Literal["ephemeral"]
+    ttl: Literal["5m", "1h"] | None = None
+
+
+class TextBlockParam(_Request):
+    type: Literal["text"]
+    text: Text
+    cache_control: CacheControlEphemeral | None = None
+    citations: list[dict[str, Any]] | None = Field(
+        default=None, description="Not supported: only null or an empty list is accepted."
+    )
+
+
+def _text_content(value: Any) -> Any:
+    """Check a content list block by block, so that the error names the block and its problem
+    (an unsupported type, or a bad field) instead of only saying that it is not a string."""
+    if value is None:
+        return value
+    if isinstance(value, str):
+        return _valid_unicode(value)
+    if not isinstance(value, list):
+        raise PydanticCustomError("content_type", "must be a string or a list of text blocks")
+    for i, block in enumerate(value):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if isinstance(kind, str) and kind != "text":
+            raise PydanticCustomError(
+                "unsupported",
+                "content block {index} has type '{kind}', which is not supported; only text "
+                "blocks are",
+                {"index": i, "kind": kind[:64]},
+            )
+        if isinstance(block, dict) and block.get("citations"):
+            raise PydanticCustomError(
+                "unsupported", "content block {index}: citations are not supported", {"index": i}
+            )
+        try:
+            TextBlockParam.model_validate(block)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise PydanticCustomError(
+                "invalid_block",
+                "content block {index}: {msg}{where}",
+                {"index": i, "msg": first["msg"], "where": f" ({where})" if where else ""},
+            ) from None
+    return value
+
+
+class MessageParam(_Request):
+    role: Literal["user", "assistant"]
+    content: str | list[TextBlockParam]
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _role(cls, value: Any) -> Any:
+        if value == "system":
+            raise PydanticCustomError(
+                "unsupported",
+                "role 'system' is not supported inside messages; use the top-level system "
+                "parameter",
+            )
+        return value
+
+    _content = field_validator("content", mode="before")(_text_content)
+
+
+class Metadata(_Request):
+    user_id: str | None = None
+
+
+class _Conversation(_Request):
+    model: str
+    messages: list[MessageParam] = Field(min_length=1)
+    system: str | list[TextBlockParam] | None = None
+    cache_control: CacheControlEphemeral | None = None
+
+    _system = field_validator("system", mode="before")(_text_content)
+
+
+class MessageCreateRequest(_Conversation):
+    """``POST /v1/messages``."""
+
+    max_tokens: int = Field(ge=1)
+    stop_sequences: list[str] | None = None
+    stream: bool = False
+    temperature: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_k: int | None = Field(default=None, ge=0)
+    metadata: Metadata | None = None
+
+
+class CountTokensRequest(_Conversation):
+    """``POST /v1/messages/count_tokens``."""
+
+
+# ------------------------------------------------------------------------- responses
+class TextBlock(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class Usage(BaseModel):
+    """``input_tokens`` are the prompt tokens computed for this request; those served from
+    the prefix cache are ``cache_read_input_tokens``. Their sum is the whole prompt."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+class Message(BaseModel):
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    model: str
+    content: list[TextBlock]
+    stop_reason: StopReason | None
+    stop_sequence: str | None
+    usage: Usage
+
+
+class MessageTokensCount(BaseModel):
+    input_tokens: int
+
+
+# ------------------------------------------------------------------- stream events
+class MessageStartEvent(BaseModel):
+    type: Literal["message_start"] = "message_start"
+    message: Message
+
+
+class ContentBlockStartEvent(BaseModel):
+    type: Literal["content_block_start"] = "content_block_start"
+    index: int
+    content_block: TextBlock
+
+
+class TextDelta(BaseModel):
+    type: Literal["text_delta"] = "text_delta"
+    text: str
+
+
+class ContentBlockDeltaEvent(BaseModel):
+    type: Literal["content_block_delta"] = "content_block_delta"
+    index: int
+    delta: TextDelta
+
+
+class ContentBlockStopEvent(BaseModel):
+    type: Literal["content_block_stop"] = "content_block_stop"
+    index: int
+
+
+class MessageDelta(BaseModel):
+    stop_reason: StopReason | None
+    stop_sequence: str | None
+
+
+class MessageDeltaUsage(BaseModel):
+    output_tokens: int
+
+
+class MessageDeltaEvent(BaseModel):
+    type: Literal["message_delta"] = "message_delta"
+    delta: MessageDelta
+    usage: MessageDeltaUsage
+
+
+class MessageStopEvent(BaseModel):
+    type: Literal["message_stop"] = "message_stop"
+
+
+class PingEvent(BaseModel):
+    type: Literal["ping"] = "ping"

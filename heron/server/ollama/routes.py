@@ -1,0 +1,141 @@
+"""Ollama's HTTP API on ``heron serve``: ``/``, ``/api/version``, ``/api/tags``, ``/api/show``,
+``/api/ps``, ``/api/generate`` and ``/api/chat``.
+
+Errors are ``{"error": "..."}`` with Ollama's statuses. ``serving`` lists where Heron's
+generation differs from Ollama's; ``models`` explains ``keep_alive`` and ``/api/ps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
+from fastapi.routing import APIRoute
+
+from heron import __version__
+from heron.server.common import APIError
+from heron.server.ollama.models import (
+    ModelCard,
+    Residency,
+    list_models,
+    running_models,
+    show_model,
+)
+from heron.server.ollama.protocol import (
+    ChatRequest,
+    ChatResponse,
+    ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
+    ListResponse,
+    ProcessResponse,
+    ShowRequest,
+    ShowResponse,
+    VersionResponse,
+)
+from heron.server.ollama.serving import OllamaService
+from heron.server.state import ServerState
+
+_Body = TypeVar("_Body", GenerateRequest, ChatRequest, ShowRequest)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Bad request"},
+    404: {"model": ErrorResponse, "description": "Model not found"},
+    503: {"model": ErrorResponse, "description": "Server busy (Retry-After)"},
+}
+
+
+def _ndjson(schema: str) -> dict[int | str, dict[str, Any]]:
+    content = {"application/x-ndjson": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
+    return {**_ERRORS, 200: {"content": content}}
+
+
+class AnyJSONRoute(APIRoute):
+    """Reads the body as JSON whatever its Content-Type, as Ollama does: ``curl -d`` sends
+    ``application/x-www-form-urlencoded`` and Ollama's own examples rely on it."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if request.method == "POST" and not (
+                kind == "application/json" or kind.endswith("+json")
+            ):
+                scope = dict(request.scope)
+                headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
+                scope["headers"] = [*headers, (b"content-type", b"application/json")]
+                request = Request(scope, request.receive)
+            return await handler(request)
+
+        return route
+
+
+def _required(body: _Body | None) -> _Body:
+    if body is None:
+        raise APIError(400, "missing request body")
+    return body
+
+
+def register(app: FastAPI, state: ServerState) -> None:
+    card = ModelCard(state)
+    residency = Residency()
+    service = OllamaService(state, card, residency)
+    router = APIRouter(route_class=AnyJSONRoute, tags=["ollama"])
+
+    @router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+    async def root() -> str:
+        """Health probe used by Ollama clients."""
+        return "Ollama is running"
+
+    @router.api_route("/api/version", methods=["GET", "HEAD"], response_model=VersionResponse)
+    async def version() -> dict[str, str]:
+        return {"version": __version__}
+
+    @router.api_route(
+        "/api/tags",
+        methods=["GET", "HEAD"],
+        response_model=ListResponse,
+        response_model_exclude_none=True,
+    )
+    async def tags() -> ListResponse:
+        """The served model."""
+        return await list_models(card)
+
+    @router.get("/api/ps", response_model=ProcessResponse, response_model_exclude_none=True)
+    async def ps() -> ProcessResponse:
+        """The loaded model, while its keep_alive lasts."""
+        return await running_models(card, residency)
+
+    @router.post(
+        "/api/show",
+        response_model=ShowResponse,
+        response_model_exclude_none=True,
+        responses=_ERRORS,
+    )
+    async def show(body: ShowRequest | None = None) -> ShowResponse:
+        """Model details, Modelfile, template and GGUF metadata."""
+        return show_model(card, _required(body))
+
+    @router.post(
+        "/api/generate",
+        response_model=GenerateResponse,
+        response_model_exclude_none=True,
+        responses=_ndjson("GenerateResponse"),
+    )
+    async def generate(request: Request, body: GenerateRequest | None = None) -> Response:
+        """Complete a prompt; NDJSON chunks unless ``stream`` is false."""
+        return await service.generate(_required(body), request)
+
+    @router.post(
+        "/api/chat",
+        response_model=ChatResponse,
+        response_model_exclude_none=True,
+        responses=_ndjson("ChatResponse"),
+    )
+    async def chat(request: Request, body: ChatRequest | None = None) -> Response:
+        """Reply to a conversation; NDJSON chunks unless ``stream`` is false."""
+        return await service.chat(_required(body), request)
+
+    app.include_router(router)

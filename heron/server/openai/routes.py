@@ -1,0 +1,78 @@
+"""Routes of the OpenAI-compatible API. Errors render in OpenAI's shape
+(``{"error": {"message", "type", "param", "code"}}``) through the app's handlers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from heron.server.openai.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
+from heron.server.openai.serving import OpenAIServing
+from heron.server.state import ServerState
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid request"},
+    404: {"model": ErrorResponse, "description": "Unknown model"},
+    503: {"model": ErrorResponse, "description": "Busy or shutting down; see Retry-After"},
+}
+
+
+def _streamed(model: type[Any], final: type[Any]) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "model": final,
+            "description": "The result, or with stream: true server-sent events "
+            f"(data: {model.__name__} ... then data: [DONE])",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **_ERRORS,
+    }
+
+
+def register(app: FastAPI, state: ServerState) -> None:
+    serving = OpenAIServing(state)
+
+    @app.get("/v1/models", response_model=ModelList, tags=["openai"])
+    async def list_models() -> ModelList:
+        """The served model."""
+        return serving.list_models()
+
+    @app.get(
+        "/v1/models/{model:path}",
+        response_model=ModelCard,
+        responses={404: _ERRORS[404]},
+        tags=["openai"],
+    )
+    async def retrieve_model(model: str) -> ModelCard:
+        return serving.get_model(model)
+
+    @app.post(
+        "/v1/chat/completions",
+        response_model=None,
+        responses=_streamed(ChatCompletionChunk, ChatCompletionResponse),
+        tags=["openai"],
+    )
+    async def create_chat_completion(request: Request, body: ChatCompletionRequest) -> Response:
+        """Chat with the model; the messages are rendered with its chat template."""
+        return await serving.chat(request, body)
+
+    @app.post(
+        "/v1/completions",
+        response_model=None,
+        responses=_streamed(CompletionResponse, CompletionResponse),
+        tags=["openai"],
+    )
+    async def create_completion(request: Request, body: CompletionRequest) -> Response:
+        """Continue a prompt (text, token ids, or a batch of either)."""
+        return await serving.completions(request, body)
