@@ -94,13 +94,15 @@ def serve(
                 quantization=quantization,
             ),
         )
-        run_server(cfg)
+        status = run_server(cfg)
     except InsecureBindError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if status:
+        raise typer.Exit(status)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from heron.outputs import RequestOutput
 from heron.packaged import PACKAGED_MODELS, find_packaged_model
 from heron.request import Logprob, Request, RequestStatus
 from heron.runner import ModelRunner
+from heron.runner.model_runner import plan_max_model_len
 from heron.sampling_params import SamplingParams
 from heron.scheduler import Scheduler
 from heron.tokenizer import Tokenizer
@@ -58,9 +59,7 @@ class LLMEngine:
         )
         self.scheduler = Scheduler(self.config.scheduler, self.kv_manager)
         self.output_processor = OutputProcessor(self.tokenizer)
-        capacity = self.runner.num_blocks * cache.block_size
-        wanted = self.config.max_model_len or self.model_config.max_position_embeddings
-        self.max_model_len = min(wanted, self.model_config.max_position_embeddings, capacity)
+        self.max_model_len, wanted = plan_max_model_len(self.model_config, self.config)
         if self.max_model_len < wanted:
             logger.warning(
                 "max_model_len lowered from %d to %d to fit the KV cache and the model",

@@ -39,6 +39,24 @@ def kv_bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.
     return model_config.num_hidden_layers * block_size * per_token * elem
 
 
+def plan_num_blocks(model_config: ModelConfig, config: EngineConfig) -> int:
+    """KV blocks the cache gets: ``cache.num_blocks`` if set, else what fits the budget."""
+    if config.cache.num_blocks is not None:
+        return config.cache.num_blocks
+    per_block = kv_bytes_per_block(
+        model_config, config.cache.block_size, _DTYPES[config.cache.dtype]
+    )
+    return max(1, config.cache.memory_bytes // per_block)
+
+
+def plan_max_model_len(model_config: ModelConfig, config: EngineConfig) -> tuple[int, int]:
+    """(max_model_len, wanted): the longest sequence the model and the KV pool can hold,
+    and what was asked for (the config's value or the model's context length)."""
+    capacity = plan_num_blocks(model_config, config) * config.cache.block_size
+    wanted = config.max_model_len or model_config.max_position_embeddings
+    return min(wanted, model_config.max_position_embeddings, capacity), wanted
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -62,11 +80,7 @@ class ModelRunner:
         self.backend = get_attention_backend(config.attention_backend)
         self.block_size = config.cache.block_size
         self.kv_dtype = _DTYPES[config.cache.dtype]
-        self.num_blocks = config.cache.num_blocks or max(
-            1,
-            config.cache.memory_bytes
-            // kv_bytes_per_block(model_config, self.block_size, self.kv_dtype),
-        )
+        self.num_blocks = plan_num_blocks(model_config, config)
         c = model_config
         # [num_layers, K/V, num_blocks, block_size, num_kv_heads, head_dim]
         self.kv_caches = torch.zeros(

@@ -74,8 +74,12 @@ def build_app(state: ServerState, families: list[str] | None = None) -> FastAPI:
 
     @app.get("/ready", include_in_schema=False)
     async def ready() -> Response:
-        """Readiness: fails while draining (the model is loaded before the port opens)."""
-        if state.draining or not state.engine.alive:
+        """Readiness: fails while the model loads, while draining, or if the engine died."""
+        if not state.engine.alive:
+            return PlainTextResponse("engine process has exited", status_code=503)
+        if not state.engine.ready:
+            return PlainTextResponse("loading", status_code=503)
+        if state.draining:
             return PlainTextResponse("draining", status_code=503)
         return PlainTextResponse("ready")
 

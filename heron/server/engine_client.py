@@ -11,17 +11,19 @@ import dataclasses
 import itertools
 import multiprocessing as mp
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from heron.config import EngineConfig, ModelConfig
 from heron.engine.llm_engine import load_tokenizer, resolve_model
 from heron.loader import load_checkpoint
 from heron.request import Logprob
+from heron.runner.model_runner import plan_max_model_len
 from heron.sampling_params import SamplingParams
 from heron.server.engine_core import run_engine_core
 from heron.server.protocol import (
     EngineDeadError,
+    EngineLoadingError,
     EngineRequestError,
     EngineStats,
     GenerationDelta,
@@ -41,7 +43,13 @@ class AsyncEngineClient:
     (client disconnect, cancellation) aborts the request, which frees its KV blocks.
     """
 
-    def __init__(self, model: str, config: EngineConfig, max_waiting: int = 256) -> None:
+    def __init__(
+        self,
+        model: str,
+        config: EngineConfig,
+        max_waiting: int = 256,
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
         self.model_path = resolve_model(model)
         checkpoint = load_checkpoint(self.model_path)  # header only: config + tokenizer
         self.model_config: ModelConfig = checkpoint.config
@@ -49,7 +57,9 @@ class AsyncEngineClient:
         self.tokenizer: Tokenizer = load_tokenizer(checkpoint)
         self.config = config
         self.max_waiting = max_waiting
-        self.max_model_len = 0
+        self.max_model_len, _ = plan_max_model_len(self.model_config, config)
+        self.ready = False  # set once the engine process has loaded the weights
+        self.on_fatal = on_fatal
         self.stats = EngineStats()
         self._ids = itertools.count()
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
@@ -63,13 +73,8 @@ class AsyncEngineClient:
         )
         self._proc.start()
         child.close()
-        try:
-            kind, info = self._conn.recv()
-        except (EOFError, OSError) as exc:
-            raise RuntimeError("the engine process exited while loading the model") from exc
-        if kind == "fatal":
-            raise RuntimeError(info)
-        self.max_model_len = info["max_model_len"]
+        # The weights load in the engine process while the server already answers /health;
+        # /ready and generation answer 503 until the reader sees "ready".
         self._reader = threading.Thread(target=self._read_loop, name="heron-engine-reader")
         self._reader.daemon = True
         self._reader.start()
@@ -92,6 +97,8 @@ class AsyncEngineClient:
     ) -> AsyncIterator[GenerationDelta]:
         if not self.alive:
             raise EngineDeadError(self._dead or "the engine process has exited")
+        if not self.ready:
+            raise EngineLoadingError("the model is still loading")
         if self.stats.num_waiting + self._pending() >= self.max_waiting:
             raise QueueFullError("server busy: too many requests are waiting")
         rid = request_id or f"req-{next(self._ids)}"
@@ -140,7 +147,15 @@ class AsyncEngineClient:
                 self._fail_all(EngineDeadError(self._dead))
                 return
             kind = msg[0]
-            if kind == "outputs":
+            if kind == "ready":
+                if msg[1]["max_model_len"] != self.max_model_len:  # both sides plan alike
+                    self.max_model_len = min(self.max_model_len, msg[1]["max_model_len"])
+                self.ready = True
+            elif kind == "fatal":
+                self._dead = msg[1]
+                if self.on_fatal is not None:
+                    self.on_fatal(msg[1])
+            elif kind == "outputs":
                 self.stats = EngineStats(**msg[2])
                 for d in msg[1]:
                     self._deliver(d[0], _delta(d))
@@ -164,6 +179,17 @@ class AsyncEngineClient:
             entries = list(self._queues.items())
         for _, (loop, queue) in entries:
             loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the weights are loaded (True), the engine died, or the timeout."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.ready and self.alive:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return self.ready
 
     def shutdown(self, timeout: float = 10.0) -> None:
         try:

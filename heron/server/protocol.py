@@ -51,3 +51,7 @@ class EngineRequestError(RuntimeError):
 
 class QueueFullError(RuntimeError):
     """Too many requests are waiting; the caller should retry later (503 + Retry-After)."""
+
+
+class EngineLoadingError(QueueFullError):
+    """The model is still loading; like a full queue, the caller should retry shortly."""

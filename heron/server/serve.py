@@ -79,9 +79,20 @@ class _Server(uvicorn.Server):
             self._captured_signals.remove(sig)
 
 
-def run_server(cfg: ServeConfig) -> None:
+def run_server(cfg: ServeConfig) -> int:
+    """Serve until stopped. Returns the exit status: 0 after a clean stop or drain, 1 if the
+    model failed to load."""
     check_bind(cfg)
-    engine = AsyncEngineClient(cfg.model, cfg.engine, cfg.limits.max_waiting)
+    failure: list[str] = []
+    server: _Server | None = None
+
+    def on_fatal(message: str) -> None:
+        logger.error("%s", message)
+        failure.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    engine = AsyncEngineClient(cfg.model, cfg.engine, cfg.limits.max_waiting, on_fatal)
     name = cfg.served_model_name or _default_name(cfg.model)
     state = ServerState(
         engine=engine, metrics=Metrics(name), limits=cfg.limits, served_model_name=name
@@ -104,10 +115,13 @@ def run_server(cfg: ServeConfig) -> None:
         h11_max_incomplete_event_size=cfg.limits.max_header_bytes,
         server_header=False,
     )
+    server = _Server(config, state)
     try:
-        _Server(config, state).run()
+        if not failure:
+            server.run()
     finally:
         engine.shutdown()
+    return 1 if failure else 0
 
 
 def _default_name(model: str) -> str:

@@ -67,11 +67,12 @@ def start_server(
             if proc.poll() is not None:
                 raise RuntimeError(f"heron serve exited with {proc.returncode}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
+                ready = httpx.get(f"{server.base_url}/ready", headers=server.headers(), timeout=2)
+                if ready.status_code == 200:
                     return server
             time.sleep(0.5)
         server.stop()
-        raise RuntimeError("heron serve did not become healthy in time")
+        raise RuntimeError("heron serve did not become ready in time")
     return server
 
 

@@ -38,6 +38,42 @@ def wait_for(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-de
     return False
 
 
+def test_ready_fails_while_loading_health_does_not() -> None:
+    s = start_server("--kv-cache-memory-mb", "64", wait=False)
+    try:
+        seen_loading = False
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                ready = httpx.get(f"{s.base_url}/ready", timeout=2)
+            except httpx.HTTPError:
+                time.sleep(0.05)  # not listening yet
+                continue
+            if ready.status_code == 200:
+                break
+            assert ready.status_code == 503 and ready.text == "loading"
+            assert httpx.get(f"{s.base_url}/health").status_code == 200
+            busy = httpx.post(
+                f"{s.base_url}/v1/completions",
+                json={"model": "smollm2", "prompt": "Hi", "max_tokens": 2},
+            )
+            # loading may finish between the two calls; while it lasts the answer is a 503
+            assert busy.status_code == 200 or (
+                busy.status_code == 503
+                and "retry-after" in busy.headers
+                and "loading" in busy.json()["error"]["message"]
+            )
+            seen_loading = True
+        assert seen_loading  # the weights load after the port opens
+        ok = httpx.post(
+            f"{s.base_url}/v1/completions",
+            json={"model": "smollm2", "prompt": "Hi", "max_tokens": 2},
+        )
+        assert ok.status_code == 200
+    finally:
+        assert s.stop() == 0
+
+
 def test_metrics_names(server: ServerProcess) -> None:
     text = httpx.get(f"{server.base_url}/metrics").text
     for name in [
