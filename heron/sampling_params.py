@@ -10,6 +10,7 @@ MAX_N = 128
 MAX_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_LEN = 256
+MAX_STOP_TOKEN_IDS = 64
 
 
 @dataclass(slots=True)
@@ -84,6 +85,8 @@ class SamplingParams:
                     f"each stop string must be a non-empty string of at most "
                     f"{MAX_STOP_STRING_LEN} characters"
                 )
+        if len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+            raise ValueError(f"at most {MAX_STOP_TOKEN_IDS} stop_token_ids are allowed")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise ValueError("stop_token_ids must be non-negative integers")
 

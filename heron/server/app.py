@@ -56,6 +56,17 @@ def build_app(state: ServerState, families: list[str] | None = None) -> FastAPI:
         err = APIError(exc.status_code, str(exc.detail), "invalid_request")
         return error_response(family_of(request.url.path), err)
 
+    @app.exception_handler(ValueError)
+    async def value_error(request: Request, exc: ValueError) -> JSONResponse:
+        # Validation that happens below the routes (tokenizer, sampling parameters).
+        return error_response(family_of(request.url.path), APIError(400, str(exc)))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s", request.url.path)
+        err = APIError(500, "internal server error", "server_error")
+        return error_response(family_of(request.url.path), err)
+
     @app.exception_handler(QueueFullError)
     async def queue_full(request: Request, exc: QueueFullError) -> JSONResponse:
         err = APIError(503, str(exc), "overloaded", headers={"Retry-After": RETRY_AFTER_S})

@@ -7,6 +7,7 @@ its request, so the event loop never blocks on the pipe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import multiprocessing as mp
@@ -66,6 +67,7 @@ class AsyncEngineClient:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._dead: str | None = None
+        self._closing = False
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(
@@ -142,37 +144,41 @@ class AsyncEngineClient:
         while True:
             try:
                 msg = self._conn.recv()
-            except (EOFError, OSError):
-                self._dead = "the engine process has exited"
+                self._dispatch(msg)
+            except Exception as exc:  # EOF, or anything unexpected: the engine is gone
+                self._dead = self._dead or f"the engine process has exited ({exc!r})"
                 self._fail_all(EngineDeadError(self._dead))
+                if not self._closing and self.on_fatal is not None:
+                    self.on_fatal(self._dead)
                 return
-            kind = msg[0]
-            if kind == "ready":
-                if msg[1]["max_model_len"] != self.max_model_len:  # both sides plan alike
-                    self.max_model_len = min(self.max_model_len, msg[1]["max_model_len"])
-                self.ready = True
-            elif kind == "fatal":
-                self._dead = msg[1]
-                if self.on_fatal is not None:
-                    self.on_fatal(msg[1])
-            elif kind == "outputs":
-                self.stats = EngineStats(**msg[2])
-                for d in msg[1]:
-                    self._deliver(d[0], _delta(d))
-            elif kind == "stats":
-                self.stats = EngineStats(**msg[1])
-            elif kind == "rejected":
-                self._deliver(msg[1], ValueError(msg[2]))
-            elif kind == "failed":
-                for rid in msg[1]:
-                    self._deliver(rid, EngineRequestError(msg[2]))
+
+    def _dispatch(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "ready":
+            if msg[1]["max_model_len"] != self.max_model_len:  # both sides plan alike
+                self.max_model_len = min(self.max_model_len, msg[1]["max_model_len"])
+            self.ready = True
+        elif kind == "fatal":
+            self._dead = msg[1]
+        elif kind == "outputs":
+            self.stats = EngineStats(**msg[2])
+            for d in msg[1]:
+                self._deliver(d[0], _delta(d))
+        elif kind == "stats":
+            self.stats = EngineStats(**msg[1])
+        elif kind == "rejected":
+            self._deliver(msg[1], ValueError(msg[2]))
+        elif kind == "failed":
+            for rid in msg[1]:
+                self._deliver(rid, EngineRequestError(msg[2]))
 
     def _deliver(self, rid: str, item: Any) -> None:
         with self._lock:
             entry = self._queues.get(rid)
         if entry is not None:
             loop, queue = entry
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            with contextlib.suppress(RuntimeError):  # that request's event loop has closed
+                loop.call_soon_threadsafe(queue.put_nowait, item)
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
@@ -192,6 +198,7 @@ class AsyncEngineClient:
         return self.ready
 
     def shutdown(self, timeout: float = 10.0) -> None:
+        self._closing = True
         try:
             self._send(("shutdown",))
         except EngineDeadError:

@@ -12,6 +12,7 @@ Commands: ("add", request_id, prompt_token_ids, params_dict, priority) | ("abort
 from __future__ import annotations
 
 import logging
+import signal
 import traceback
 from dataclasses import asdict
 from multiprocessing.connection import Connection
@@ -28,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 def run_engine_core(model: str, config: EngineConfig, conn: Connection) -> None:
     """Process entry point. Returns when told to shut down or when the server goes away."""
+    # Ctrl-C and SIGTERM reach the whole process group; the server decides when to stop
+    # (after draining) and says so with "shutdown" or by closing the pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         engine = LLMEngine(model, config)
     except Exception as exc:  # the server reports this and exits
@@ -76,7 +81,8 @@ class EngineCore:
             _, rid, prompt_ids, params, priority = msg
             try:
                 self.engine.add_request(rid, prompt_ids, SamplingParams(**params), priority)
-            except ValueError as exc:
+            except Exception as exc:  # bad input must never take the engine down
+                self.engine.abort(rid)
                 self.conn.send(("rejected", rid, str(exc)))
         elif kind == "abort":
             self.engine.abort(msg[1])
@@ -91,6 +97,7 @@ class EngineCore:
             if self.fault_step is not None and self.num_steps == self.fault_step:
                 raise RuntimeError("injected engine fault (HERON_FAULT_INJECT_STEP)")
             outputs = self.engine.step()
+            deltas = [d for out in outputs for d in self._deltas(out)]
         except Exception as exc:
             # Fail the requests that were in flight, keep the process and the server alive.
             logger.error("engine step failed:\n%s", traceback.format_exc())
@@ -100,7 +107,6 @@ class EngineCore:
                 self._forget(rid)
             self.conn.send(("failed", ids, f"engine error: {exc}"))
             return
-        deltas = [d for out in outputs for d in self._deltas(out)]
         self.conn.send(("outputs", deltas, asdict(self.stats())))
 
     def _deltas(self, out: RequestOutput) -> list[tuple[Any, ...]]:

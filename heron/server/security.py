@@ -89,6 +89,11 @@ class SecurityMiddleware:
         async def reject(err: APIError) -> None:
             await _send_json(send, err.status, error_body(family, err), _cors(origin, cors_ok))
 
+        if path != scope.get("path", "/"):
+            # The check and the router must see the same path: refuse dot segments and
+            # doubly encoded separators outright.
+            await reject(APIError(400, "request path is not normalised"))
+            return
         if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
             await reject(APIError(431, "request headers are too large", "request_too_large"))
             return

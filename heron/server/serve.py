@@ -4,6 +4,7 @@ and drains on SIGTERM."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 from dataclasses import dataclass, field
@@ -111,7 +112,7 @@ def run_server(cfg: ServeConfig) -> int:
         host=cfg.host,
         port=cfg.port,
         log_level="info",
-        timeout_graceful_shutdown=int(cfg.shutdown_timeout),
+        timeout_graceful_shutdown=math.ceil(cfg.shutdown_timeout),
         h11_max_incomplete_event_size=cfg.limits.max_header_bytes,
         server_header=False,
     )

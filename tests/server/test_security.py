@@ -119,3 +119,54 @@ def test_body_and_header_limits(keyed: ServerProcess) -> None:
     assert r.status_code == 413 and "error" in r.json()
     r = httpx.get(f"{keyed.base_url}/v1/models", headers={**h, "X-Filler": "x" * (32 << 10)})
     assert 400 <= r.status_code < 500
+
+
+def raw_get(port: int, path: str, headers: dict[str, str] | None = None) -> int:
+    """Send a GET with the path exactly as given (HTTP clients normalise dot segments)."""
+    import socket
+
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        status_line = sock.makefile("rb").readline().decode()
+    return int(status_line.split()[1])
+
+
+def test_dot_segments_cannot_reach_other_routes(keyed: ServerProcess) -> None:
+    h = {"Authorization": f"Bearer {KEY}"}
+    for path in ["/v1/models/../../health", "/v1/models/..%2F..%2Fhealth", "/v1/./models"]:
+        assert raw_get(keyed.port, path) in (400, 401), path  # not the open /health route
+        assert raw_get(keyed.port, path, h) == 400, path
+    assert raw_get(keyed.port, "/health") == 200
+
+
+def test_unicode_and_id_list_abuse_get_4xx(keyed: ServerProcess) -> None:
+    h = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    base = keyed.base_url
+    r = httpx.post(
+        f"{base}/v1/completions",
+        headers=h,
+        content=b'{"model": "smollm2", "prompt": "\\ud800", "max_tokens": 2}',
+    )
+    assert r.status_code == 400 and "error" in r.json()
+    r = httpx.post(
+        f"{base}/api/generate", headers=h, content=b'{"model": "\\ud800", "prompt": "hi"}'
+    )
+    assert 400 <= r.status_code < 500 and "error" in r.json()
+    body = {"model": "smollm2", "prompt": "hi", "max_tokens": 2, "stop_token_ids": [0] * 100000}
+    r = httpx.post(f"{base}/v1/completions", headers=h, json=body)
+    assert r.status_code == 400 and "stop_token_ids" in r.json()["error"]["message"]
+
+
+def test_crafted_gguf_is_refused_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "crafted.gguf"
+    bad.write_bytes(b"GGUF")
+    result = subprocess.run(
+        [sys.executable, "-m", "heron.cli", "serve", str(bad), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "crafted.gguf" in result.stderr
