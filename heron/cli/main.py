@@ -74,8 +74,8 @@ def serve(
     from heron.server.state import ServerLimits
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    env_host, env_port = env.split_host_port(env.host())
     try:
+        env_host, env_port = env.split_host_port(env.host())
         cfg = ServeConfig(
             model=model,
             host=host or env_host,

@@ -13,6 +13,7 @@ import itertools
 import multiprocessing as mp
 import threading
 from collections.abc import AsyncIterator, Callable
+from queue import SimpleQueue
 from typing import Any
 
 from heron.config import EngineConfig, ModelConfig
@@ -65,7 +66,7 @@ class AsyncEngineClient:
         self._ids = itertools.count()
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
         self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
+        self._outbox: SimpleQueue[tuple[Any, ...]] = SimpleQueue()
         self._dead: str | None = None
         self._closing = False
         ctx = mp.get_context("spawn")
@@ -77,6 +78,9 @@ class AsyncEngineClient:
         child.close()
         # The weights load in the engine process while the server already answers /health;
         # /ready and generation answer 503 until the reader sees "ready".
+        self._writer = threading.Thread(target=self._write_loop, name="heron-engine-writer")
+        self._writer.daemon = True
+        self._writer.start()
         self._reader = threading.Thread(target=self._read_loop, name="heron-engine-reader")
         self._reader.daemon = True
         self._reader.start()
@@ -133,11 +137,21 @@ class AsyncEngineClient:
         return max(0, len(self._queues) - self.stats.num_running - self.stats.num_waiting)
 
     def _send(self, msg: tuple[Any, ...]) -> None:
-        try:
-            with self._send_lock:
+        """Queue a command for the writer thread: a full pipe (the engine is mid-step) must
+        never block the event loop."""
+        if self._dead is not None:
+            raise EngineDeadError(self._dead)
+        self._outbox.put(msg)
+
+    def _write_loop(self) -> None:
+        while True:
+            msg = self._outbox.get()
+            try:
                 self._conn.send(msg)
-        except (OSError, EOFError) as exc:
-            raise EngineDeadError("the engine process has exited") from exc
+            except (OSError, EOFError):
+                return  # the reader sees the closed pipe and fails every request
+            if msg[0] == "shutdown":
+                return
 
     # -------------------------------------------------------------------- reader
     def _read_loop(self) -> None:

@@ -66,8 +66,10 @@ def test_models(client: openai.OpenAI, server: ServerProcess) -> None:
     assert client.models.retrieve(MODEL).id == MODEL
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
-    err = assert_error(httpx.get(f"{server.base_url}/v1/models/..%2Fx"), 404, "model")
+    err = assert_error(httpx.get(f"{server.base_url}/v1/models/x..y"), 404, "model")
     assert err["code"] == "model_not_found"
+    # an encoded separator changes the path once decoded: refused before routing
+    assert_error(httpx.get(f"{server.base_url}/v1/models/..%2Fx"), 400)
 
 
 # ------------------------------------------------------------------------------- chat

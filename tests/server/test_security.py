@@ -114,9 +114,19 @@ def test_cors_only_for_listed_origins(keyed: ServerProcess) -> None:
 
 def test_body_and_header_limits(keyed: ServerProcess) -> None:
     h = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
-    big = b'{"model": "smollm2", "prompt": "' + b"a" * (5 << 20) + b'"}'
-    r = httpx.post(f"{keyed.base_url}/v1/completions", content=big, headers=h)
-    assert r.status_code == 413 and "error" in r.json()
+    # Declare a 5 MiB body but send only its start: the server answers from the headers,
+    # without reading (or waiting for) the rest.
+    import socket
+
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{keyed.port}\r\n"
+        f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {5 << 20}\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", keyed.port), timeout=10) as sock:
+        sock.sendall(head.encode() + b'{"model": "smollm2", "prompt": "aaaa')
+        reply = sock.makefile("rb").read().decode()
+    assert reply.split()[1] == "413" and '"error"' in reply
     r = httpx.get(f"{keyed.base_url}/v1/models", headers={**h, "X-Filler": "x" * (32 << 10)})
     assert 400 <= r.status_code < 500
 
