@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434  # Ollama's port, so that existing Ollama clients work unchanged
@@ -16,6 +18,11 @@ def _get(name: str) -> str | None:
 def host() -> str:
     """``HERON_HOST``: ``host``, ``host:port`` or ``http://host:port``."""
     return _get("HERON_HOST") or DEFAULT_HOST
+
+
+def models_dir() -> Path:
+    """``HERON_MODELS``: root of the model store; default ``~/.heron/models`` (``~`` expanded)."""
+    return Path(os.path.expanduser(_get("HERON_MODELS") or "~/.heron/models"))
 
 
 def api_key() -> str | None:
@@ -42,3 +49,20 @@ def split_host_port(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, 
         h, p = value.split(":")
         return h or DEFAULT_HOST, int(p)
     return value, default_port
+
+
+def pypi_index_url() -> str | None:
+    """``HERON_PYPI_INDEX_URL``: package index URL(s), space-separated, that catalog pulls use
+    instead of pip's configured indexes and find-links."""
+    return _get("HERON_PYPI_INDEX_URL")
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP address (IPv6 may come in brackets)."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

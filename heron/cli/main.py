@@ -1,4 +1,5 @@
-"""``heron``: Typer app; each verb is a thin layer over the library."""
+"""``heron``: Typer app. ``serve`` runs the server; every other verb is a thin client of a
+running server at ``HERON_HOST`` (``client.py``), as Ollama's CLI is of its server."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Annotated
 import typer
 
 from heron import __version__, env
+from heron.cli import create, importer, models, run
 
 app = typer.Typer(
     name="heron",
@@ -38,8 +40,12 @@ def root(
 @app.command()
 def serve(
     model: Annotated[
-        str, typer.Argument(help="Packaged model name, GGUF file or HF directory.")
-    ] = "smollm2",
+        str | None,
+        typer.Argument(
+            help="Model to load at startup: a name, GGUF file or HF directory. Without it, "
+            "models load on their first request."
+        ),
+    ] = None,
     host: Annotated[
         str | None, typer.Option(help="Bind address (default 127.0.0.1; env HERON_HOST).")
     ] = None,
@@ -67,8 +73,21 @@ def serve(
     kv_cache_memory_mb: Annotated[int, typer.Option(help="KV cache size in MiB.")] = 1024,
     quantization: Annotated[str | None, typer.Option(help="None (exact) or int8.")] = None,
     shutdown_timeout: Annotated[float, typer.Option(help="Seconds to drain on SIGTERM.")] = 30.0,
+    max_loaded_models: Annotated[
+        int, typer.Option(help="Models held in memory at once; the idlest one is unloaded.")
+    ] = 3,
+    keep_alive: Annotated[
+        str, typer.Option(help='How long an idle model stays loaded ("5m", "1h", "-1": for ever).')
+    ] = "5m",
 ) -> None:
-    """Serve the OpenAI, Anthropic and Ollama APIs on one port."""
+    """Serve the OpenAI, Anthropic and Ollama APIs on one port.
+
+    Environment:
+      HERON_HOST            address (default 127.0.0.1:11434)
+      HERON_MODELS          the model store (default ~/.heron/models)
+      HERON_API_KEY         require this key
+      HERON_PYPI_INDEX_URL  package index for catalog pulls
+    """
     from heron.config import CacheConfig, EngineConfig, SchedulerConfig
     from heron.server.serve import InsecureBindError, ServeConfig, run_server
     from heron.server.state import ServerLimits
@@ -85,6 +104,8 @@ def serve(
             cors_origins=cors_origins or [],
             served_model_name=served_model_name,
             shutdown_timeout=shutdown_timeout,
+            max_loaded_models=max_loaded_models,
+            keep_alive=keep_alive,
             limits=ServerLimits(max_waiting=max_waiting, max_tokens=max_tokens, max_n=max_n),
             engine=EngineConfig(
                 cache=CacheConfig(memory_bytes=kv_cache_memory_mb << 20),
@@ -103,6 +124,19 @@ def serve(
         raise typer.Exit(2) from None
     if status:
         raise typer.Exit(status)
+
+
+app.command()(run.run)
+app.command()(models.pull)
+app.command("list")(models.list_)
+app.command("ls", hidden=True)(models.list_)
+app.command()(models.ps)
+app.command()(models.rm)
+app.command()(models.show)
+app.command()(create.create)
+app.command()(models.cp)
+app.command()(models.stop)
+app.command("import")(importer.import_)
 
 
 def main() -> None:

@@ -63,8 +63,17 @@ class Checkpoint:
             self.gguf.close()
 
 
+def _has_gguf_magic(path: Path) -> bool:
+    """Store blobs have no suffix: a GGUF file is known by its first four bytes."""
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Open a ``.gguf`` file or an HF checkpoint directory.
+    """Open a GGUF file (by suffix or by its magic bytes) or an HF checkpoint directory.
 
     Raises ``GGUFError`` for a bad GGUF file and ``CheckpointError`` for anything else that is
     not a loadable checkpoint (missing path, other file types, pickle-only directories).
@@ -73,7 +82,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if p.is_dir():
         config = load_hf_checkpoint(p)
         return Checkpoint(config, lambda: iter_safetensors_weights(p), "hf", p)
-    if p.is_file() and p.suffix.lower() == ".gguf":
+    if p.is_file() and (p.suffix.lower() == ".gguf" or _has_gguf_magic(p)):
         config, g = load_gguf_checkpoint(p)
         return Checkpoint(config, lambda: iter_gguf_weights(g, config), "gguf", p, g)
     if not p.exists():

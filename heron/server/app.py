@@ -3,8 +3,11 @@ with lazy imports)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import logging
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,7 +32,14 @@ RETRY_AFTER_S = "1"
 
 
 def build_app(state: ServerState, families: list[str] | None = None) -> FastAPI:
-    app = FastAPI(title="Heron", version=__version__, docs_url=None, redoc_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await asyncio.to_thread(state.models.shutdown)
+
+    app = FastAPI(
+        title="Heron", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan
+    )
     app.state.heron = state
 
     @app.exception_handler(APIError)
@@ -78,25 +88,30 @@ def build_app(state: ServerState, families: list[str] | None = None) -> FastAPI:
 
     @app.get("/health", include_in_schema=False)
     async def health() -> Response:
-        """Liveness: the HTTP server answers and the engine process is alive."""
-        if not state.engine.alive:
+        """Liveness: the HTTP server answers and the command line's model, while loaded,
+        still has its engine process."""
+        pinned = state.models.pinned_model
+        if pinned is not None and not pinned.engine.alive:
             return PlainTextResponse("engine process has exited", status_code=503)
         return PlainTextResponse("ok")
 
     @app.get("/ready", include_in_schema=False)
     async def ready() -> Response:
-        """Readiness: fails while the model loads, while draining, or if the engine died."""
-        if not state.engine.alive:
-            return PlainTextResponse("engine process has exited", status_code=503)
-        if not state.engine.ready:
-            return PlainTextResponse("loading", status_code=503)
+        """Readiness: fails while the command line's model loads, while draining, or if its
+        engine died. Other models load on demand and do not affect readiness."""
+        pinned = state.models.pinned_model  # None once a request unloaded it: loads again
+        if pinned is not None:
+            if not pinned.engine.alive:
+                return PlainTextResponse("engine process has exited", status_code=503)
+            if not pinned.engine.ready:
+                return PlainTextResponse("loading", status_code=503)
         if state.draining:
             return PlainTextResponse("draining", status_code=503)
         return PlainTextResponse("ready")
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        state.metrics.update_engine(state.engine.stats)
+        state.metrics.update_engines(state.models.engine_stats())
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     for name in list(API_FAMILIES) if families is None else families:

@@ -51,12 +51,15 @@ class AsyncEngineClient:
         config: EngineConfig,
         max_waiting: int = 256,
         on_fatal: Callable[[str], None] | None = None,
+        chat_template: str | None = None,
     ) -> None:
         self.model_path = resolve_model(model)
         checkpoint = load_checkpoint(self.model_path)  # header only: config + tokenizer
         self.model_config: ModelConfig = checkpoint.config
         self.metadata: dict[str, Any] = checkpoint.gguf.metadata if checkpoint.gguf else {}
         self.tokenizer: Tokenizer = load_tokenizer(checkpoint)
+        if chat_template:  # a Modelfile TEMPLATE replaces the checkpoint's own
+            self.tokenizer.override_chat_template(chat_template)
         self.config = config
         self.max_waiting = max_waiting
         self.max_model_len, _ = plan_max_model_len(self.model_config, config)

@@ -26,7 +26,11 @@ _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 
 
 
 class Metrics:
-    def __init__(self, model_name: str) -> None:
+    """Labelled by model name; gauges mirror the engines' latest stats (zero once a model is
+    unloaded), counters advance by each engine's own deltas, so they never go backwards when
+    models load and unload."""
+
+    def __init__(self, model_names: list[str] | None = None) -> None:
         self.registry = CollectorRegistry()
         labels = ["model_name"]
         r = self.registry
@@ -62,9 +66,15 @@ class Metrics:
         self.e2e = hist(
             "e2e_request_latency_seconds", "End-to-end request latency.", _LATENCY_BUCKETS
         )
-        self.model_name = model_name
-        self._last = EngineStats()
-        # Create every labelled series now, so that /metrics lists them before any traffic.
+        self._last: dict[tuple[str, int], EngineStats] = {}  # (model, engine id) -> stats
+        self._gauged: set[str] = set()
+        for name in model_names or []:
+            self.declare(name)
+
+    def declare(self, model_name: str) -> None:
+        """Create every labelled series of a model, so that /metrics lists them before any
+        traffic."""
+        self._gauged.add(model_name)
         for metric in (
             self.running,
             self.waiting,
@@ -80,23 +90,38 @@ class Metrics:
         ):
             metric.labels(model_name)
 
-    def update_engine(self, stats: EngineStats) -> None:
-        """Mirror the engine core's latest snapshot; counters advance by the difference."""
-        m = self.model_name
-        self.running.labels(m).set(stats.num_running)
-        self.waiting.labels(m).set(stats.num_waiting)
-        self.kv_usage.labels(m).set(stats.kv_cache_usage)
-        for counter, new, old in (
-            (self.prefix_queries, stats.prefix_cache_queries, self._last.prefix_cache_queries),
-            (self.prefix_hits, stats.prefix_cache_hits, self._last.prefix_cache_hits),
-            (self.preemptions, stats.num_preemptions, self._last.num_preemptions),
-        ):
-            if new > old:
-                counter.labels(m).inc(new - old)
-        self._last = stats
+    def update_engines(self, engines: list[tuple[str, int, EngineStats]]) -> None:
+        """Mirror each loaded engine's latest snapshot, given as (model name, engine id,
+        stats); counters advance by the difference from that engine's previous snapshot."""
+        seen: set[str] = set()
+        for m, engine_id, stats in engines:
+            if m not in self._gauged:
+                self.declare(m)
+            seen.add(m)
+            self.running.labels(m).set(stats.num_running)
+            self.waiting.labels(m).set(stats.num_waiting)
+            self.kv_usage.labels(m).set(stats.kv_cache_usage)
+            last = self._last.get((m, engine_id), EngineStats())
+            for counter, new, old in (
+                (self.prefix_queries, stats.prefix_cache_queries, last.prefix_cache_queries),
+                (self.prefix_hits, stats.prefix_cache_hits, last.prefix_cache_hits),
+                (self.preemptions, stats.num_preemptions, last.num_preemptions),
+            ):
+                if new > old:
+                    counter.labels(m).inc(new - old)
+            self._last[(m, engine_id)] = stats
+        for m in self._gauged - seen:  # unloaded since the last scrape
+            self.running.labels(m).set(0)
+            self.waiting.labels(m).set(0)
+            self.kv_usage.labels(m).set(0)
+        self._gauged |= seen
+        live = {(m, e) for m, e, _ in engines}
+        for key in [k for k in self._last if k not in live]:
+            del self._last[key]
 
     def observe_request(
         self,
+        model_name: str,
         prompt_tokens: int,
         generation_tokens: int,
         ttft_s: float | None,
@@ -105,7 +130,7 @@ class Metrics:
         finish_reason: str | None,
     ) -> None:
         """Record one finished (or aborted) request."""
-        m = self.model_name
+        m = model_name
         self.prompt_tokens.labels(m).inc(prompt_tokens)
         self.generation_tokens.labels(m).inc(generation_tokens)
         self.request_success.labels(m, finish_reason or "abort").inc()

@@ -21,14 +21,8 @@ OPEN_PATHS = frozenset({"/health"})
 CORS_ALLOW_HEADERS = "authorization, content-type, x-api-key, anthropic-version, accept, user-agent"
 
 
-def is_loopback_host(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+BLOB_PREFIX = "/api/blobs/"
+MAX_BLOB_BYTES = 1 << 40  # 1 TiB: larger than any model; the store checks free space as it goes
 
 
 def host_allowed(host_header: str) -> bool:
@@ -109,8 +103,13 @@ class SecurityMiddleware:
         if self.api_key is not None and path not in OPEN_PATHS and not self._key_ok(headers):
             await reject(APIError(401, "invalid or missing API key", "authentication"))
             return
+        # Blob uploads (``heron create`` sending a GGUF file) are model-sized, and are hashed
+        # to disk as they arrive rather than buffered; everything else keeps the small cap.
+        limit = self.max_body_bytes
+        if scope["method"] == "POST" and path.startswith(BLOB_PREFIX):
+            limit = MAX_BLOB_BYTES
         declared = headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await reject(APIError(413, "request body is too large", "request_too_large"))
             return
 
@@ -121,7 +120,7 @@ class SecurityMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise _BodyTooLarge()
             return message
 

@@ -8,16 +8,26 @@ import math
 import os
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
 from heron.config import EngineConfig
+from heron.engine.llm_engine import resolve_model
+from heron.env import is_loopback_host
 from heron.server.app import DrainGuard, build_app
-from heron.server.engine_client import AsyncEngineClient
 from heron.server.metrics import Metrics
-from heron.server.security import SecurityMiddleware, is_loopback_host
+from heron.server.model_manager import (
+    ModelManager,
+    ModelSpec,
+    parse_duration,
+    spec_from_path,
+    spec_from_store,
+)
+from heron.server.security import SecurityMiddleware
 from heron.server.state import ServerLimits, ServerState
+from heron.store.store import ModelStore
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +38,7 @@ class InsecureBindError(SystemExit):
 
 @dataclass(slots=True)
 class ServeConfig:
-    model: str
+    model: str | None = None  # loaded at start and kept; others load on demand from the store
     host: str = "127.0.0.1"
     port: int = 11434
     api_key: str | None = None
@@ -36,12 +46,17 @@ class ServeConfig:
     cors_origins: list[str] = field(default_factory=list)
     served_model_name: str | None = None
     shutdown_timeout: float = 30.0
+    max_loaded_models: int = 3
+    keep_alive: str = "5m"
+    models_dir: str | None = None  # the store; default HERON_MODELS
     limits: ServerLimits = field(default_factory=ServerLimits)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if self.max_loaded_models < 1:
+            raise ValueError("max_loaded_models must be at least 1")
         if self.shutdown_timeout < 0:
             raise ValueError("shutdown_timeout must be non-negative")
         for origin in self.cors_origins:
@@ -93,11 +108,22 @@ def run_server(cfg: ServeConfig) -> int:
         if server is not None:
             server.should_exit = True
 
-    engine = AsyncEngineClient(cfg.model, cfg.engine, cfg.limits.max_waiting, on_fatal)
-    name = cfg.served_model_name or _default_name(cfg.model)
-    state = ServerState(
-        engine=engine, metrics=Metrics(name), limits=cfg.limits, served_model_name=name
+    store = ModelStore(Path(cfg.models_dir) if cfg.models_dir else None)
+    keep_alive = parse_duration(cfg.keep_alive)
+    models = ModelManager(
+        cfg.engine,
+        store,
+        max_waiting=cfg.limits.max_waiting,
+        max_loaded=cfg.max_loaded_models,
+        default_keep_alive=keep_alive,
+        on_fatal=on_fatal,
     )
+    names: list[str] = []
+    if cfg.model is not None:
+        spec = command_line_model(store, cfg.model, cfg.served_model_name)
+        models.pin(spec)
+        names.append(spec.name)
+    state = ServerState(models=models, metrics=Metrics(names), limits=cfg.limits)
     app = build_app(state)
     guarded = SecurityMiddleware(
         DrainGuard(app, state),
@@ -121,8 +147,28 @@ def run_server(cfg: ServeConfig) -> int:
         if not failure:
             server.run()
     finally:
-        engine.shutdown()
+        models.shutdown()
     return 1 if failure else 0
+
+
+def command_line_model(store: ModelStore, model: str, served_name: str | None) -> ModelSpec:
+    """``heron serve MODEL``: a stored model's name, else a GGUF file / HF directory path or
+    the name of a model a Python package ships. Raises FileNotFoundError if none fits."""
+    from heron.store.names import InvalidNameError
+    from heron.store.store import ModelNotFoundError
+
+    if not os.path.exists(model):
+        try:
+            spec = spec_from_store(store, store.get(model))
+        except (InvalidNameError, ModelNotFoundError):
+            pass
+        else:
+            if served_name:
+                spec.name, spec.aliases = served_name, frozenset({served_name.lower()})
+            return spec
+    path = resolve_model(model)
+    name = served_name or _default_name(model)
+    return spec_from_path(path, name)
 
 
 def _default_name(model: str) -> str:

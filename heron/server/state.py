@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from heron.server.engine_client import AsyncEngineClient
     from heron.server.metrics import Metrics
+    from heron.server.model_manager import ModelManager
 
 
 @dataclass(slots=True)
@@ -31,13 +31,8 @@ class ServerLimits:
 
 @dataclass(slots=True)
 class ServerState:
-    engine: AsyncEngineClient
+    models: ModelManager  # every loaded model and its engine process
     metrics: Metrics
     limits: ServerLimits = field(default_factory=ServerLimits)
-    served_model_name: str = "smollm2"
     started_at: float = field(default_factory=time.time)
     draining: bool = False
-
-    def model_known(self, name: str) -> bool:
-        """Is ``name`` the served model? Accepts ``name`` and ``name:latest`` as Ollama does."""
-        return name in (self.served_model_name, f"{self.served_model_name}:latest")

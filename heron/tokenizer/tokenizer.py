@@ -94,6 +94,7 @@ class Tokenizer:
         eos = {eos_token_id} if eos_token_id is not None else set()
         self._eos_token_ids = frozenset(eos | set(extra_eos_token_ids))
         self._chat_templates = dict(chat_templates or {})
+        self._go_template: str | None = None  # a Modelfile TEMPLATE in Go syntax
         added = backend.get_added_tokens_decoder()
         self._all_special_ids = frozenset(i for i, t in added.items() if t.special)
         # Whether plain encoding starts with bos: decides if encode_chat must add it.
@@ -240,6 +241,19 @@ class Tokenizer:
         """All templates by name ("default", and e.g. "tool_use")."""
         return dict(self._chat_templates)
 
+    def override_chat_template(self, source: str) -> None:
+        """Replace the default chat template (mutates this tokenizer). ``source`` is Jinja, as
+        in HF checkpoints, or a Modelfile TEMPLATE in Go template syntax, rendered with the
+        data a Modelfile template expects (.System, .Prompt, .Messages, ...)."""
+        from heron.tokenizer.gotemplate import GoTemplate, is_go_template
+
+        if is_go_template(source):
+            GoTemplate(source)  # parse now, so a broken template fails at load
+            self._go_template = source
+        else:
+            self._go_template = None
+            self._chat_templates[DEFAULT_TEMPLATE] = source
+
     def apply_chat_template(
         self,
         messages: Sequence[Mapping[str, Any]],
@@ -254,6 +268,12 @@ class Tokenizer:
         chat template or the template fails.
         """
         name = kwargs.pop("template_name", None)
+        if name is None and self._go_template is not None:
+            from heron.tokenizer.gotemplate import render_ollama_prompt
+
+            conversation = [dict(m) for m in messages]
+            tool_list = [dict(t) for t in tools] if tools else None
+            return render_ollama_prompt(self._go_template, conversation, tool_list)
         if name is None:
             has_tool_template = TOOL_USE_TEMPLATE in self._chat_templates
             name = TOOL_USE_TEMPLATE if tools and has_tool_template else DEFAULT_TEMPLATE

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +45,15 @@ class ServerProcess:
             return self.proc.wait()
 
 
+_SCRATCH: list[str] = []
+
+
+def _scratch() -> str:
+    if not _SCRATCH:
+        _SCRATCH.append(tempfile.mkdtemp(prefix="heron-test-"))
+    return _SCRATCH[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,16 +61,24 @@ def free_port() -> int:
 
 
 def start_server(
-    *args: str, env: dict[str, str] | None = None, api_key: str | None = None, wait: bool = True
+    *args: str,
+    env: dict[str, str] | None = None,
+    api_key: str | None = None,
+    wait: bool = True,
+    model: str | None = MODEL,
 ) -> ServerProcess:
+    """``heron serve [model]`` on a free port; ``model=None`` serves the store only."""
     port = free_port()
-    cmd = [sys.executable, "-m", "heron.cli", "serve", MODEL, "--port", str(port), *args]
+    named = [model] if model is not None else []
+    cmd = [sys.executable, "-m", "heron.cli", "serve", *named, "--port", str(port), *args]
     if api_key:
         cmd += ["--api-key", api_key]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("HERON_")}
+    # A store of the test run's own, never the user's ~/.heron/models.
+    full_env["HERON_MODELS"] = os.path.join(_scratch(), "models")
     full_env.update(env or {})
     proc = subprocess.Popen(cmd, env=full_env)
-    server = ServerProcess(proc, port, api_key=api_key)
+    server = ServerProcess(proc, port, model=model or "", api_key=api_key)
     if wait:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

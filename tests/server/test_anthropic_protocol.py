@@ -17,6 +17,7 @@ from heron.server.anthropic.serving import (
     sampling_params,
 )
 from heron.server.common import APIError
+from heron.server.model_manager import LoadedModel, ModelSpec
 from heron.server.protocol import GenerationDelta
 from heron.server.state import ServerLimits, ServerState
 from heron.tokenizer import Tokenizer
@@ -157,28 +158,41 @@ def test_conversation_for_the_template() -> None:
 
 
 def fake_state(**limits: int) -> ServerState:
-    engine = SimpleNamespace(tokenizer=SimpleNamespace(vocab_size=100), max_model_len=64)
     return ServerState(
-        engine=cast(Any, engine), metrics=cast(Any, None), limits=ServerLimits(**limits)
+        models=cast(Any, None), metrics=cast(Any, None), limits=ServerLimits(**limits)
     )
+
+
+def fake_model(parameters: dict[str, Any] | None = None) -> LoadedModel:
+    engine = SimpleNamespace(tokenizer=SimpleNamespace(vocab_size=100), max_model_len=64)
+    spec = ModelSpec("m", "/nonexistent", None, 0, 0.0, parameters=parameters or {})
+    return LoadedModel(spec, cast(Any, engine), pinned=True, keep_alive=0.0, expires_at=0.0)
 
 
 def test_sampling_params() -> None:
     state = fake_state(max_tokens=16, max_stop_strings=2)
     req = MessageCreateRequest.model_validate(body(stop_sequences=["x"], top_k=10**30))
-    params = sampling_params(state, req)
+    params = sampling_params(state, req, fake_model())
     assert params.temperature == 1.0  # Anthropic's default
     assert params.top_k == 0  # above the vocabulary: keep every token
     assert params.stop == ["x"] and params.max_tokens == 8 and not params.include_stop_str_in_output
-    greedy = sampling_params(state, MessageCreateRequest.model_validate(body(temperature=0)))
+    model = fake_model()
+    greedy = sampling_params(state, MessageCreateRequest.model_validate(body(temperature=0)), model)
     assert greedy.greedy
+    # A Modelfile's parameters are the defaults; the request's fields win over them.
+    modelfile = fake_model({"temperature": 0.0, "top_k": 5, "stop": ["END"]})
+    plain = sampling_params(state, MessageCreateRequest.model_validate(body()), modelfile)
+    assert plain.greedy and plain.top_k == 5 and plain.stop == ["END"]
+    own = MessageCreateRequest.model_validate(body(temperature=0.5, stop_sequences=["x"]))
+    mixed = sampling_params(state, own, modelfile)
+    assert mixed.temperature == 0.5 and mixed.stop == ["x"]
     for bad, param in [
         (body(max_tokens=17), "max_tokens"),
         (body(stop_sequences=["a", "b", "c"]), "stop_sequences"),
         (body(stop_sequences=[""]), None),
     ]:
         with pytest.raises(APIError) as info:
-            sampling_params(state, MessageCreateRequest.model_validate(bad))
+            sampling_params(state, MessageCreateRequest.model_validate(bad), model)
         assert info.value.status == 400 and info.value.param == param
 
 
@@ -197,7 +211,7 @@ def delta(text: str, n_out: int, finish: str | None = None, stop: Any = None) ->
     ],
 )
 def test_stop_reason_and_usage(finish: str, stop: Any, n_out: int, expected: str) -> None:
-    run = MessageRun(fake_state(), 0.0, 10)
+    run = MessageRun(fake_state(), fake_model(), 0.0, 10)
     run.record(delta("a", 1))
     run.record(delta("b", n_out, finish, stop))
     max_tokens = 8 if expected == "max_tokens" else 100

@@ -99,7 +99,8 @@ def test_streaming_disconnect_frees_kv(server: ServerProcess) -> None:
             "POST", f"{base}/v1/chat/completions", json={**LONG, "stream": True}
         ) as r:
             chunks = 0
-            for line in r.iter_lines():
+            lines = r.iter_lines()  # held: dropping the iterator would close the connection
+            for line in lines:
                 if line.startswith("data: "):
                     chunks += 1
                 if chunks >= 3:

@@ -87,7 +87,7 @@ def test_show(server: ServerProcess, client: ollama.Client) -> None:
     assert shown.capabilities == ["completion"]
     assert shown.template is not None and "<|im_start|>" in shown.template
     assert shown.modelfile is not None and "FROM smollm2:latest" in shown.modelfile
-    assert shown.parameters is not None and "num_ctx" in shown.parameters
+    assert shown.parameters is not None and "stop" in shown.parameters
     assert shown.details is not None and shown.details.format == "gguf"
     info = shown.modelinfo or {}
     assert info["general.architecture"] == "llama"

@@ -3,28 +3,26 @@ prompt building, sampling parameters, logprob shapes, and the response models.""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from heron.config import EngineConfig
 from heron.engine.llm_engine import load_tokenizer, resolve_model
 from heron.loader import load_checkpoint
 from heron.request import Logprob
 from heron.server.common import APIError
+from heron.server.model_manager import ModelManager, spec_from_path
+from heron.server.openai.logprobs import TokenSpeller, chat_logprobs, completion_logprobs
 from heron.server.openai.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     CompletionRequest,
 )
-from heron.server.openai.serving import (
-    TokenSpeller,
-    chat_logprobs,
+from heron.server.openai.validation import (
     chat_messages,
     check_caps,
-    check_model,
-    completion_logprobs,
     completion_prompts,
     reject_unsupported,
     resolve_max_tokens,
@@ -41,9 +39,9 @@ def tokenizer() -> Tokenizer:
     return load_tokenizer(load_checkpoint(resolve_model("smollm2")))
 
 
-def state(max_model_len: int = 100, **limits: int) -> ServerState:
-    engine = SimpleNamespace(max_model_len=max_model_len)
-    return ServerState(engine=engine, metrics=None, limits=ServerLimits(**limits))  # type: ignore[arg-type]
+def state(**limits: int) -> ServerState:
+    models = ModelManager(EngineConfig(), store=None)
+    return ServerState(models=models, metrics=None, limits=ServerLimits(**limits))  # type: ignore[arg-type]
 
 
 def chat(**kw: Any) -> ChatCompletionRequest:
@@ -86,11 +84,12 @@ def test_union_errors_are_one_readable_message() -> None:
 
 def test_model_names_are_only_compared() -> None:
     s = state()
-    check_model(s, "smollm2")
-    check_model(s, "smollm2:latest")
+    s.models.pinned = spec_from_path(resolve_model("smollm2"), "smollm2")
+    assert s.models.resolve("smollm2") is s.models.pinned
+    assert s.models.resolve("SmolLM2:latest") is s.models.pinned
     for name in ("../smollm2", "/smollm2", "smollm2\x00", "x" * 10_000):
         with pytest.raises(APIError) as info:
-            check_model(s, name)
+            s.models.resolve(name)
         assert info.value.status == 404 and info.value.kind == "not_found"
         assert len(info.value.message) < 120
 
@@ -133,7 +132,7 @@ def test_caps() -> None:
 
 
 def test_max_tokens_against_the_context() -> None:
-    s = state(max_model_len=100)
+    s = 100  # the context length
     assert resolve_max_tokens(s, [40], None, 1000, "prompt", "max_tokens") == 60
     assert resolve_max_tokens(s, [40], None, 16, "prompt", "max_tokens") == 16
     assert resolve_max_tokens(s, [40], 60, 16, "prompt", "max_tokens") == 60

@@ -46,6 +46,13 @@ from heron.server.anthropic.protocol import (
     Usage,
 )
 from heron.server.common import APIError, error_body, sse, until_disconnected
+from heron.server.defaults import (
+    context_limit,
+    load_model,
+    sampling_defaults,
+    with_model_messages,
+)
+from heron.server.model_manager import LoadedModel
 from heron.server.protocol import (
     EngineDeadError,
     EngineRequestError,
@@ -67,34 +74,43 @@ def bad_request(message: str, param: str | None = None) -> APIError:
 
 
 # ----------------------------------------------------------------------- validation
-def check_model(state: ServerState, name: str) -> None:
-    """An unknown name is a 404; names are only ever compared, never used as paths."""
-    if not state.model_known(name):
-        shown = name if len(name) <= 64 else name[:64] + "..."
-        raise APIError(404, f"model: {shown!r} is not served here", "not_found", "model")
+async def get_model(state: ServerState, name: str) -> LoadedModel:
+    """The loaded model; an unknown name is a 404 (names are never used as paths)."""
+    return await load_model(state, name, lambda shown: f"model: {shown!r} is not served here")
 
 
-def sampling_params(state: ServerState, body: MessageCreateRequest) -> SamplingParams:
+def sampling_params(
+    state: ServerState, body: MessageCreateRequest, model: LoadedModel
+) -> SamplingParams:
+    """The request's sampling fields over the model's Modelfile defaults."""
     limits = state.limits
+    defaults = sampling_defaults(model.spec)
     if body.max_tokens > limits.max_tokens:
         raise bad_request(
             f"max_tokens: {body.max_tokens} is above this server's limit of {limits.max_tokens}",
             "max_tokens",
         )
-    stops = body.stop_sequences or []
+    stops = body.stop_sequences or defaults.get("stop") or []
     if len(stops) > limits.max_stop_strings:
         raise bad_request(
             f"stop_sequences: at most {limits.max_stop_strings} are allowed, got {len(stops)}",
             "stop_sequences",
         )
-    top_k = body.top_k or 0
-    if top_k >= state.engine.tokenizer.vocab_size:
+    top_k = body.top_k if body.top_k is not None else defaults.get("top_k", 0)
+    if top_k >= model.engine.tokenizer.vocab_size:
         top_k = 0  # keeping every token is the same as no top-k
     try:
         return SamplingParams(
-            temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
+            temperature=defaults.get("temperature", DEFAULT_TEMPERATURE)
+            if body.temperature is None
+            else body.temperature,
+            top_p=defaults.get("top_p", 1.0) if body.top_p is None else body.top_p,
             top_k=top_k,
+            min_p=defaults.get("min_p", 0.0),
+            repetition_penalty=defaults.get("repetition_penalty", 1.0),
+            presence_penalty=defaults.get("presence_penalty", 0.0),
+            frequency_penalty=defaults.get("frequency_penalty", 0.0),
+            seed=defaults.get("seed"),
             max_tokens=body.max_tokens,
             stop=list(stops),
         )
@@ -147,16 +163,16 @@ def encode_prompt(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> list[
     return ids
 
 
-async def render(state: ServerState, body: CountTokensRequest | MessageCreateRequest) -> list[int]:
-    messages = chat_messages(body.system, body.messages)
+async def render(model: LoadedModel, body: CountTokensRequest | MessageCreateRequest) -> list[int]:
+    messages = with_model_messages(model.spec, chat_messages(body.system, body.messages))
     try:
-        return await asyncio.to_thread(encode_prompt, state.engine.tokenizer, messages)
+        return await asyncio.to_thread(encode_prompt, model.engine.tokenizer, messages)
     except ValueError as exc:
         raise bad_request(str(exc), "messages") from exc
 
 
-def check_context(state: ServerState, num_prompt_tokens: int) -> None:
-    context = state.engine.max_model_len
+def check_context(model: LoadedModel, num_prompt_tokens: int) -> None:
+    context = context_limit(model)
     if num_prompt_tokens >= context:
         raise APIError(
             400,
@@ -171,8 +187,11 @@ def check_context(state: ServerState, num_prompt_tokens: int) -> None:
 class MessageRun:
     """One engine request: what it has produced so far, and its metrics."""
 
-    def __init__(self, state: ServerState, started: float, num_prompt_tokens: int) -> None:
+    def __init__(
+        self, state: ServerState, model: LoadedModel, started: float, num_prompt_tokens: int
+    ) -> None:
         self.state = state
+        self.model = model
         self.started = started
         self.first_at: float | None = None
         self.last_at = 0.0
@@ -212,7 +231,7 @@ class MessageRun:
         if self.finish_reason == "length":
             # The engine cuts max_tokens to what fits the context.
             full = (
-                self.num_prompt_tokens + self.num_output_tokens >= self.state.engine.max_model_len
+                self.num_prompt_tokens + self.num_output_tokens >= self.model.engine.max_model_len
             )
             if full and self.num_output_tokens < max_tokens:
                 return "model_context_window_exceeded"
@@ -234,6 +253,7 @@ class MessageRun:
         if observe:
             ttft = None if self.first_at is None else self.first_at - self.started
             self.state.metrics.observe_request(
+                self.model.name,
                 self.num_prompt_tokens,
                 self.num_output_tokens,
                 ttft,
@@ -299,20 +319,20 @@ class AnthropicServing:
         self.state = state
 
     async def count_tokens(self, body: CountTokensRequest) -> MessageTokensCount:
-        check_model(self.state, body.model)
-        return MessageTokensCount(input_tokens=len(await render(self.state, body)))
+        model = await get_model(self.state, body.model)
+        return MessageTokensCount(input_tokens=len(await render(model, body)))
 
     async def messages(self, request: Request, body: MessageCreateRequest) -> Response:
         started = time.monotonic()
         state = self.state
-        check_model(state, body.model)
-        params = sampling_params(state, body)
-        prompt = await render(state, body)
-        check_context(state, len(prompt))
+        model = await get_model(state, body.model)
+        params = sampling_params(state, body, model)
+        prompt = await render(model, body)
+        check_context(model, len(prompt))
 
         message_id = f"msg_{uuid.uuid4().hex}"
-        run = MessageRun(state, started, len(prompt))
-        stream = state.engine.generate(prompt, params, request_id=message_id)
+        run = MessageRun(state, model, started, len(prompt))
+        stream = model.engine.generate(prompt, params, request_id=message_id)
         try:
             first = await until_disconnected(request, _first(stream))
         except asyncio.CancelledError:
@@ -344,7 +364,7 @@ class AnthropicServing:
             raise _aborted()
         message = Message(
             id=message_id,
-            model=state.served_model_name,
+            model=body.model,
             content=[TextBlock(text=run.text)],
             stop_reason=run.stop_reason(body.max_tokens),
             stop_sequence=run.stop_string,
@@ -362,7 +382,7 @@ class AnthropicServing:
     ) -> AsyncIterator[bytes]:
         start = Message(
             id=message_id,
-            model=self.state.served_model_name,
+            model=run.model.name,
             content=[],
             stop_reason=None,
             stop_sequence=None,

@@ -1,11 +1,8 @@
-"""The served model as Ollama's model routes describe it: ``/api/tags``, ``/api/show``,
+"""Models as Ollama's model routes describe them: ``/api/tags``, ``/api/show``,
 ``/api/ps``, and the ``keep_alive`` state behind ``/api/ps``.
 
-Heron keeps its model in memory for the server's lifetime (unloading for real belongs to the
-model store). ``Residency`` tracks what Ollama's scheduler would report instead: the model is
-listed by ``/api/ps`` from startup, each request keeps it listed for its ``keep_alive`` (5m by
-default, for ever if negative), ``keep_alive: 0`` takes it off the list once idle, and an empty
-``/api/generate`` prompt or ``/api/chat`` message list puts it back.
+``/api/tags`` lists the store (and the command line's model); ``/api/ps`` lists what the
+``ModelManager`` has loaded, each with the expiry its ``keep_alive`` set.
 """
 
 from __future__ import annotations
@@ -14,13 +11,15 @@ import asyncio
 import hashlib
 import math
 import os
-import re
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from heron.config import EngineConfig
+from heron.loader import Checkpoint, load_checkpoint
 from heron.server.common import APIError
+from heron.server.model_manager import ModelSpec, parse_duration, spec_from_store
 from heron.server.ollama.protocol import (
     ListModel,
     ListResponse,
@@ -32,7 +31,6 @@ from heron.server.ollama.protocol import (
 )
 from heron.server.state import ServerState
 
-DEFAULT_KEEP_ALIVE_S = 300.0  # Ollama's default, 5m
 FOREVER_NS = 2**63 - 1  # Go's largest Duration: what Ollama reports for a negative keep_alive
 _NS = 1_000_000_000
 
@@ -60,50 +58,15 @@ def now() -> str:
     return rfc3339(time.time_ns())
 
 
-_DURATION_PART = re.compile(r"(\d*\.?\d*)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_S = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
-
 def parse_keep_alive(value: float | str | None) -> float | None:
     """Seconds to keep the model, ``math.inf`` for ever (any negative value), None when not
     given. Takes seconds as a number, or a Go duration such as "5m", "1h30m", "-1"."""
     if value is None:
         return None
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            seconds = _parse_go_duration(text, value)
-    else:
-        seconds = float(value)
-    if math.isnan(seconds):
-        raise APIError(400, f'time: invalid duration "{value}"', param="keep_alive")
-    return math.inf if seconds < 0 else seconds
-
-
-def _parse_go_duration(text: str, original: str) -> float:
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text.lstrip("+-")
-    pos, total = 0, 0.0
-    while body and pos < len(body):
-        m = _DURATION_PART.match(body, pos)
-        if m is None or m.group(1) in ("", "."):
-            break
-        total += float(m.group(1)) * _UNIT_S[m.group(2)]
-        pos = m.end()
-    if not body or pos != len(body):
-        raise APIError(400, f'time: invalid duration "{original}"', param="keep_alive")
-    return sign * total
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="keep_alive") from None
 
 
 def _human_number(n: int) -> str:
@@ -120,19 +83,18 @@ def _human_number(n: int) -> str:
 
 
 class ModelCard:
-    """What Ollama's listing routes say about the served model, computed once."""
+    """What Ollama's model routes say about one model, from its checkpoint header (the
+    weights need not be loaded)."""
 
-    def __init__(self, state: ServerState) -> None:
-        engine = state.engine
-        self.state = state
-        self.name = state.served_model_name
-        self.tag = self.name if ":" in self.name else f"{self.name}:latest"
-        self.path = engine.model_path
-        self.metadata = engine.metadata
-        cfg = engine.model_config
-        files = self._files()
-        self.size = sum(os.path.getsize(f) for f in files)
-        self.modified_at = rfc3339(max(os.stat(f).st_mtime_ns for f in files))
+    def __init__(self, spec: ModelSpec, checkpoint: Checkpoint) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.tag = spec.name if ":" in spec.name.rsplit("/", 1)[-1] else f"{spec.name}:latest"
+        self.path = spec.path
+        self.metadata: dict[str, Any] = checkpoint.gguf.metadata if checkpoint.gguf else {}
+        cfg = self.model_config = checkpoint.config
+        self.size = spec.size
+        self.modified_at = rfc3339(int(spec.modified_at * _NS))
         self.num_params = int(self.metadata.get("general.parameter_count") or _count_params(cfg))
         gguf = bool(self.metadata)
         family = str(
@@ -154,8 +116,10 @@ class ModelCard:
             parameter_size=_human_number(self.num_params),
             quantization_level=quant or "unknown",
         )
-        self._digest: str | None = None
-        self._digest_lock: asyncio.Lock | None = None
+        self.chat_template = spec.template or (
+            self.metadata.get("tokenizer.chat_template") if gguf else _hf_template(spec.path)
+        )
+        self._digest: str | None = spec.digest
 
     def _files(self) -> list[str]:
         if os.path.isdir(self.path):
@@ -165,32 +129,17 @@ class ModelCard:
             return sorted(found)
         return [self.path]
 
-    def known(self, name: str) -> bool:
-        """Ollama's names are case-insensitive and ``:latest`` is the default tag."""
-        return self.state.model_known(name) or name.lower() in (self.name.lower(), self.tag.lower())
-
-    def check(self, name: str) -> None:
-        if not name:
-            raise APIError(400, "model is required", param="model")
-        if not self.known(name):
-            raise APIError(404, f"model '{name}' not found", "not_found", param="model")
-
     async def digest(self) -> str:
-        """sha256 hex of the model file(s), hashed once in a thread on first use."""
+        """The manifest's sha256 for stored models; for a path, the files' sha256, hashed
+        once in a thread."""
         if self._digest is None:
-            if self._digest_lock is None:
-                self._digest_lock = asyncio.Lock()
-            async with self._digest_lock:
-                if self._digest is None:
-                    self._digest = await asyncio.to_thread(_sha256, self._files(), self.path)
+            self._digest = await asyncio.to_thread(_sha256, self._files(), self.path)
         return self._digest
 
-    def memory_bytes(self) -> int:
+    def memory_bytes(self, config: EngineConfig) -> int:
         """Estimated resident size: weights as the engine holds them, plus the KV cache."""
-        engine = self.state.engine
-        config = engine.config
         weight_bytes = 1 if config.quantization == "int8" else _DTYPE_BYTES.get(config.dtype, 4)
-        cfg = engine.model_config
+        cfg = self.model_config
         per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
         per_token *= _DTYPE_BYTES.get(config.cache.dtype, 4)
         if config.cache.num_blocks is not None:
@@ -213,7 +162,7 @@ class ModelCard:
         return info
 
     def _synthetic_info(self) -> dict[str, Any]:
-        cfg = self.state.engine.model_config
+        cfg = self.model_config
         fam = self.details.family
         return {
             "general.architecture": fam,
@@ -228,20 +177,68 @@ class ModelCard:
         }
 
     def license(self) -> str:
+        if self.spec.license:
+            return "\n".join(self.spec.license)
         value = self.metadata.get("general.license")
         if isinstance(value, list):
             return "\n".join(str(v) for v in value)
         return str(value) if value else ""
 
     def parameters(self) -> list[tuple[str, str]]:
-        """The defaults Heron applies, as Modelfile PARAMETER lines would give them."""
-        engine = self.state.engine
-        params = [("num_ctx", str(engine.max_model_len))]
-        for tid in sorted(engine.tokenizer.eos_token_ids):
-            text = engine.tokenizer.id_to_token(tid)
-            if text:
-                params.append(("stop", _go_quote(text)))
+        """The Modelfile's PARAMETER lines, else the defaults Heron derives (stop tokens)."""
+        if self.spec.parameters:
+            out: list[tuple[str, str]] = []
+            for key, value in self.spec.parameters.items():
+                for v in value if isinstance(value, list) else [value]:
+                    out.append((key, _go_quote(v) if isinstance(v, str) else _plain(v)))
+            return out
+        params = []
+        tokenizer_eos = self.metadata.get("tokenizer.ggml.eos_token_id")
+        tokens = self.metadata.get("tokenizer.ggml.tokens")
+        if isinstance(tokenizer_eos, int) and isinstance(tokens, list | tuple):
+            if 0 <= tokenizer_eos < len(tokens):
+                params.append(("stop", _go_quote(str(tokens[tokenizer_eos]))))
         return params
+
+
+def _plain(value: Any) -> str:
+    """A parameter value as Ollama prints it: ``true``, ``0.7``, ``0`` (not ``0.0``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _hf_template(path: str) -> str | None:
+    import json
+
+    try:
+        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as f:
+            value = json.load(f).get("chat_template")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+class Cards:
+    """ModelCards by model, built in a thread on first use (reads the checkpoint header)."""
+
+    def __init__(self) -> None:
+        self._cards: dict[tuple[str, str, float], ModelCard] = {}
+
+    async def get(self, spec: ModelSpec) -> ModelCard:
+        key = (spec.name, spec.path, spec.modified_at)
+        card = self._cards.get(key)
+        if card is None:
+            try:
+                checkpoint = await asyncio.to_thread(load_checkpoint, spec.path)
+            except (OSError, ValueError) as exc:
+                raise APIError(
+                    500, f"cannot read model '{spec.name}': {exc}", "server_error"
+                ) from None
+            card = self._cards[key] = ModelCard(spec, checkpoint)
+        return card
 
 
 def _count_params(cfg: Any) -> int:
@@ -281,72 +278,76 @@ def _go_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-class Residency:
-    """Whether Ollama clients should see the served model as loaded, and until when (see the
-    module docstring: the weights stay in memory whatever this says)."""
-
-    def __init__(self) -> None:
-        self.expires_ns = time.time_ns() + int(DEFAULT_KEEP_ALIVE_S * _NS)  # loaded at startup
-        self.num_active = 0
-
-    def keep(self, seconds: float | None) -> None:
-        """Keep the model listed for ``seconds`` from now (None: the default, ``math.inf``:
-        for ever); 0 unloads it, unless a request still runs (its end decides)."""
-        ka = DEFAULT_KEEP_ALIVE_S if seconds is None else seconds
-        if ka <= 0:
-            if self.num_active == 0:
-                self.expires_ns = 0
-                return
-            ka = DEFAULT_KEEP_ALIVE_S
-        delta = FOREVER_NS if ka * _NS >= FOREVER_NS else int(ka * _NS)
-        self.expires_ns = time.time_ns() + delta
-
-    def loaded(self) -> bool:
-        return self.num_active > 0 or time.time_ns() < self.expires_ns
-
-
 # ------------------------------------------------------------------------------- routes
-async def list_models(card: ModelCard) -> ListResponse:
-    """``GET /api/tags``: the served model."""
-    model = ListModel(
-        name=card.tag,
-        model=card.tag,
-        modified_at=card.modified_at,
-        size=card.size,
-        digest=await card.digest(),
-        details=card.details,
-    )
-    return ListResponse(models=[model])
+def _all_specs(state: ServerState) -> list[ModelSpec]:
+    """The command line's model (if not a stored one) and every stored model."""
+    models = state.models
+    specs: list[ModelSpec] = []
+    if models.pinned is not None and models.pinned.stored is None:
+        specs.append(models.pinned)
+    if models.store is not None:
+        for stored in models.store.list():
+            if models.pinned is not None and models.pinned.matches(stored.name.display):
+                continue  # the command line's model answers to this name
+            specs.append(spec_from_store(models.store, stored))
+    return specs
 
 
-async def running_models(card: ModelCard, residency: Residency) -> ProcessResponse:
-    """``GET /api/ps``: the served model while it counts as loaded."""
-    if not residency.loaded():
-        return ProcessResponse(models=[])
-    expires = residency.expires_ns
-    if residency.num_active and expires <= time.time_ns():
-        expires = time.time_ns() + int(DEFAULT_KEEP_ALIVE_S * _NS)  # in use: not expiring
-    model = ProcessModel(
-        name=card.tag,
-        model=card.tag,
-        size=card.memory_bytes(),
-        digest=await card.digest(),
-        details=card.details,
-        expires_at=rfc3339(expires),
-        size_vram=0,
-        context_length=card.state.engine.max_model_len,
-    )
-    return ProcessResponse(models=[model])
+async def list_models(state: ServerState, cards: Cards) -> ListResponse:
+    """``GET /api/tags``: every model the server can load."""
+    out = []
+    for spec in _all_specs(state):
+        try:
+            card = await cards.get(spec)
+        except APIError:
+            continue  # an unreadable model is left out of the list rather than failing it
+        out.append(
+            ListModel(
+                name=card.tag,
+                model=card.tag,
+                modified_at=card.modified_at,
+                size=card.size,
+                digest=await card.digest(),
+                details=card.details,
+            )
+        )
+    return ListResponse(models=out)
 
 
-def show_model(card: ModelCard, req: ShowRequest) -> ShowResponse:
+async def running_models(state: ServerState, cards: Cards) -> ProcessResponse:
+    """``GET /api/ps``: the loaded models and when each will be unloaded."""
+    out = []
+    for loaded in state.models.running():
+        card = await cards.get(loaded.spec)
+        expires = loaded.expires_at
+        if loaded.busy and math.isfinite(expires) and expires <= time.time():
+            expires = time.time() + loaded.keep_alive  # in use: not expiring yet
+        expires_ns = FOREVER_NS if not math.isfinite(expires) else int(expires * _NS)
+        out.append(
+            ProcessModel(
+                name=card.tag,
+                model=card.tag,
+                size=card.memory_bytes(loaded.engine.config),
+                digest=await card.digest(),
+                details=card.details,
+                expires_at=rfc3339(expires_ns),
+                size_vram=0,
+                context_length=loaded.engine.max_model_len,
+            )
+        )
+    return ProcessResponse(models=out)
+
+
+async def show_model(state: ServerState, cards: Cards, req: ShowRequest) -> ShowResponse:
     """``POST /api/show``: details, a Modelfile, the chat template and the GGUF metadata."""
-    card.check(req.model or req.name)
-    template = card.state.engine.tokenizer.chat_template or ""
+    spec = state.models.resolve(req.model or req.name)
+    card = await cards.get(spec)
+    template = card.chat_template or ""
     params = card.parameters()
     license_text = card.license()
+    system = req.system or spec.system
     lines = [
-        '# Modelfile generated by "heron"',
+        '# Modelfile generated by "heron show"',
         "# To build a new Modelfile based on this, replace FROM with:",
         f"# FROM {card.tag}",
         "",
@@ -354,16 +355,18 @@ def show_model(card: ModelCard, req: ShowRequest) -> ShowResponse:
     ]
     if template:
         lines.append(f'TEMPLATE """{template}"""')
-    if req.system:
-        lines.append(f'SYSTEM """{req.system}"""')
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
     lines += [f"PARAMETER {k} {v}" for k, v in params]
+    for m in spec.messages:
+        lines.append(f'MESSAGE {m.get("role", "user")} """{m.get("content", "")}"""')
     if license_text:
         lines.append(f'LICENSE """{license_text}"""')
     return ShowResponse(
         modelfile="\n".join(lines) + "\n",
         parameters="\n".join(f"{k:<30} {v}" for k, v in params),
         template=template,
-        system=req.system or None,
+        system=system or None,
         license=license_text or None,
         details=card.details,
         model_info=card.model_info(bool(req.verbose)),

@@ -153,6 +153,54 @@ class ShowRequest(_Request):
     system: Str | None = None
 
 
+class PullRequest(_Request):
+    """``POST /api/pull``. ``name`` is the older spelling of ``model``."""
+
+    model: Str = ""
+    name: Str = ""
+    insecure: Bool | None = None
+    stream: Bool | None = None
+
+
+class CreateMessage(_Request):
+    role: Literal["system", "user", "assistant"]
+    content: Str
+
+
+class CreateRequest(_Request):
+    """``POST /api/create``: Ollama's JSON form of a parsed Modelfile; local files are
+    uploaded first (``/api/blobs``) and named here by digest."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
+
+    model: Str = ""
+    name: Str = ""
+    from_: Str | None = Field(default=None, alias="from")
+    files: dict[Str, Str] | None = None
+    adapters: dict[Str, Str] | None = None
+    template: Str | None = None
+    system: Str | None = None
+    license: Str | list[Str] | None = None
+    parameters: dict[Str, Any] | None = None
+    messages: list[CreateMessage] | None = None
+    quantize: Str | None = None
+    stream: Bool | None = None
+
+
+class CopyRequest(_Request):
+    """``POST /api/copy``."""
+
+    source: Str
+    destination: Str
+
+
+class DeleteRequest(_Request):
+    """``DELETE /api/delete``. ``name`` is the older spelling of ``model``."""
+
+    model: Str = ""
+    name: Str = ""
+
+
 # --------------------------------------------------------------------------- responses
 class _Response(BaseModel):
     model_config = ConfigDict(populate_by_name=True, protected_namespaces=())
@@ -276,6 +324,15 @@ class ShowResponse(_Response):
     model_info: dict[str, Any]
     capabilities: list[str]
     modified_at: str
+
+
+class StatusResponse(_Response):
+    """One NDJSON line of ``/api/pull`` and ``/api/create``."""
+
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
 
 
 class VersionResponse(_Response):

@@ -16,29 +16,31 @@ from fastapi.routing import APIRoute
 
 from heron import __version__
 from heron.server.common import APIError
-from heron.server.ollama.models import (
-    ModelCard,
-    Residency,
-    list_models,
-    running_models,
-    show_model,
-)
+from heron.server.ollama import manage
+from heron.server.ollama.models import Cards, list_models, running_models, show_model
 from heron.server.ollama.protocol import (
     ChatRequest,
     ChatResponse,
+    CopyRequest,
+    CreateRequest,
+    DeleteRequest,
     ErrorResponse,
     GenerateRequest,
     GenerateResponse,
     ListResponse,
     ProcessResponse,
+    PullRequest,
     ShowRequest,
     ShowResponse,
+    StatusResponse,
     VersionResponse,
 )
 from heron.server.ollama.serving import OllamaService
 from heron.server.state import ServerState
 
-_Body = TypeVar("_Body", GenerateRequest, ChatRequest, ShowRequest)
+_Body = TypeVar(
+    "_Body", GenerateRequest, ChatRequest, ShowRequest, PullRequest, CreateRequest, DeleteRequest
+)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Bad request"},
     404: {"model": ErrorResponse, "description": "Model not found"},
@@ -79,9 +81,8 @@ def _required(body: _Body | None) -> _Body:
 
 
 def register(app: FastAPI, state: ServerState) -> None:
-    card = ModelCard(state)
-    residency = Residency()
-    service = OllamaService(state, card, residency)
+    cards = Cards()
+    service = OllamaService(state)
     router = APIRouter(route_class=AnyJSONRoute, tags=["ollama"])
 
     @router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
@@ -100,13 +101,13 @@ def register(app: FastAPI, state: ServerState) -> None:
         response_model_exclude_none=True,
     )
     async def tags() -> ListResponse:
-        """The served model."""
-        return await list_models(card)
+        """Every model the server can load."""
+        return await list_models(state, cards)
 
     @router.get("/api/ps", response_model=ProcessResponse, response_model_exclude_none=True)
     async def ps() -> ProcessResponse:
-        """The loaded model, while its keep_alive lasts."""
-        return await running_models(card, residency)
+        """The loaded models, each until its keep_alive runs out."""
+        return await running_models(state, cards)
 
     @router.post(
         "/api/show",
@@ -116,7 +117,7 @@ def register(app: FastAPI, state: ServerState) -> None:
     )
     async def show(body: ShowRequest | None = None) -> ShowResponse:
         """Model details, Modelfile, template and GGUF metadata."""
-        return show_model(card, _required(body))
+        return await show_model(state, cards, _required(body))
 
     @router.post(
         "/api/generate",
@@ -137,5 +138,36 @@ def register(app: FastAPI, state: ServerState) -> None:
     async def chat(request: Request, body: ChatRequest | None = None) -> Response:
         """Reply to a conversation; NDJSON chunks unless ``stream`` is false."""
         return await service.chat(_required(body), request)
+
+    @router.post("/api/pull", response_model=StatusResponse, responses=_ndjson("StatusResponse"))
+    async def pull(body: PullRequest | None = None) -> Response:
+        """Download a model into the store, verified; NDJSON progress unless ``stream`` is
+        false."""
+        return await manage.pull(state, _required(body))
+
+    @router.post("/api/create", response_model=StatusResponse, responses=_ndjson("StatusResponse"))
+    async def create(body: CreateRequest | None = None) -> Response:
+        """Create a model from another model or uploaded files, with Modelfile settings."""
+        return await manage.create(state, _required(body))
+
+    @router.post("/api/copy", responses=_ERRORS)
+    async def copy(body: CopyRequest) -> Response:
+        """Give a model another name (no bytes are copied)."""
+        return await manage.copy(state, body)
+
+    @router.delete("/api/delete", responses=_ERRORS)
+    async def delete(body: DeleteRequest | None = None) -> Response:
+        """Remove a model and the blobs nothing else uses."""
+        return await manage.delete(state, _required(body))
+
+    @router.head("/api/blobs/{digest}", responses=_ERRORS)
+    async def blob_exists(digest: str) -> Response:
+        """200 if the store has the blob, else 404."""
+        return await manage.blob_exists(state, digest)
+
+    @router.post("/api/blobs/{digest}", status_code=201, responses=_ERRORS)
+    async def blob_upload(digest: str, request: Request) -> Response:
+        """Store the raw body as a blob if its sha256 matches ``digest``."""
+        return await manage.blob_upload(state, digest, request)
 
     app.include_router(router)

@@ -13,7 +13,9 @@ Where Heron differs from Ollama, on purpose:
 - ``typical_p`` below 1 and ``mirostat`` other than 0 are 400s (not implemented); the runner
   keys (``num_batch``, ``num_gpu``, ``num_thread``...) and the keys Ollama removed
   (``tfs_z``, ``penalize_newline``, ``low_vram``...) are accepted and ignored.
-- ``keep_alive`` only changes what ``/api/ps`` lists: the model stays in memory (``models``).
+- Modelfile ``PARAMETER``s are the model's defaults: server defaults < Modelfile < request
+  ``options``. Its ``SYSTEM`` is used when the request brings no system prompt, and its
+  ``MESSAGE``s start every chat.
 - ``suffix``, ``images``, ``format``, ``tools``, ``think`` and a ``template`` other than the
   model's own are 400s. Chat messages' ``thinking`` goes to the chat template, which may use it.
 - ``context`` (deprecated) is prepended as token ids, not re-tokenised text.
@@ -36,7 +38,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from heron.request import Logprob as EngineLogprob
 from heron.sampling_params import SamplingParams
 from heron.server.common import APIError, ndjson, until_disconnected
-from heron.server.ollama.models import ModelCard, Residency, now, parse_keep_alive
+from heron.server.model_manager import LoadedModel
+from heron.server.ollama.models import now, parse_keep_alive
 from heron.server.ollama.protocol import (
     ChatMessage,
     ChatRequest,
@@ -85,14 +88,26 @@ class Plan:
     return_context: bool = False
 
 
+def merged_options(options: Options | None, model: LoadedModel) -> Options:
+    """The model's Modelfile parameters overridden by the request's ``options``."""
+    if not model.spec.parameters:
+        return options or Options()
+    given = options.model_dump(exclude_unset=True) if options is not None else {}
+    try:
+        return Options(**{**model.spec.parameters, **given})
+    except ValueError as exc:
+        raise APIError(400, f"invalid Modelfile parameters: {exc}", param="options") from None
+
+
 def sampling_params(
-    options: Options | None, state: ServerState, top_logprobs: int | None
+    options: Options | None, state: ServerState, top_logprobs: int | None, model: LoadedModel
 ) -> tuple[SamplingParams, int]:
-    """Ollama ``options`` -> SamplingParams (max_tokens not yet fitted to the prompt) and the
-    context length to enforce. Raises APIError (400) for values Heron does not accept."""
-    o = options or Options()
+    """Ollama ``options`` over the model's Modelfile parameters -> SamplingParams (max_tokens
+    not yet fitted to the prompt) and the context length to enforce. Raises APIError (400)
+    for values Heron does not accept."""
+    o = merged_options(options, model)
     limits = state.limits
-    max_len = state.engine.max_model_len
+    max_len = model.engine.max_model_len
     if o.model_extra:
         for key in o.model_extra:
             logger.warning("invalid option provided: %s", key)
@@ -176,16 +191,14 @@ def _no_format(fmt: str | dict[str, Any] | None) -> None:
 
 # ------------------------------------------------------------------------------ service
 class OllamaService:
-    """The Ollama API over one served model."""
+    """The Ollama API over the server's models."""
 
-    def __init__(self, state: ServerState, card: ModelCard, residency: Residency) -> None:
+    def __init__(self, state: ServerState) -> None:
         self.state = state
-        self.card = card
-        self.residency = residency
 
     async def generate(self, req: GenerateRequest, request: Request) -> Response:
         t0 = time.perf_counter_ns()
-        self.card.check(req.model)
+        spec = self.state.models.resolve(req.model)
         top = _top_logprobs(req.logprobs, req.top_logprobs, self.state)
         keep_alive = parse_keep_alive(req.keep_alive)
         unsupported = {
@@ -200,36 +213,37 @@ class OllamaService:
                 raise APIError(400, f"{message} ({name})", param=name)
         _no_format(req.format)
         _no_thinking(req.think, req.model)
-        tokenizer = self.state.engine.tokenizer
+        if req.raw and (req.template or req.system or req.context):
+            raise APIError(400, "raw mode does not support template, system, or context")
+        if not req.prompt:
+            return await self._load_or_unload(req.model, keep_alive, chat=False)
+        model = await self.state.models.get(req.model, keep_alive)
+        tokenizer = model.engine.tokenizer
         if req.template and req.template != (tokenizer.chat_template or ""):
             raise APIError(
                 400,
                 "template override is not supported: the model's own chat template is used",
                 param="template",
             )
-        if req.raw and (req.template or req.system or req.context):
-            raise APIError(400, "raw mode does not support template, system, or context")
-        params, num_ctx = sampling_params(req.options, self.state, top)
-        if not req.prompt:
-            return self._load_or_unload(req.model, keep_alive, chat=False)
-
+        params, num_ctx = sampling_params(req.options, self.state, top, model)
         messages: list[dict[str, Any]] = []
-        if req.system:
-            messages.append({"role": "system", "content": req.system})
+        system = req.system if req.system is not None else spec.system
+        if system:
+            messages.append({"role": "system", "content": system})
         messages.append({"role": "user", "content": req.prompt})
         context = list(req.context or [])
-        vocab = self.state.engine.model_config.vocab_size
+        vocab = model.engine.model_config.vocab_size
         if any(not 0 <= t < vocab for t in context):
             raise APIError(400, f"context token ids must be in [0, {vocab})", param="context")
         if req.debug_render_only:
-            text = req.prompt if req.raw else await self._render(messages)
+            text = req.prompt if req.raw else await self._render(model, messages)
             if context:
                 text = tokenizer.decode(context, skip_special_tokens=False) + text
             return self._debug(req.model, text, chat=False)
         if req.raw:
             ids = await asyncio.to_thread(tokenizer.encode, req.prompt)
         else:
-            ids = await self._encode_chat(messages)
+            ids = await self._encode_chat(model, messages)
         plan = Plan(
             model=req.model,
             chat=False,
@@ -242,11 +256,11 @@ class OllamaService:
             return_context=not req.raw,
             t0=t0,
         )
-        return await self._run(plan, request)
+        return await self._run(model, plan, request)
 
     async def chat(self, req: ChatRequest, request: Request) -> Response:
         t0 = time.perf_counter_ns()
-        self.card.check(req.model)
+        spec = self.state.models.resolve(req.model)
         top = _top_logprobs(req.logprobs, req.top_logprobs, self.state)
         keep_alive = parse_keep_alive(req.keep_alive)
         if req.tools:
@@ -275,11 +289,16 @@ class OllamaService:
             if m.tool_call_id:
                 msg["tool_call_id"] = m.tool_call_id
             messages.append(msg)
-        params, num_ctx = sampling_params(req.options, self.state, top)
         if not messages:
-            return self._load_or_unload(req.model, keep_alive, chat=True)
+            return await self._load_or_unload(req.model, keep_alive, chat=True)
+        model = await self.state.models.get(req.model, keep_alive)
+        params, num_ctx = sampling_params(req.options, self.state, top, model)
+        seeded = [dict(m) for m in spec.messages]
+        if spec.system and not any(m["role"] == "system" for m in seeded + messages):
+            seeded.insert(0, {"role": "system", "content": spec.system})
+        messages = seeded + messages
         if req.debug_render_only:
-            return self._debug(req.model, await self._render(messages), chat=True)
+            return self._debug(req.model, await self._render(model, messages), chat=True)
         plan = Plan(
             model=req.model,
             chat=True,
@@ -288,31 +307,33 @@ class OllamaService:
             params=params,
             num_ctx=num_ctx,
             top_logprobs=top,
-            prompt_ids=await self._encode_chat(messages),
+            prompt_ids=await self._encode_chat(model, messages),
             t0=t0,
         )
-        return await self._run(plan, request)
+        return await self._run(model, plan, request)
 
-    async def _render(self, messages: list[dict[str, Any]]) -> str:
-        tokenizer = self.state.engine.tokenizer
+    async def _render(self, model: LoadedModel, messages: list[dict[str, Any]]) -> str:
+        tokenizer = model.engine.tokenizer
         try:
             return await asyncio.to_thread(tokenizer.apply_chat_template, messages)
         except ValueError as exc:
             raise APIError(400, str(exc)) from None
 
-    async def _encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
-        tokenizer = self.state.engine.tokenizer
+    async def _encode_chat(self, model: LoadedModel, messages: list[dict[str, Any]]) -> list[int]:
+        tokenizer = model.engine.tokenizer
         try:
             return await asyncio.to_thread(tokenizer.encode_chat, messages)
         except ValueError as exc:
             raise APIError(400, str(exc)) from None
 
-    def _load_or_unload(self, model: str, keep_alive: float | None, chat: bool) -> Response:
+    async def _load_or_unload(self, model: str, keep_alive: float | None, chat: bool) -> Response:
+        """An empty prompt loads the model (and sets its keep_alive); with keep_alive 0 it
+        unloads it (once its running requests end) without loading it first."""
         if keep_alive == 0:
-            self.residency.keep(0)
+            await self.state.models.unload(model)
             reason = "unload"
         else:
-            self.residency.keep(keep_alive)
+            await self.state.models.get(model, keep_alive)
             reason = "load"
         body: GenerateResponse | ChatResponse
         if chat:
@@ -332,7 +353,7 @@ class OllamaService:
         body.debug_info = info
         return JSONResponse(body.dump())
 
-    async def _run(self, plan: Plan, request: Request) -> Response:
+    async def _run(self, model: LoadedModel, plan: Plan, request: Request) -> Response:
         n = len(plan.prompt_ids)
         if n >= plan.num_ctx:
             raise APIError(
@@ -343,7 +364,7 @@ class OllamaService:
             )
         if plan.params.max_tokens is not None:
             plan.params.max_tokens = min(plan.params.max_tokens, plan.num_ctx - n)
-        run = Generation(self, plan)
+        run = Generation(self, model, plan)
         if plan.stream:
             await run.start()
             return StreamingResponse(run.ndjson(), media_type="application/x-ndjson")
@@ -360,9 +381,10 @@ class OllamaService:
 class Generation:
     """One request's trip through the engine, rendered as Ollama chunks."""
 
-    def __init__(self, service: OllamaService, plan: Plan) -> None:
+    def __init__(self, service: OllamaService, model: LoadedModel, plan: Plan) -> None:
         self.service = service
         self.state = service.state
+        self.model = model
         self.plan = plan
         self.iterator: AsyncIterator[GenerationDelta] | None = None
         self.first: GenerationDelta | None = None
@@ -377,18 +399,15 @@ class Generation:
         self.num_prompt_tokens = len(plan.prompt_ids)
         self.num_output_tokens = 0
         self.recorded = False
-        self.released = False
 
     async def start(self) -> None:
         """Submit, and wait for the first delta so that a rejection is still an HTTP error."""
-        self.service.residency.num_active += 1
-        self.service.residency.keep(self.plan.keep_alive)
         self.t_submit = time.perf_counter_ns()
-        self.iterator = self.state.engine.generate(self.plan.prompt_ids, self.plan.params)
+        self.iterator = self.model.engine.generate(self.plan.prompt_ids, self.plan.params)
         try:
             self.first = await anext(aiter(self.iterator))
         except ValueError as exc:  # rejected: never ran
-            self._release()
+            self.recorded = True
             raise APIError(400, str(exc)) from None
         except EngineRequestError as exc:  # ran and failed: recorded as aborted
             self.record()
@@ -397,21 +416,13 @@ class Generation:
             self.record()
             raise
         except BaseException:  # queue full, engine gone: never ran
-            self._release()
+            self.recorded = True
             raise
 
     def __del__(self) -> None:
         # A streamed reply whose body never started (the client left first) still counts.
-        if self.iterator is not None and not self.recorded and not self.released:
+        if self.iterator is not None and not self.recorded:
             self.record()
-
-    def _release(self) -> None:
-        if self.released:
-            return
-        self.released = True
-        residency = self.service.residency
-        residency.num_active -= 1
-        residency.keep(self.plan.keep_alive)
 
     async def next_delta(self) -> GenerationDelta | None:
         if self.first is not None:
@@ -439,7 +450,7 @@ class Generation:
         k = self.plan.top_logprobs
         if k is None or not delta.logprobs:
             return None
-        tokenizer = self.state.engine.tokenizer
+        tokenizer = self.model.engine.tokenizer
 
         def text(token_id: int, lp: EngineLogprob) -> str:
             if lp.decoded_token is not None:
@@ -526,10 +537,10 @@ class Generation:
         if self.recorded:
             return
         self.recorded = True
-        self._release()
         end = time.perf_counter_ns()
         ttft = (self.t_first - self.plan.t0) / _NS if self.t_first is not None else None
         self.state.metrics.observe_request(
+            model_name=self.model.name,
             prompt_tokens=self.num_prompt_tokens,
             generation_tokens=self.num_output_tokens,
             ttft_s=ttft,

@@ -1,0 +1,409 @@
+"""Several models behind one server: loaded on first request, unloaded when their
+``keep_alive`` runs out, at most ``max_loaded`` at a time.
+
+Each loaded model is its own engine-core process (``AsyncEngineClient``). A model counts as
+busy while the engine has requests in flight; its expiry clock restarts when the last one
+ends, as Ollama's does. Loading, unloading and eviction all happen here, on the event loop;
+the blocking parts (reading the checkpoint header, joining a process) run in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from heron.config import EngineConfig
+from heron.server.common import APIError
+from heron.server.protocol import EngineStats
+
+if TYPE_CHECKING:
+    from heron.server.engine_client import AsyncEngineClient
+    from heron.store.store import ModelStore, StoredModel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KEEP_ALIVE_S = 300.0  # Ollama's default, 5m
+LOAD_TIMEOUT_S = 300.0  # Ollama's OLLAMA_LOAD_TIMEOUT
+REAP_INTERVAL_S = 0.25
+CLAIM_S = 2.0
+
+
+@dataclass(slots=True)
+class ModelSpec:
+    """What to load and how clients name it, plus the Modelfile's defaults."""
+
+    name: str  # display name: "smollm2:latest", or the served name of a path
+    path: str  # GGUF file or HF directory
+    digest: str | None  # manifest sha256 hex for stored models; None for plain paths
+    size: int
+    modified_at: float
+    parameters: dict[str, Any] = field(default_factory=dict)
+    template: str | None = None
+    system: str | None = None
+    license: list[str] = field(default_factory=list)
+    messages: list[dict[str, str]] = field(default_factory=list)
+    stored: StoredModel | None = None
+    aliases: frozenset[str] = frozenset()  # other names that mean this model (lower-case)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a model needs a name")
+
+    def matches(self, name: str) -> bool:
+        low = name.lower()
+        return low == self.name.lower() or low in self.aliases
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """A model with a live (or loading) engine process."""
+
+    spec: ModelSpec
+    engine: AsyncEngineClient
+    pinned: bool  # the model named on `heron serve`'s command line
+    keep_alive: float  # seconds; math.inf for ever
+    expires_at: float  # wall-clock seconds
+    loaded_at: float = field(default_factory=time.time)
+    failure: str | None = None
+    claimed_until: float = 0.0  # monotonic; see ModelManager.touch
+    cache: dict[str, Any] = field(default_factory=dict)  # per-model objects the APIs build once
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def busy(self) -> bool:
+        return self.engine.num_in_flight > 0
+
+
+class ModelManager:
+    """Owns every engine process of the server.
+
+    ``get`` returns a loaded model (loading it, and evicting an idle one when at the cap, if
+    needed) or raises APIError: 404 for an unknown name, 400 for an invalid one, 503 when every
+    loaded model is busy and none can be evicted, 500 when loading fails.
+    """
+
+    def __init__(
+        self,
+        engine_config: EngineConfig,
+        store: ModelStore | None,
+        max_waiting: int = 256,
+        max_loaded: int = 3,
+        default_keep_alive: float = DEFAULT_KEEP_ALIVE_S,
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
+        if max_loaded < 1:
+            raise ValueError("max_loaded must be at least 1")
+        self.engine_config = engine_config
+        self.store = store
+        self.max_waiting = max_waiting
+        self.max_loaded = max_loaded
+        self.default_keep_alive = default_keep_alive
+        self.on_fatal = on_fatal  # called when the pinned model's engine dies or fails to load
+        self.pinned: ModelSpec | None = None
+        self.loaded: dict[str, LoadedModel] = {}  # by spec.name
+        self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ resolution
+    def resolve(self, name: str) -> ModelSpec:
+        """The model a client's name refers to. Raises APIError 400 (empty) or 404. Never touches the
+        filesystem with the name itself: store names go through the strict name grammar."""
+        if not name:
+            raise APIError(400, "model is required", param="model")
+        if self.pinned is not None and self.pinned.matches(name):
+            return self.pinned
+        for loaded in self.loaded.values():
+            if loaded.spec.matches(name):
+                return loaded.spec
+        shown = name if len(name) <= 64 else name[:64] + "..."
+        if self.store is None:
+            raise APIError(404, f"model '{shown}' not found", "not_found", param="model")
+        from heron.store.names import InvalidNameError
+        from heron.store.store import ModelNotFoundError
+
+        try:
+            stored = self.store.get(name)
+        except (InvalidNameError, ModelNotFoundError):
+            # A name outside the grammar cannot name a stored model: it is not found either.
+            raise APIError(404, f"model '{shown}' not found", "not_found", param="model") from None
+        return spec_from_store(self.store, stored)
+
+    def pin(self, spec: ModelSpec) -> LoadedModel:
+        """Start loading the command line's model now (before the server listens), so that a
+        load failure ends the server. Kept loaded unless a request's keep_alive says
+        otherwise."""
+        self.pinned = spec
+        loaded = self._start(spec, pinned=True)
+        self.loaded[spec.name] = loaded
+        return loaded
+
+    # ------------------------------------------------------------------ loading
+    async def get(self, name: str, keep_alive: float | None = None) -> LoadedModel:
+        """Resolve ``name``, load it if needed, wait until it is ready, and set its expiry from
+        ``keep_alive`` (seconds; None: the model's current setting or the default)."""
+        spec = self.resolve(name)
+        self._ensure_reaper()
+        loaded = self.loaded.get(spec.name)
+        if loaded is None or not loaded.engine.alive:
+            if loaded is not None:
+                await self._unload(loaded)
+            task = self._loading.get(spec.name)
+            if task is None:
+                task = asyncio.ensure_future(self._load(spec))
+                self._loading[spec.name] = task
+                task.add_done_callback(functools.partial(self._loaded_or_failed, spec.name))
+            loaded = await asyncio.shield(task)
+        await self._wait_ready(loaded)
+        self.touch(loaded, keep_alive)
+        return loaded
+
+    def _loaded_or_failed(self, name: str, _task: asyncio.Future[LoadedModel]) -> None:
+        self._loading.pop(name, None)
+
+    def touch(self, loaded: LoadedModel, keep_alive: float | None) -> None:
+        """Set the model's keep_alive and restart its expiry clock. A request without one
+        gets the server default, as in Ollama; the command line's model keeps its own."""
+        if keep_alive is not None:
+            loaded.keep_alive = keep_alive
+        elif not loaded.pinned:
+            loaded.keep_alive = self.default_keep_alive
+        loaded.expires_at = _expiry(loaded.keep_alive)
+        # The caller is about to submit a request: keep the reaper off until it shows up as
+        # in flight, or a keep_alive of 0 could unload the model under it.
+        loaded.claimed_until = time.monotonic() + CLAIM_S
+
+    async def _load(self, spec: ModelSpec) -> LoadedModel:
+        await self._make_room(spec.name)
+        try:
+            loaded = await asyncio.to_thread(self._start, spec, False)
+        except (OSError, ValueError) as exc:  # unreadable or invalid checkpoint header
+            raise APIError(
+                500, f"failed to load model '{spec.name}': {exc}", "server_error"
+            ) from None
+        self.loaded[spec.name] = loaded
+        return loaded
+
+    def _start(self, spec: ModelSpec, pinned: bool) -> LoadedModel:
+        from heron.server.engine_client import AsyncEngineClient
+
+        holder: list[LoadedModel] = []
+
+        def fatal(message: str) -> None:
+            if holder:
+                holder[0].failure = message
+            if pinned and self.on_fatal is not None:
+                self.on_fatal(message)
+
+        engine = AsyncEngineClient(
+            spec.path, self.engine_config, self.max_waiting, fatal, chat_template=spec.template
+        )
+        keep = math.inf if pinned else self.default_keep_alive
+        loaded = LoadedModel(spec, engine, pinned, keep, _expiry(keep))
+        holder.append(loaded)
+        return loaded
+
+    async def _wait_ready(self, loaded: LoadedModel) -> None:
+        deadline = time.monotonic() + LOAD_TIMEOUT_S
+        while not loaded.engine.ready:
+            if loaded.failure is not None or not loaded.engine.alive:
+                await self._unload(loaded)
+                reason = loaded.failure or "the engine process exited"
+                raise APIError(
+                    500, f"failed to load model '{loaded.name}': {reason}", "server_error"
+                )
+            if time.monotonic() > deadline:
+                await self._unload(loaded)
+                raise APIError(500, f"timed out loading model '{loaded.name}'", "server_error")
+            await asyncio.sleep(0.05)
+
+    async def _make_room(self, incoming: str) -> None:
+        """Evict idle models until one more fits; wait for one to go idle if all are busy."""
+        deadline = time.monotonic() + LOAD_TIMEOUT_S
+        while len(self.loaded) >= self.max_loaded:
+            idle = [m for m in self.loaded.values() if not m.busy and m.name != incoming]
+            if idle:
+                victim = min(idle, key=lambda m: (m.pinned, m.expires_at))
+                logger.info("unloading %s to make room for %s", victim.name, incoming)
+                await self._unload(victim)
+                continue
+            if time.monotonic() > deadline:
+                raise APIError(
+                    503,
+                    "server busy: every loaded model is in use",
+                    "overloaded",
+                    headers={"Retry-After": "1"},
+                )
+            await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------------ unloading
+    async def unload(self, name: str) -> bool:
+        """Unload ``name`` now if it is loaded and idle; if busy, once its requests end.
+        Returns whether it was loaded."""
+        spec = self.resolve(name)
+        loaded = self.loaded.get(spec.name)
+        if loaded is None:
+            return False
+        loaded.keep_alive = 0.0
+        loaded.expires_at = 0.0
+        if not loaded.busy:
+            await self._unload(loaded)
+        return True
+
+    async def _unload(self, loaded: LoadedModel) -> None:
+        if self.loaded.get(loaded.name) is loaded:
+            del self.loaded[loaded.name]
+            await asyncio.to_thread(loaded.engine.shutdown)
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.ensure_future(self._reap_loop())
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            with contextlib.suppress(Exception):
+                await self.reap()
+
+    async def reap(self) -> None:
+        """One pass: busy models push their expiry forward; expired idle models unload; models
+        whose engine died are dropped."""
+        now = time.time()
+        for loaded in list(self.loaded.values()):
+            if loaded.spec.name in self._loading:
+                continue
+            if loaded.busy or loaded.claimed_until > time.monotonic():
+                if loaded.busy and loaded.keep_alive > 0:
+                    loaded.expires_at = max(loaded.expires_at, _expiry(loaded.keep_alive))
+                continue
+            dead = loaded.engine.ready and not loaded.engine.alive
+            if dead or (loaded.engine.ready and now >= loaded.expires_at):
+                logger.info("unloading %s (%s)", loaded.name, "died" if dead else "expired")
+                await self._unload(loaded)
+
+    # ------------------------------------------------------------------ reporting
+    def running(self) -> list[LoadedModel]:
+        """Loaded models, less those whose keep_alive ran out (the reaper is about to unload
+        them)."""
+        now = time.time()
+        return [
+            m
+            for m in self.loaded.values()
+            if m.engine.ready and m.engine.alive and (m.busy or m.expires_at > now)
+        ]
+
+    @property
+    def pinned_model(self) -> LoadedModel | None:
+        if self.pinned is None:
+            return None
+        return self.loaded.get(self.pinned.name)
+
+    def engine_stats(self) -> list[tuple[str, int, EngineStats]]:
+        """(model name, engine id, latest stats) of every loaded engine, for /metrics."""
+        return [(m.name, id(m.engine), m.engine.stats) for m in self.loaded.values()]
+
+    def shutdown(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for loaded in list(self.loaded.values()):
+            loaded.engine.shutdown()
+        self.loaded.clear()
+
+
+_DURATION_PART = re.compile(r"(\d*\.?\d*)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_S = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_duration(value: float | str) -> float:
+    """Seconds, ``math.inf`` for any negative value (for ever). Takes a number of seconds or
+    a Go duration such as "5m", "1h30m", "-1". Raises ValueError."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = _parse_go_duration(text, value)
+    else:
+        seconds = float(value)
+    if math.isnan(seconds):
+        raise ValueError(f'time: invalid duration "{value}"')
+    return math.inf if seconds < 0 else seconds
+
+
+def _parse_go_duration(text: str, original: str) -> float:
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    pos, total = 0, 0.0
+    while body and pos < len(body):
+        m = _DURATION_PART.match(body, pos)
+        if m is None or m.group(1) in ("", "."):
+            break
+        total += float(m.group(1)) * _UNIT_S[m.group(2)]
+        pos = m.end()
+    if not body or pos != len(body):
+        raise ValueError(f'time: invalid duration "{original}"')
+    return sign * total
+
+
+def _expiry(keep_alive: float) -> float:
+    return math.inf if math.isinf(keep_alive) else time.time() + keep_alive
+
+
+def spec_from_store(store: ModelStore, stored: StoredModel) -> ModelSpec:
+    return ModelSpec(
+        name=stored.name.display,
+        path=str(store.model_path(stored)),
+        digest=stored.digest.removeprefix("sha256:"),
+        size=stored.size,
+        modified_at=stored.modified_at,
+        parameters=dict(stored.parameters),
+        template=stored.template,
+        system=stored.system,
+        license=list(stored.license),
+        messages=list(stored.messages),
+        stored=stored,
+        aliases=_aliases(stored.name.display),
+    )
+
+
+def spec_from_path(path: str, name: str) -> ModelSpec:
+    """A model given by path on the command line (not in the store)."""
+    files = [path]
+    if os.path.isdir(path):
+        files = [os.path.join(r, n) for r, _, ns in os.walk(path) for n in ns]
+    size = sum(os.path.getsize(f) for f in files)
+    mtime = max(os.stat(f).st_mtime for f in files)
+    return ModelSpec(
+        name=name, path=path, digest=None, size=size, modified_at=mtime, aliases=_aliases(name)
+    )
+
+
+def _aliases(name: str) -> frozenset[str]:
+    """``x`` and ``x:latest`` name the same model, as do the long forms with namespace."""
+    low = name.lower()
+    out = {low}
+    if ":" not in low.rsplit("/", 1)[-1]:
+        out.add(f"{low}:latest")
+    elif low.endswith(":latest"):
+        out.add(low.removesuffix(":latest"))
+    return frozenset(out)

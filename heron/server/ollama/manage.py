@@ -1,0 +1,228 @@
+"""Ollama's model-management routes over Heron's store: ``/api/pull``, ``/api/create``,
+``/api/copy``, ``/api/delete`` and ``HEAD|POST /api/blobs/:digest``.
+
+Store work (hashing, downloads, renames) runs in threads; progress crosses back to the event
+loop through a queue and streams as NDJSON status lines, as Ollama sends them. A client that
+disconnects does not stop a pull: its bytes stay in the store's partial file, and the next
+pull resumes from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from heron.server.common import APIError, ndjson
+from heron.server.ollama.protocol import CopyRequest, CreateRequest, DeleteRequest, PullRequest
+from heron.server.state import ServerState
+from heron.store.blobs import DigestError, DigestMismatchError, SizeMismatchError, parse_digest
+from heron.store.modelfile import Modelfile, ModelfileError, coerce_parameter
+from heron.store.names import InvalidNameError, parse_name
+from heron.store.store import ModelNotFoundError, ModelStore
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[dict[str, Any]], None]
+_END = object()
+
+
+def _store(state: ServerState) -> ModelStore:
+    if state.models.store is None:
+        raise APIError(400, "this server has no model store")
+    return state.models.store
+
+
+def _client_error(exc: BaseException) -> str | None:
+    """The message of an error the client caused (bad name, digest, Modelfile, unknown
+    model); None for anything else."""
+    if isinstance(exc, ModelNotFoundError):
+        return str(exc.args[0]) if exc.args else "model not found"
+    if isinstance(exc, ValueError):
+        return str(exc)
+    return None
+
+
+async def _in_thread(work: Callable[[Progress], None]) -> AsyncIterator[dict[str, Any]]:
+    """Run ``work(progress)`` in a thread and yield each progress dict as it comes; an error
+    becomes a final ``{"error": ...}`` item."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed (server stopping)
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def run() -> None:
+        try:
+            work(put)
+        except Exception as exc:
+            message = _client_error(exc)
+            if message is None:
+                logger.exception("model management failed")
+                message = f"internal error: {type(exc).__name__}"
+            put({"error": message})
+        finally:
+            put(_END)
+
+    threading.Thread(target=run, name="heron-store", daemon=True).start()
+    while (item := await queue.get()) is not _END:
+        yield item
+
+
+async def _respond(items: AsyncIterator[dict[str, Any]], stream: bool) -> Response:
+    """NDJSON status lines, or (``stream: false``) the last status as one object; an error
+    without streaming is a 400 (404 for an unknown model) in Ollama's shape."""
+    if stream:
+        return StreamingResponse(
+            (ndjson(item) async for item in items), media_type="application/x-ndjson"
+        )
+    last: dict[str, Any] = {}
+    async for item in items:
+        last = item
+        if "error" in item:
+            status = 404 if "not found" in str(item["error"]) else 400
+            raise APIError(status, str(item["error"]))
+    return JSONResponse(last)
+
+
+# -------------------------------------------------------------------------------- pull
+async def pull(state: ServerState, req: PullRequest) -> Response:
+    store = _store(state)
+    name = req.model or req.name
+    _check_name(name, "model")
+    if req.insecure:
+        raise APIError(400, "insecure pulls are not supported: Heron pulls over HTTPS only")
+
+    def work(progress: Progress) -> None:
+        from heron.store.pull import pull as pull_model
+
+        pull_model(store, name, progress)
+
+    return await _respond(_in_thread(work), req.stream is not False)
+
+
+# ------------------------------------------------------------------------------ create
+def _modelfile(req: CreateRequest) -> Modelfile:
+    """Ollama's create request as a Modelfile (the CLI parsed the text and uploaded files)."""
+    if req.adapters:
+        raise APIError(400, "ADAPTER is not supported yet: Heron has no LoRA support")
+    if req.quantize:
+        raise APIError(400, f"quantize {req.quantize!r} is not supported: import a quantized GGUF")
+    if not req.from_ and not req.files:
+        raise APIError(400, "neither 'from' nor 'files' was specified")
+    params: list[tuple[str, Any]] = []
+    for key, value in (req.parameters or {}).items():
+        for v in value if isinstance(value, list) else [value]:
+            text = ("true" if v else "false") if isinstance(v, bool) else str(v)
+            try:
+                params.append((key, coerce_parameter(key, text)))
+            except ModelfileError as exc:
+                raise APIError(400, str(exc), param=f"parameters.{key}") from None
+    license_ = [req.license] if isinstance(req.license, str) else list(req.license or [])
+    messages = [{"role": m.role, "content": m.content} for m in req.messages or []]
+    return Modelfile(
+        from_=req.from_ or "",
+        parameters=params,
+        template=req.template,
+        system=req.system,
+        license=license_,
+        messages=messages,
+    )
+
+
+async def create(state: ServerState, req: CreateRequest) -> Response:
+    store = _store(state)
+    name = req.model or req.name
+    _check_name(name, "model")
+    modelfile = _modelfile(req)
+    files = dict(req.files or {})
+    for filename, digest in files.items():
+        try:
+            parse_digest(digest)
+        except DigestError as exc:
+            raise APIError(400, f"files.{filename}: {exc}", param="files") from None
+
+    def work(progress: Progress) -> None:
+        statuses: Iterator[dict[str, Any]] = store.create(name, modelfile, files=files or None)
+        for status in statuses:
+            progress(status)
+
+    return await _respond(_in_thread(work), req.stream is not False)
+
+
+# ------------------------------------------------------------------------ copy, delete
+async def copy(state: ServerState, req: CopyRequest) -> Response:
+    store = _store(state)
+    _check_name(req.source, "source")
+    _check_name(req.destination, "destination")
+    try:
+        await asyncio.to_thread(store.copy, req.source, req.destination)
+    except ModelNotFoundError:
+        raise APIError(404, f"model '{req.source}' not found", "not_found") from None
+    return Response(status_code=200)
+
+
+async def delete(state: ServerState, req: DeleteRequest) -> Response:
+    store = _store(state)
+    name = req.model or req.name
+    _check_name(name, "model")
+    with contextlib.suppress(APIError):
+        await state.models.unload(name)  # its blobs are about to go
+    try:
+        await asyncio.to_thread(store.delete, name)
+    except ModelNotFoundError:
+        raise APIError(404, f"model '{name}' not found", "not_found") from None
+    return Response(status_code=200)
+
+
+# ------------------------------------------------------------------------------- blobs
+async def blob_exists(state: ServerState, digest: str) -> Response:
+    store = _store(state)
+    digest = _check_digest(digest)
+    found = await asyncio.to_thread(store.blobs.has, digest)
+    return Response(status_code=200 if found else 404)
+
+
+async def blob_upload(state: ServerState, digest: str, request: Request) -> Response:
+    """Hash the body to disk as it arrives; store it only if it matches ``digest``."""
+    store = _store(state)
+    digest = _check_digest(digest)
+    writer = await asyncio.to_thread(store.blobs.writer, digest)
+    try:
+        if writer.done:  # already stored (or another upload of it just finished)
+            writer.abort()
+            return Response(status_code=201)
+        async for chunk in request.stream():
+            if chunk:
+                await asyncio.to_thread(writer.write, chunk)
+        await asyncio.to_thread(writer.commit)
+    except (DigestMismatchError, SizeMismatchError) as exc:
+        raise APIError(400, f"digest mismatch: {exc}", param="digest") from None
+    except OSError as exc:
+        raise APIError(507, f"cannot store the blob: {exc.strerror}", "server_error") from None
+    finally:
+        await asyncio.to_thread(writer.abort)  # no-op after a commit
+    return Response(status_code=201)
+
+
+def _check_digest(digest: str) -> str:
+    try:
+        return parse_digest(digest)
+    except DigestError as exc:
+        raise APIError(400, str(exc), param="digest") from None
+
+
+def _check_name(name: str, param: str) -> None:
+    if not name:
+        raise APIError(400, f"{param} is required", param=param)
+    try:
+        parse_name(name)
+    except InvalidNameError as exc:
+        raise APIError(400, f"invalid {param} name: {exc}", param=param) from None

@@ -1,0 +1,522 @@
+"""Content-addressed blobs: ``<root>/sha256-<hex>``, written only through a verifying writer.
+
+A digest is untrusted input (registries, manifests, HTTP paths), so it is parsed against
+``^sha256:[0-9a-f]{64}$`` before it names a file. Bytes never land under their final name until
+they have been hashed and counted::
+
+    writer(expected, size)                      <root>/.partial/sha256-<hex>        (bytes arrive,
+      flock <root>/.partial/sha256-<hex>.lock                                        hashed, counted)
+    commit(): fsync, size == declared, digest == expected,
+              chmod 0444, rename -> <root>/sha256-<hex>, fsync <root>
+
+A mismatch deletes the partial file and stores nothing. One writer per digest: the lock file is
+held with ``fcntl.flock`` for the writer's whole life, so a second writer of the same digest
+blocks, then finds the blob present (``done``). A partial whose lock nobody holds belongs to a
+dead process (``kill -9`` mid-pull) and ``cleanup_partials()`` removes it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import stat
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+__all__ = [
+    "DIGEST_RE",
+    "BlobStore",
+    "BlobWriter",
+    "DigestError",
+    "DigestMismatchError",
+    "SizeMismatchError",
+    "parse_digest",
+]
+
+logger = logging.getLogger(__name__)
+
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+PARTIAL_DIR = ".partial"
+CHUNK_BYTES = 1 << 20
+FICLONE = 0x40049409  # _IOW(0x94, 9, int): share extents with another file (btrfs, xfs)
+# A blob just written or imported is not referenced by any manifest until the caller writes one;
+# gc() leaves such blobs alone for this long (or until the manifest is written).
+PIN_SECONDS = 3600.0
+
+
+class DigestError(ValueError):
+    """A digest string is not ``sha256:`` followed by 64 lower-case hex digits."""
+
+
+class DigestMismatchError(ValueError):
+    """Content does not hash to the expected digest; the temporary file is already deleted."""
+
+
+class SizeMismatchError(ValueError):
+    """Content is longer or shorter than its declared size; the temporary file is deleted."""
+
+
+def parse_digest(text: str) -> str:
+    """Validate ``sha256:<64 lower-case hex>`` and return it. Raises ``DigestError``."""
+    if not isinstance(text, str) or len(text) != 71 or DIGEST_RE.fullmatch(text) is None:
+        shown = repr(text[:80]) if isinstance(text, str) else type(text).__name__
+        raise DigestError(f"invalid digest {shown}: expected sha256:<64 lower-case hex digits>")
+    return text
+
+
+# Pins live per blob directory and per process, so two BlobStore objects over one root agree.
+_pins: dict[str, dict[str, float]] = {}
+_pins_lock = threading.Lock()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _lock(path: Path, blocking: bool) -> int | None:
+    """Hold an exclusive flock on ``path`` (created if missing); None if busy and not blocking.
+
+    The holder unlinks the lock file before releasing it, so after acquiring we check that the
+    path still names the locked inode; if not, someone finished meanwhile and we lock afresh.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        held = os.fstat(fd)
+        if (st.st_ino, st.st_dev) == (held.st_ino, held.st_dev):
+            return fd
+        os.close(fd)
+
+
+def _unlock(path: Path, fd: int) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _hash_fd(fd: int) -> tuple[hashlib._Hash, int]:
+    hasher = hashlib.sha256()
+    total = 0
+    while chunk := os.read(fd, CHUNK_BYTES):
+        hasher.update(chunk)
+        total += len(chunk)
+    return hasher, total
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class BlobStore:
+    """The blob directory of a model store (``<models>/blobs``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.partial_dir = self.root / PARTIAL_DIR
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        """``<root>/sha256-<hex>`` for a validated digest (the file may not exist)."""
+        return self.root / ("sha256-" + parse_digest(digest)[7:])
+
+    def has(self, digest: str) -> bool:
+        try:
+            return stat.S_ISREG(os.lstat(self.path(digest)).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def size(self, digest: str) -> int:
+        """Size in bytes of a stored blob; FileNotFoundError if absent."""
+        return os.lstat(self.path(digest)).st_size
+
+    def verify(self, digest: str) -> bool:
+        """Re-hash the stored file: False if it is missing or its content no longer matches."""
+        try:
+            fd = os.open(self.path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            hasher, _ = _hash_fd(fd)
+        finally:
+            os.close(fd)
+        return "sha256:" + hasher.hexdigest() == digest
+
+    def remove(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+        self.unpin([digest])
+
+    def digests(self) -> list[str]:
+        """Digests of every stored blob (files named ``sha256-<hex>``), sorted."""
+        found = []
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                digest = "sha256:" + entry.name[7:]
+                if (
+                    entry.name.startswith("sha256-")
+                    and DIGEST_RE.fullmatch(digest)
+                    and entry.is_file(follow_symlinks=False)
+                ):
+                    found.append(digest)
+        return sorted(found)
+
+    def remove_unused(self, digest: str) -> bool:
+        """Remove a blob that gc() found unreferenced, unless a writer holds its lock or it was
+        written moments ago by this process and its manifest is still to come."""
+        lock_path = self.partial_dir / ("sha256-" + parse_digest(digest)[7:] + ".lock")
+        fd = _lock(lock_path, blocking=False)
+        if fd is None:
+            return False
+        try:
+            if self._pinned(digest):
+                return False
+            self.path(digest).unlink(missing_ok=True)
+            return True
+        finally:
+            _unlock(lock_path, fd)
+
+    def cleanup_partials(self) -> int:
+        """Delete partial files that no live writer holds (left by a killed process), and their
+        lock files. Returns how many partial files were deleted."""
+        count = 0
+        with os.scandir(self.partial_dir) as it:
+            entries = sorted(e.name for e in it)
+        for name in entries:
+            if name.endswith(".lock"):
+                continue
+            lock_path = self.partial_dir / (name + ".lock")
+            fd = _lock(lock_path, blocking=False)
+            if fd is None:
+                continue  # a live writer
+            try:
+                target = self.partial_dir / name
+                if not target.is_dir() or target.is_symlink():
+                    target.unlink(missing_ok=True)
+                    count += 1
+            finally:
+                _unlock(lock_path, fd)
+        for name in entries:  # lock files left without a partial
+            if name.endswith(".lock") and name[:-5] not in entries:
+                fd = _lock(self.partial_dir / name, blocking=False)
+                if fd is not None:
+                    _unlock(self.partial_dir / name, fd)
+        if count:
+            logger.info("removed %d stale partial file(s) in %s", count, self.partial_dir)
+        return count
+
+    def writer(
+        self, expected: str | None = None, size: int | None = None, resume: bool = False
+    ) -> BlobWriter:
+        """A writer for one blob; use as a context manager. See ``BlobWriter``."""
+        return BlobWriter(self, expected, size, resume)
+
+    def import_file(self, src: Path, expected: str | None = None, link: bool = True) -> str:
+        """Place an existing file in the store and return its digest.
+
+        The file is hard-linked (when ``link``), else reflinked (FICLONE), else copied into
+        ``.partial``; the placed bytes are hashed there and, if ``expected`` is given and differs,
+        deleted with ``DigestMismatchError``. A hard link shares the source's inode, so the source
+        also becomes read-only; pass ``link=False`` for files their owner may rewrite in place.
+        """
+        return self.place_file(src, expected, link)[0]
+
+    def place_file(
+        self, src: Path, expected: str | None = None, link: bool = True
+    ) -> tuple[str, bool]:
+        """``import_file`` that also says whether the blob is new (False: it was stored already)."""
+        src = Path(src)
+        if not stat.S_ISREG(os.stat(src).st_mode):
+            raise ValueError(f"{src}: not a regular file")
+        if expected is not None:
+            expected = parse_digest(expected)
+            if self.has(expected):
+                self._pin(expected)
+                return expected, False
+        key = f"tmp-{uuid.uuid4().hex}"
+        tmp, lock_path = self.partial_dir / key, self.partial_dir / (key + ".lock")
+        fd = _lock(lock_path, blocking=True)
+        assert fd is not None
+        try:
+            digest = self._place_copy(src, tmp, link)
+            if expected is not None and digest != expected:
+                raise DigestMismatchError(f"{src}: content is {digest}, expected {expected}")
+            return digest, self._install(tmp, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
+            _unlock(lock_path, fd)
+
+    def _place_copy(self, src: Path, tmp: Path, link: bool) -> str:
+        """Put src's bytes at tmp (link, reflink or copy) and return the digest of tmp."""
+        if link:
+            try:
+                os.link(src, tmp)
+            except OSError:
+                pass
+            else:
+                if not stat.S_ISREG(os.lstat(tmp).st_mode):
+                    raise ValueError(f"{src}: not a regular file")
+                fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    hasher, _ = _hash_fd(fd)
+                finally:
+                    os.close(fd)
+                return "sha256:" + hasher.hexdigest()
+        sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(sfd).st_mode):
+                raise ValueError(f"{src}: not a regular file")
+            dfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                try:
+                    fcntl.ioctl(dfd, FICLONE, sfd)
+                    hasher, _ = _hash_fd(dfd)
+                except OSError:  # not supported here: copy, hashing as we go
+                    os.ftruncate(dfd, 0)
+                    os.lseek(dfd, 0, os.SEEK_SET)
+                    hasher = hashlib.sha256()
+                    while chunk := os.read(sfd, CHUNK_BYTES):
+                        hasher.update(chunk)
+                        _write_all(dfd, chunk)
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+        return "sha256:" + hasher.hexdigest()
+
+    def _install(self, tmp: Path, digest: str) -> bool:
+        """Move a verified temporary file to its final name under the digest's lock; False if
+        the blob was already stored (tmp is left for the caller to delete)."""
+        lock_path = self.partial_dir / ("sha256-" + digest[7:] + ".lock")
+        fd = _lock(lock_path, blocking=True)
+        assert fd is not None
+        try:
+            created = not self.has(digest)
+            if created:
+                mode = os.stat(tmp).st_mode
+                try:
+                    os.chmod(tmp, stat.S_IMODE(mode) & ~0o222 | 0o444)
+                except PermissionError:  # a hard link to a file we do not own
+                    pass
+                os.replace(tmp, self.path(digest))
+                fsync_dir(self.root)
+            self._pin(digest)
+            return created
+        finally:
+            _unlock(lock_path, fd)
+
+    def _pin(self, digest: str) -> None:
+        with _pins_lock:
+            _pins.setdefault(str(self.root), {})[digest] = time.monotonic()
+
+    def unpin(self, digests: list[str]) -> None:
+        """Called once a manifest references these digests: gc() may judge them normally."""
+        with _pins_lock:
+            pins = _pins.get(str(self.root), {})
+            for d in digests:
+                pins.pop(d, None)
+
+    def _pinned(self, digest: str) -> bool:
+        with _pins_lock:
+            when = _pins.get(str(self.root), {}).get(digest)
+        return when is not None and time.monotonic() - when < PIN_SECONDS
+
+
+class BlobWriter:
+    """Writes one blob through ``.partial``: hashes and counts bytes as they arrive.
+
+    Construction takes the digest's lock (blocking while another writer of the same digest is
+    alive). ``done`` is True when the blob is already stored: nothing to write, ``commit()``
+    returns the digest. With ``resume`` the bytes of an earlier partial are kept and re-hashed,
+    and ``offset`` says how many there are. Leaving the ``with`` block without ``commit()``, or
+    with an exception, deletes the partial; with ``resume`` an exception other than a size or
+    digest mismatch or a full disk keeps it, so a retry can continue from ``offset``.
+    """
+
+    __slots__ = (
+        "_store",
+        "expected",
+        "size",
+        "resume",
+        "done",
+        "offset",
+        "_hasher",
+        "_fd",
+        "_lock_fd",
+        "_partial",
+        "_lock_path",
+        "_finished",
+    )
+
+    def __init__(
+        self, store: BlobStore, expected: str | None, size: int | None, resume: bool
+    ) -> None:
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            raise ValueError(f"declared size must be a non-negative integer, got {size!r}")
+        self._store = store
+        self.expected = parse_digest(expected) if expected is not None else None
+        self.size = size
+        self.resume = resume
+        self.done = False
+        self.offset = 0
+        self._hasher = hashlib.sha256()
+        self._fd: int | None = None
+        self._finished = False
+        key = f"sha256-{self.expected[7:]}" if self.expected else f"tmp-{uuid.uuid4().hex}"
+        self._partial = store.partial_dir / key
+        self._lock_path = store.partial_dir / (key + ".lock")
+        self._lock_fd: int | None = _lock(self._lock_path, blocking=True)
+        try:
+            if self.expected is not None and store.has(self.expected):
+                store._pin(self.expected)
+                self.done = True
+                self._release()
+                return
+            self._open()
+        except BaseException:
+            self._release()
+            raise
+
+    def _open(self) -> None:
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._fd = os.open(self._partial, flags, 0o600)
+        if self.resume:
+            self._hasher, self.offset = _hash_fd(self._fd)
+            if self.size is not None and self.offset > self.size:
+                self._restart()
+        else:
+            self._restart()
+
+    def _restart(self) -> None:
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        self._hasher, self.offset = hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``; ``SizeMismatchError`` (partial deleted) if it passes the size."""
+        if self._finished or self._fd is None:
+            raise RuntimeError("blob writer is closed" if not self.done else "blob is present")
+        if self.size is not None and self.offset + len(data) > self.size:
+            declared = self.size
+            self.abort()
+            raise SizeMismatchError(f"more than the declared {declared} bytes")
+        _write_all(self._fd, data)
+        self._hasher.update(data)
+        self.offset += len(data)
+
+    def commit(self) -> str:
+        """Check size and digest and move the blob into place; returns its digest.
+
+        On a mismatch the partial is deleted and ``SizeMismatchError``/``DigestMismatchError``
+        is raised; nothing is stored."""
+        if self.done:
+            assert self.expected is not None
+            return self.expected
+        if self._finished or self._fd is None:
+            raise RuntimeError("blob writer is closed")
+        try:
+            os.fsync(self._fd)
+            if self.size is not None and self.offset != self.size:
+                raise SizeMismatchError(f"got {self.offset} bytes, declared {self.size}")
+            digest = "sha256:" + self._hasher.hexdigest()
+            if self.expected is not None and digest != self.expected:
+                raise DigestMismatchError(f"content is {digest}, expected {self.expected}")
+            os.close(self._fd)
+            self._fd = None
+            if self.expected is not None:  # we hold the digest's lock already
+                if not self._store.has(digest):
+                    os.chmod(self._partial, 0o444)
+                    os.replace(self._partial, self._store.path(digest))
+                    fsync_dir(self._store.root)
+                self._store._pin(digest)
+            else:
+                self._store._install(self._partial, digest)
+        except BaseException:
+            self.abort()
+            raise
+        self._partial.unlink(missing_ok=True)
+        self._release()
+        return digest
+
+    def abort(self) -> None:
+        """Delete the partial file and release the lock. Idempotent."""
+        if self._finished:
+            return
+        self._close_fd()
+        self._partial.unlink(missing_ok=True)
+        self._release()
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _release(self) -> None:
+        self._finished = True
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None
+            _unlock(self._lock_path, fd)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._finished:
+            return
+        keep = (
+            exc is not None
+            and self.resume
+            and not isinstance(exc, (SizeMismatchError, DigestMismatchError))
+            and not _disk_full(exc)
+        )
+        if keep:  # leave the partial for a later resume; the lock goes
+            self._close_fd()
+            self._release()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        try:
+            self._close_fd()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+        except Exception:
+            pass
