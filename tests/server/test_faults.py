@@ -53,16 +53,13 @@ def test_ready_fails_while_loading_health_does_not() -> None:
                 break
             assert ready.status_code == 503 and ready.text == "loading"
             assert httpx.get(f"{s.base_url}/health").status_code == 200
+            # A request that arrives while the model loads waits for it, as Ollama's do.
             busy = httpx.post(
                 f"{s.base_url}/v1/completions",
                 json={"model": "smollm2", "prompt": "Hi", "max_tokens": 2},
+                timeout=180,
             )
-            # loading may finish between the two calls; while it lasts the answer is a 503
-            assert busy.status_code == 200 or (
-                busy.status_code == 503
-                and "retry-after" in busy.headers
-                and "loading" in busy.json()["error"]["message"]
-            )
+            assert busy.status_code == 200, busy.text
             seen_loading = True
         assert seen_loading  # the weights load after the port opens
         ok = httpx.post(
