@@ -48,11 +48,15 @@ class AttentionBackend(ABC):
         metadata: Any,
         scale: float,
         sliding_window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         """Write ``k``/``v`` into ``kv_cache`` at the step's slots, then attend.
 
         Shapes: q [num_tokens, num_heads, head_dim]; k, v [num_tokens, num_kv_heads, head_dim];
         kv_cache [2, num_blocks, block_size, num_kv_heads, head_dim] (mutated in place).
         Returns [num_tokens, num_heads, head_dim]. Each query attends causally to its own
-        sequence's cached tokens, within ``sliding_window`` when one is given.
+        sequence's cached tokens, within ``sliding_window`` when one is given: a query at
+        position p sees keys at positions p - sliding_window + 1 .. p. Both are per call, so
+        layers of one model may differ. With ``softcap``, scaled scores s become
+        ``softcap * tanh(s / softcap)`` before masking and softmax.
         """

@@ -1,4 +1,5 @@
-"""Reference paged attention in plain torch: gather blocks with ``index_select``, then SDPA.
+"""Reference paged attention in plain torch: gather blocks with ``index_select``, then SDPA
+(or, for logit soft-capping, which SDPA cannot do, explicit matmul-tanh-softmax).
 
 Sequences are handled as two padded groups, decodes and prefill chunks, so the number of
 kernel calls per layer is constant however many sequences run: no per-sequence Python loop.
@@ -86,6 +87,29 @@ def _make_group(
     )
 
 
+def _softcap_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+    softcap: float,
+) -> torch.Tensor:
+    """Attention with scores squashed to ``softcap * tanh(s / softcap)``, which SDPA cannot do.
+
+    q [B, heads, Q, dim]; k, v [B, kv_heads, L, dim]; mask [B, 1, Q, L] bool (True: attend).
+    Query head h reads KV head h // (heads // kv_heads). Returns [B, heads, Q, dim].
+    """
+    b, num_heads, nq, dim = q.shape
+    num_kv_heads = k.shape[1]
+    qg = q.view(b, num_kv_heads, num_heads // num_kv_heads, nq, dim)
+    scores = torch.matmul(qg, k.unsqueeze(2).transpose(-1, -2)) * scale  # [B, kv, G, Q, L]
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return torch.matmul(probs, v.unsqueeze(2)).view(b, num_heads, nq, dim)
+
+
 class TorchAttentionBackend(AttentionBackend):
     def prepare_metadata(self, batch: AttentionBatch) -> TorchAttentionMetadata:
         nd = batch.num_decodes
@@ -117,6 +141,7 @@ class TorchAttentionBackend(AttentionBackend):
         metadata: TorchAttentionMetadata,
         scale: float,
         sliding_window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         num_tokens, num_heads, head_dim = q.shape
         num_kv_heads = k.shape[1]
@@ -134,9 +159,11 @@ class TorchAttentionBackend(AttentionBackend):
             # Fold the query heads sharing a KV head into the query-length axis:
             # [B, kv_heads, heads_per_kv, dim], so GQA needs no repeat of K/V.
             qd = q[:nd].view(g.num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim)
-            o = F.scaled_dot_product_attention(
-                qd, keys, values, attn_mask=g.mask(sliding_window, bs), scale=scale
-            )
+            mask = g.mask(sliding_window, bs)
+            if softcap is None:
+                o = F.scaled_dot_product_attention(qd, keys, values, attn_mask=mask, scale=scale)
+            else:
+                o = _softcap_attention(qd, keys, values, mask, scale, softcap)
             out[:nd] = o.reshape(nd, num_heads, head_dim)
 
         if metadata.prefill is not None:
@@ -146,14 +173,18 @@ class TorchAttentionBackend(AttentionBackend):
             padded = q.new_zeros(g.num_seqs * g.max_query, num_heads, head_dim)
             padded.index_copy_(0, g.q_index, q[nd:])
             qp = padded.view(g.num_seqs, g.max_query, num_heads, head_dim).transpose(1, 2)
-            o = F.scaled_dot_product_attention(
-                qp,
-                keys,
-                values,
-                attn_mask=g.mask(sliding_window, bs),
-                scale=scale,
-                enable_gqa=num_heads != num_kv_heads,
-            )  # [B, heads, max_query, dim]
+            mask = g.mask(sliding_window, bs)
+            if softcap is None:
+                o = F.scaled_dot_product_attention(
+                    qp,
+                    keys,
+                    values,
+                    attn_mask=mask,
+                    scale=scale,
+                    enable_gqa=num_heads != num_kv_heads,
+                )  # [B, heads, max_query, dim]
+            else:
+                o = _softcap_attention(qp, keys, values, mask, scale, softcap)
             o = o.transpose(1, 2).reshape(g.num_seqs * g.max_query, num_heads, head_dim)
             out[nd:] = o.index_select(0, g.q_index)
         return out

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any, TypedDict
 
 from heron.config import CacheConfig, EngineConfig, SchedulerConfig
-from heron.engine.llm_engine import LLMEngine
+from heron.engine.embedder import EmbeddingEngine, is_embedding_checkpoint
+from heron.engine.llm_engine import LLMEngine, resolve_model
 from heron.outputs import RequestOutput
 from heron.sampling_params import SamplingParams
 from heron.tokenizer import Tokenizer
@@ -22,10 +23,11 @@ ChatMessage = dict[str, Any]
 
 
 class LLM:
-    """Load a model and generate.
+    """Load a model and generate, or (for an encoder such as BERT) embed.
 
     ``model`` is a GGUF file or an HF checkpoint directory. The keyword arguments map one to
-    one onto ``EngineConfig`` fields.
+    one onto ``EngineConfig`` fields (an embedding model uses dtype, quantization, threads,
+    max_model_len and max_num_batched_tokens, its padded tokens per forward).
     """
 
     def __init__(
@@ -69,11 +71,32 @@ class LLM:
             num_threads=num_threads,
             seed=seed,
         )
-        self.engine = LLMEngine(model, config)
+        path = resolve_model(model)
+        self._embedder = EmbeddingEngine(path, config) if is_embedding_checkpoint(path) else None
+        self._engine = LLMEngine(path, config) if self._embedder is None else None
         self._ids = itertools.count()
 
+    @property
+    def engine(self) -> LLMEngine:
+        """The generation engine. Raises ValueError for an embedding model."""
+        if self._engine is None:
+            raise ValueError("this model is an embedding model: it does not support generate")
+        return self._engine
+
     def get_tokenizer(self) -> Tokenizer:
+        if self._embedder is not None:
+            return self._embedder.tokenizer
         return self.engine.tokenizer
+
+    def embed(self, texts: str | Sequence[str], truncate: bool = True) -> list[list[float]]:
+        """One embedding per text, in order, from one batched forward (pooled and normalised
+        as the checkpoint says). Over-long texts are cut to the context unless ``truncate``
+        is false (then ValueError). Raises ValueError for a model that is not an embedding
+        model."""
+        if self._embedder is None:
+            raise ValueError("this model does not support embeddings")
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        return self._embedder.embed(batch, truncate)
 
     def generate(
         self,

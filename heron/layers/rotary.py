@@ -84,3 +84,37 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     if 2 * half == x.shape[-1]:
         return rotated
     return torch.cat((rotated, x[..., 2 * half :]), dim=-1)
+
+
+class LongRopeEmbedding(RotaryEmbedding):
+    """LongRoPE (Phi-3 ``longrope``, formerly ``su``): per-frequency divisors, with one set for
+    positions below ``original_max_position`` (``short_factor``) and another for positions at
+    or beyond it (``long_factor``); cos and sin are both scaled by ``attention_factor``.
+
+    Choosing the set per position keeps a token's rotation a function of its position alone,
+    which the paged cache and prefix caching rely on. It matches a reference that decodes one
+    token at a time: there a step whose sequence reaches past ``original_max_position`` uses
+    the long set, earlier steps the short one.
+    """
+
+    def __init__(
+        self,
+        rotary_dim: int,
+        max_position: int,
+        base: float,
+        short_factor: torch.Tensor,
+        long_factor: torch.Tensor,
+        original_max_position: int,
+        attention_factor: float,
+    ) -> None:
+        super().__init__(rotary_dim, max_position, base, freq_divisors=short_factor)
+        cos, sin = self.cos, self.sin
+        assert isinstance(cos, torch.Tensor) and isinstance(sin, torch.Tensor)
+        if original_max_position < max_position:
+            long_inv_freq = compute_inv_freq(rotary_dim, base, None, long_factor)
+            t = torch.arange(original_max_position, max_position, dtype=torch.float32)
+            freqs = torch.outer(t, long_inv_freq)  # [max_position - original, rotary_dim // 2]
+            cos[original_max_position:] = freqs.cos()
+            sin[original_max_position:] = freqs.sin()
+        cos.mul_(attention_factor)
+        sin.mul_(attention_factor)

@@ -108,6 +108,8 @@ def _expected_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
         "mlp.gate_proj.weight": (c.intermediate_size, h),
         "mlp.up_proj.weight": (c.intermediate_size, h),
         "mlp.down_proj.weight": (h, c.intermediate_size),
+        "self_attn.qkv_proj.weight": (q + 2 * kv, h),  # phi3 attn_qkv
+        "mlp.gate_up_proj.weight": (2 * c.intermediate_size, h),  # phi3 ffn_up
     }
 
 
@@ -150,6 +152,27 @@ class _Meta:
         return float(value)
 
 
+def _gemma3_extra(m: _Meta, n_layers: int, hidden_per_head: int, head_dim: int) -> dict[str, Any]:
+    """Gemma 3 settings (read by ``heron.models.gemma3``) that converters mostly leave implicit;
+    the defaults are llama.cpp's. Layers: every 6th global, unless
+    ``attention.sliding_window_pattern`` gives a period or one bool per layer (True: sliding).
+    Local rope base: ``rope.freq_base_swa``, else 10000. Attention scale
+    ``query_pre_attn_scalar``: head_dim, except hidden / heads for the 62-layer (27B) model."""
+    out: dict[str, Any] = {"rope_local_base_freq": m.pos_float("{arch}.rope.freq_base_swa", 1e4)}
+    pattern = m.get("{arch}.attention.sliding_window_pattern")
+    if isinstance(pattern, list):
+        if len(pattern) != n_layers or not all(isinstance(p, bool) for p in pattern):
+            raise m.error(f"sliding_window_pattern must be {n_layers} bools, got {pattern!r}")
+        out["layer_types"] = ["sliding_attention" if p else "full_attention" for p in pattern]
+    else:
+        out["sliding_window_pattern"] = m.opt_int("{arch}.attention.sliding_window_pattern", 6)
+    out["query_pre_attn_scalar"] = hidden_per_head if n_layers == 62 else head_dim
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if m.get("{arch}." + key) is not None:
+            out[key] = m.pos_float("{arch}." + key, 1.0)
+    return out
+
+
 def config_from_gguf(g: GGUFFile) -> ModelConfig:
     """Build and cross-check a ``ModelConfig`` from a GGUF header; raises ``GGUFError``."""
     arch = g.architecture
@@ -181,6 +204,8 @@ def config_from_gguf(g: GGUFFile) -> ModelConfig:
         raise m.error(f"vocab size {vocab} does not match token_embd rows {embed.shape[0]}")
 
     scaling_type = m.get("{arch}.rope.scaling.type")
+    if arch == "phi3" and scaling_type is None and "rope_factors_long.weight" in g.tensors:
+        scaling_type = "longrope"  # phi3 converters write the factor tensors but no type
     rope_scaling: dict[str, Any] | None = None
     if scaling_type not in (None, "none"):
         rope_scaling = {"rope_type": scaling_type}
@@ -215,6 +240,13 @@ def config_from_gguf(g: GGUFFile) -> ModelConfig:
             extra[key] = g.load(name)  # [head_dim // 2] rope frequency factors
     if (pad := g.metadata.get("tokenizer.ggml.padding_token_id")) is not None:
         extra["pad_token_id"] = pad
+    if arch == "gemma3":
+        extra.update(_gemma3_extra(m, n_layers, hidden // heads, head_dim))
+
+    # 0 means no window (phi3 converters write 0 for models without one)
+    sliding_window = None
+    if m.get("{arch}.attention.sliding_window") != 0:
+        sliding_window = m.opt_int("{arch}.attention.sliding_window")
 
     config = ModelConfig(
         architecture=GGUF_ARCHITECTURES[arch],
@@ -232,7 +264,7 @@ def config_from_gguf(g: GGUFFile) -> ModelConfig:
         tie_word_embeddings="output.weight" not in g.tensors,
         attention_bias=any(n.endswith(".attn_q.bias") for n in g.tensors),
         hidden_act=_HIDDEN_ACT.get(arch, "silu"),
-        sliding_window=m.opt_int("{arch}.attention.sliding_window"),
+        sliding_window=sliding_window,
         bos_token_id=bos,
         eos_token_ids=eos_ids,
         extra=extra,

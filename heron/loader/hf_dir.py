@@ -82,6 +82,32 @@ def _rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     return float(theta), rope
 
 
+_LAYER_KEYS = (
+    "layer_types",
+    "sliding_window_pattern",
+    "query_pre_attn_scalar",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "rope_local_base_freq",
+)
+
+
+def _layer_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Per-layer-type attention settings (Gemma 3) for ``ModelConfig.extra``: the keys above
+    when set, and the sliding layers' rope (``rope_parameters["sliding_attention"]``) as
+    ``rope_local_base_freq`` plus ``rope_local_scaling``."""
+    out = {k: cfg[k] for k in _LAYER_KEYS if cfg.get(k) is not None}
+    if "sliding_window_pattern" not in out and cfg.get("_sliding_window_pattern") is not None:
+        out["sliding_window_pattern"] = cfg["_sliding_window_pattern"]
+    params = cfg.get("rope_parameters")
+    local = params.get("sliding_attention") if isinstance(params, dict) else None
+    if isinstance(local, dict):
+        if local.get("rope_theta") is not None:
+            out["rope_local_base_freq"] = local["rope_theta"]
+        out["rope_local_scaling"] = {k: v for k, v in local.items() if k != "rope_theta"}
+    return out
+
+
 def load_hf_checkpoint(path: str | os.PathLike[str]) -> ModelConfig:
     """Build a ``ModelConfig`` from ``config.json`` (and ``generation_config.json`` eos ids)."""
     d = checkpoint_dir(path)
@@ -114,14 +140,8 @@ def load_hf_checkpoint(path: str | os.PathLike[str]) -> ModelConfig:
         for tid in _token_ids(_read_json(gen_path).get("eos_token_id"), gen_path):
             if tid not in eos:
                 eos.append(tid)
+    # Which layers the window applies to (layer_types, max_window_layers) is the model's call.
     sliding = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
-    if sliding is not None and cfg.get("max_window_layers", 0) not in (
-        0,
-        cfg.get("num_hidden_layers"),
-    ):
-        raise CheckpointError(
-            f"{where}: sliding windows on only some layers (max_window_layers) are not supported"
-        )
     try:
         return ModelConfig(
             architecture=archs[0],
@@ -143,7 +163,12 @@ def load_hf_checkpoint(path: str | os.PathLike[str]) -> ModelConfig:
             sliding_window=sliding,
             bos_token_id=cfg.get("bos_token_id", raw.get("bos_token_id")),
             eos_token_ids=eos,
-            extra={"format": "hf", "model_type": cfg.get("model_type"), "hf_config": raw},
+            extra={
+                "format": "hf",
+                "model_type": cfg.get("model_type"),
+                "hf_config": raw,
+                **_layer_settings(cfg),
+            },
         )
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None

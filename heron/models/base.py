@@ -34,3 +34,21 @@ class CausalLM(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy checkpoint tensors (HF names) into parameters. Raises on an unknown tensor,
         a wrong shape, or a parameter left unloaded."""
+
+
+class EmbeddingModel(nn.Module):
+    """An encoder that turns a padded batch of token ids into per-token hidden states.
+
+    No KV cache: every sequence is encoded whole in one forward. Pooling into one vector per
+    sequence happens outside the model (``heron.layers.pooling``)."""
+
+    @abstractmethod
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids [batch, seq_len] right-padded; attention_mask [batch, seq_len] bool, True
+        for real tokens. Returns hidden states [batch, seq_len, hidden] (padded rows are
+        undefined and must be masked out by the caller)."""
+
+    @abstractmethod
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy checkpoint tensors (HF names) into parameters. Raises on an unknown tensor,
+        a wrong shape, or a parameter left unloaded."""

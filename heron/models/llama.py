@@ -1,8 +1,16 @@
-"""The Llama family: Llama 2/3/3.x, Mistral, Qwen2 and SmolLM share this decoder.
+"""The Llama decoder (Llama 2/3/3.x, SmolLM), and the base class of its relatives.
 
-Differences are config switches: q/k/v bias (Qwen2), sliding-window attention (Mistral),
-rope scaling (Llama 3.1), tied embeddings (SmolLM). q/k/v and gate/up are fused at load time
-so each layer runs four matmuls.
+Mistral, Qwen2, Qwen3 and Phi-3 subclass these classes in their own files and override the
+hooks below where their math differs; everything else (fused q/k/v and gate/up projections,
+rotary embeddings, paged attention, weight loading) is shared. q/k/v and gate/up are fused at
+load time so each layer runs four matmuls.
+
+Hooks, by class:
+
+- ``LlamaAttention``: ``biases`` (which projections carry a bias), ``layer_window`` (the
+  sliding window of one layer), ``norm_qk`` (anything applied to q and k before rope).
+- ``LlamaForCausalLM``: ``attention_cls``, ``rotary_dim`` and ``build_rotary`` (rope layout
+  and scaling), ``checkpoint_target`` (where a checkpoint tensor lands).
 """
 
 from __future__ import annotations
@@ -30,15 +38,27 @@ class LlamaAttention(nn.Module):
         self.head_dim = config.head_dim
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        # Qwen2 always has q/k/v biases and no output bias; Llama's attention_bias covers all four.
-        is_qwen2 = config.architecture == "Qwen2ForCausalLM"
-        qkv_bias = config.attention_bias or is_qwen2
-        o_bias = config.attention_bias and not is_qwen2
+        qkv_bias, o_bias = self.biases(config)
         self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
         self.o_proj = Linear(self.q_size, config.hidden_size, bias=o_bias)
         self.scale = self.head_dim**-0.5
-        self.sliding_window = config.sliding_window
+        self.sliding_window = self.layer_window(config, layer_id)
         self.layer_id = layer_id
+
+    @staticmethod
+    def biases(config: ModelConfig) -> tuple[bool, bool]:
+        """(q/k/v bias, output bias). Llama's ``attention_bias`` covers all four."""
+        return config.attention_bias, config.attention_bias
+
+    @staticmethod
+    def layer_window(config: ModelConfig, layer_id: int) -> int | None:
+        """Sliding window of this layer, None for full attention. Llama has none."""
+        return None
+
+    def norm_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Applied to q [num_tokens, num_heads, head_dim] and k [num_tokens, num_kv_heads,
+        head_dim] before rope. Identity here."""
+        return q, k
 
     def forward(
         self,
@@ -52,8 +72,11 @@ class LlamaAttention(nn.Module):
         n = x.shape[0]
         qkv = self.qkv_proj(x)  # [num_tokens, q_size + 2 * kv_size]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = apply_rotary(q.view(n, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rotary(k.view(n, self.num_kv_heads, self.head_dim), cos, sin)
+        q, k = self.norm_qk(
+            q.view(n, self.num_heads, self.head_dim), k.view(n, self.num_kv_heads, self.head_dim)
+        )
+        q = apply_rotary(q, cos, sin)
+        k = apply_rotary(k, cos, sin)
         v = v.reshape(n, self.num_kv_heads, self.head_dim)
         o = backend.forward(q, k, v, kv_cache, metadata, self.scale, self.sliding_window)
         return self.o_proj(o.reshape(n, self.q_size))
@@ -73,9 +96,14 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_id: int) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        layer_id: int,
+        attention_cls: type[LlamaAttention] = LlamaAttention,
+    ) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, layer_id)
+        self.self_attn = attention_cls(config, layer_id)
         self.mlp = LlamaMLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -94,6 +122,7 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(CausalLM):
+    attention_cls: type[LlamaAttention] = LlamaAttention
     # checkpoint name fragment -> (fused parameter fragment, shard index)
     packed_modules_mapping = {
         "q_proj": ("qkv_proj", 0),
@@ -108,12 +137,23 @@ class LlamaForCausalLM(CausalLM):
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers)
+            LlamaDecoderLayer(config, i, self.attention_cls)
+            for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
-        self.rotary = RotaryEmbedding(
-            config.head_dim,
+        self.rotary = self.build_rotary(config, self.rotary_dim(config))
+
+    @classmethod
+    def rotary_dim(cls, config: ModelConfig) -> int:
+        """Leading dims of each head that rope rotates; the whole head here."""
+        return config.head_dim
+
+    @classmethod
+    def build_rotary(cls, config: ModelConfig, rotary_dim: int) -> RotaryEmbedding:
+        """The cos/sin table. Raises ValueError for a rope scaling type it does not know."""
+        return RotaryEmbedding(
+            rotary_dim,
             config.max_position_embeddings,
             config.rope_theta,
             config.rope_scaling,
@@ -138,50 +178,64 @@ class LlamaForCausalLM(CausalLM):
         # [num_sampled, vocab]
         return self.lm_head(hidden).float()
 
+    def checkpoint_target(self, name: str) -> tuple[str, tuple[int, ...] | None]:
+        """(parameter name, shard indices) for a checkpoint tensor (``model.`` prefix removed).
+
+        A split q/k/v or gate/up tensor lands in the row range of one shard of the fused
+        parameter; any other tensor fills its parameter whole (shards None).
+        """
+        for frag, (fused, idx) in self.packed_modules_mapping.items():
+            if f".{frag}." in name:
+                return name.replace(f".{frag}.", f".{fused}."), (idx,)
+        return name, None
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        # q/k/v and gate/up checkpoint tensors land in row ranges of the fused parameters.
+        # Loaded keys are parameter names, or "name#shard" for row ranges of fused parameters.
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         for name, tensor in weights:
             name = name.removeprefix("model.")
             if "rotary_emb" in name:
                 continue
-            target, shard = name, None
-            for frag, (fused, idx) in self.packed_modules_mapping.items():
-                if f".{frag}." in name:
-                    target, shard = name.replace(f".{frag}.", f".{fused}."), idx
-                    break
+            target, shards = self.checkpoint_target(name)
             if target not in params:
                 raise ValueError(
                     f"checkpoint tensor {name!r} has no place in {type(self).__name__}"
                 )
             param = params[target]
-            if shard is None:
+            if shards is None:
                 if param.shape != tensor.shape:
                     raise ValueError(f"{name}: shape {tuple(tensor.shape)} != {tuple(param.shape)}")
                 param.data.copy_(tensor)
-            else:
-                start, size = self._shard_range(target, shard)
-                if tensor.shape[0] != size or tensor.shape[1:] != param.shape[1:]:
-                    raise ValueError(f"{name}: unexpected shape {tuple(tensor.shape)}")
-                param.data[start : start + size].copy_(tensor)
-                target = f"{target}#{shard}"
-            loaded.add(target)
+                loaded.add(target)
+                continue
+            # consecutive shards: rows from the first one's start to the last one's end
+            start, _ = self._shard_range(target, shards[0])
+            last_start, last_size = self._shard_range(target, shards[-1])
+            size = last_start + last_size - start
+            if tensor.shape[0] != size or tensor.shape[1:] != param.shape[1:]:
+                raise ValueError(f"{name}: unexpected shape {tuple(tensor.shape)}")
+            param.data[start : start + size].copy_(tensor)
+            loaded.update(f"{target}#{i}" for i in shards)
         if self.config.tie_word_embeddings and "lm_head.weight" not in loaded:
             self.lm_head.weight = self.embed_tokens.weight  # type: ignore[assignment]
             loaded.add("lm_head.weight")
         expected: set[str] = set()
         for pname in params:
-            shards = [
-                i for fused, i in self.packed_modules_mapping.values() if f".{fused}." in pname
-            ]
-            if shards:
-                expected.update(f"{pname}#{i}" for i in shards)
+            shards_of = self.fused_shards(pname)
+            if shards_of:
+                expected.update(f"{pname}#{i}" for i in shards_of)
             else:
                 expected.add(pname)
         missing = sorted(expected - loaded)
         if missing:
             raise ValueError(f"checkpoint is missing tensors: {missing[:5]}...")
+
+    def fused_shards(self, pname: str) -> tuple[int, ...]:
+        """Shard indices of a fused parameter (e.g. (0, 1, 2) for qkv_proj); () otherwise."""
+        return tuple(
+            i for fused, i in self.packed_modules_mapping.values() if f".{fused}." in pname
+        )
 
     def _shard_range(self, target: str, shard: int) -> tuple[int, int]:
         c = self.config

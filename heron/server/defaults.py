@@ -66,12 +66,16 @@ def with_model_messages(spec: ModelSpec, messages: list[dict[str, Any]]) -> list
 
 
 async def load_model(
-    state: ServerState, name: str, not_found: Callable[[str], str] | None = None
+    state: ServerState,
+    name: str,
+    not_found: Callable[[str], str] | None = None,
+    task: str = "generate",
 ) -> LoadedModel:
     """The loaded model for a request (loading it if needed). An unknown name is a 404 whose
-    message ``not_found`` words in the API family's style."""
+    message ``not_found`` words in the API family's style; a model that cannot do ``task``
+    ("generate" or "embed") is a 400."""
     try:
-        return await state.models.get(name)
+        return await state.models.get(name, task=task)
     except APIError as exc:
         if exc.status == 404 and not_found is not None:
             shown = name if len(name) <= 64 else name[:64] + "..."

@@ -17,8 +17,11 @@ from queue import SimpleQueue
 from typing import Any
 
 from heron.config import EngineConfig, ModelConfig
+from heron.engine.embedder import embedding_max_len
 from heron.engine.llm_engine import load_tokenizer, resolve_model
 from heron.loader import load_checkpoint
+from heron.loader.pooling import load_pooling_config
+from heron.models.registry import is_embedding_architecture
 from heron.request import Logprob
 from heron.runner.model_runner import plan_max_model_len
 from heron.sampling_params import SamplingParams
@@ -39,10 +42,12 @@ _DONE = object()
 class AsyncEngineClient:
     """Submit requests to the engine core and iterate their outputs.
 
-    ``generate`` raises ValueError for input the engine rejects (before the first delta),
-    QueueFullError when too many requests wait, EngineRequestError if the engine fails
-    mid-request, EngineDeadError if the core process is gone. Closing the iterator early
-    (client disconnect, cancellation) aborts the request, which frees its KV blocks.
+    An embedding model (``is_embedding``) takes ``embed`` and no ``generate``; every other
+    model the reverse. ``generate`` raises ValueError for input the engine rejects (before
+    the first delta), QueueFullError when too many requests wait, EngineRequestError if the
+    engine fails mid-request, EngineDeadError if the core process is gone. Closing the
+    iterator early (client disconnect, cancellation) aborts the request, which frees its KV
+    blocks.
     """
 
     def __init__(
@@ -62,7 +67,14 @@ class AsyncEngineClient:
             self.tokenizer.override_chat_template(chat_template)
         self.config = config
         self.max_waiting = max_waiting
-        self.max_model_len, _ = plan_max_model_len(self.model_config, config)
+        self.is_embedding = is_embedding_architecture(self.model_config.architecture)
+        self.embedding_dim: int | None = None  # length of each vector, for embedding models
+        if self.is_embedding:
+            self.max_model_len = embedding_max_len(self.model_config, config)
+            pooling = load_pooling_config(self.model_path)
+            self.embedding_dim = pooling.output_dim(self.model_config.hidden_size)
+        else:
+            self.max_model_len, _ = plan_max_model_len(self.model_config, config)
         self.ready = False  # set once the engine process has loaded the weights
         self.on_fatal = on_fatal
         self.stats = EngineStats()
@@ -135,6 +147,39 @@ class AsyncEngineClient:
             if not finished and self.alive:
                 self._send(("abort", rid))
 
+    async def embed(
+        self, inputs: list[list[int]], request_id: str | None = None
+    ) -> list[list[float]]:
+        """One vector per input (token ids fitted to ``max_model_len``), batched in the core
+        with every other embed request queued at the same time. Raises like ``generate``;
+        cancelling the call withdraws the request if it has not run yet."""
+        if not self.alive:
+            raise EngineDeadError(self._dead or "the engine process has exited")
+        if not self.ready:
+            raise EngineLoadingError("the model is still loading")
+        if self.stats.num_waiting + self._pending() >= self.max_waiting:
+            raise QueueFullError("server busy: too many requests are waiting")
+        rid = request_id or f"emb-{next(self._ids)}"
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        with self._lock:
+            if rid in self._queues:
+                raise ValueError(f"request id {rid!r} is already in use")
+            self._queues[rid] = (asyncio.get_running_loop(), queue)
+        finished = False
+        try:
+            self._send(("embed", rid, [list(ids) for ids in inputs]))
+            item = await queue.get()
+            finished = True
+            if isinstance(item, BaseException):
+                raise item
+            vectors: list[list[float]] = item
+            return vectors
+        finally:
+            with self._lock:
+                self._queues.pop(rid, None)
+            if not finished and self.alive:
+                self._send(("abort", rid))
+
     def _pending(self) -> int:
         # requests submitted but not yet counted by the engine's last stats snapshot
         return max(0, len(self._queues) - self.stats.num_running - self.stats.num_waiting)
@@ -174,6 +219,8 @@ class AsyncEngineClient:
         if kind == "ready":
             if msg[1]["max_model_len"] != self.max_model_len:  # both sides plan alike
                 self.max_model_len = min(self.max_model_len, msg[1]["max_model_len"])
+            if "embedding_dim" in msg[1]:
+                self.embedding_dim = msg[1]["embedding_dim"]
             self.ready = True
         elif kind == "fatal":
             self._dead = msg[1]
@@ -181,6 +228,8 @@ class AsyncEngineClient:
             self.stats = EngineStats(**msg[2])
             for d in msg[1]:
                 self._deliver(d[0], _delta(d))
+        elif kind == "embeddings":
+            self._deliver(msg[1], msg[2])
         elif kind == "stats":
             self.stats = EngineStats(**msg[1])
         elif kind == "rejected":

@@ -4,9 +4,13 @@ It runs apart from the HTTP server so that request parsing, JSON encoding and st
 never delay a step. Commands arrive and outputs leave as tuples of built-in types over a
 local pipe.
 
-Commands: ("add", request_id, prompt_token_ids, params_dict, priority) | ("abort", id) |
-("shutdown",). Replies: ("ready", info) | ("outputs", deltas, stats) | ("stats", stats) |
-("rejected", id, message) | ("failed", ids, message) | ("fatal", message).
+Commands: ("add", request_id, prompt_token_ids, params_dict, priority) |
+("embed", request_id, list_of_token_id_lists) | ("abort", id) | ("shutdown",).
+Replies: ("ready", info) | ("outputs", deltas, stats) | ("embeddings", id, vectors) |
+("stats", stats) | ("rejected", id, message) | ("failed", ids, message) | ("fatal", message).
+
+An encoder checkpoint (an embedding model) runs ``EmbeddingCore`` instead: it answers
+"embed" and rejects "add"; a generating model rejects "embed".
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from typing import Any
 
 from heron import env
 from heron.config import EngineConfig
+from heron.engine.embedder import EmbeddingEngine, is_embedding_checkpoint
 from heron.engine.llm_engine import LLMEngine
 from heron.outputs import RequestOutput
 from heron.sampling_params import SamplingParams
+from heron.server.embedding_core import EmbeddingCore
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +40,18 @@ def run_engine_core(model: str, config: EngineConfig, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        engine = LLMEngine(model, config)
+        engine: LLMEngine | EmbeddingEngine
+        if is_embedding_checkpoint(model):
+            engine = EmbeddingEngine(model, config)
+        else:
+            engine = LLMEngine(model, config)
     except Exception as exc:  # the server reports this and exits
         conn.send(("fatal", f"failed to load {model!r}: {exc}"))
+        return
+    if isinstance(engine, EmbeddingEngine):
+        info = {"max_model_len": engine.max_model_len, "embedding_dim": engine.embedding_dim}
+        conn.send(("ready", info))
+        EmbeddingCore(engine, conn).loop()
         return
     conn.send(("ready", {"max_model_len": engine.max_model_len}))
     EngineCore(engine, conn).loop()
@@ -84,6 +99,8 @@ class EngineCore:
             except Exception as exc:  # bad input must never take the engine down
                 self.engine.abort(rid)
                 self.conn.send(("rejected", rid, str(exc)))
+        elif kind == "embed":
+            self.conn.send(("rejected", msg[1], "this model does not support embeddings"))
         elif kind == "abort":
             self.engine.abort(msg[1])
             self._forget(msg[1])

@@ -115,6 +115,7 @@ class ModelManager:
         self.loaded: dict[str, LoadedModel] = {}  # by spec.name
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._embedding_paths: dict[tuple[str, float], bool] = {}
 
     # ------------------------------------------------------------------ resolution
     def resolve(self, name: str) -> ModelSpec:
@@ -150,24 +151,48 @@ class ModelManager:
         return loaded
 
     # ------------------------------------------------------------------ loading
-    async def get(self, name: str, keep_alive: float | None = None) -> LoadedModel:
+    async def get(
+        self, name: str, keep_alive: float | None = None, task: str | None = None
+    ) -> LoadedModel:
         """Resolve ``name``, load it if needed, wait until it is ready, and set its expiry from
-        ``keep_alive`` (seconds; None: the model's current setting or the default)."""
+        ``keep_alive`` (seconds; None: the model's current setting or the default).
+
+        ``task`` ("generate" or "embed") is checked before anything loads: asking an
+        embedding model to generate, or a generating model to embed, is a 400."""
         spec = self.resolve(name)
+        if task is not None and not self.supports(spec, task):
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            what = "embeddings" if task == "embed" else task
+            raise APIError(400, f'"{shown}" does not support {what}', param="model")
         self._ensure_reaper()
         loaded = self.loaded.get(spec.name)
         if loaded is None or not loaded.engine.alive:
             if loaded is not None:
                 await self._unload(loaded)
-            task = self._loading.get(spec.name)
-            if task is None:
-                task = asyncio.ensure_future(self._load(spec))
-                self._loading[spec.name] = task
-                task.add_done_callback(functools.partial(self._loaded_or_failed, spec.name))
-            loaded = await asyncio.shield(task)
+            loading = self._loading.get(spec.name)
+            if loading is None:
+                loading = asyncio.ensure_future(self._load(spec))
+                self._loading[spec.name] = loading
+                loading.add_done_callback(functools.partial(self._loaded_or_failed, spec.name))
+            loaded = await asyncio.shield(loading)
         await self._wait_ready(loaded)
         self.touch(loaded, keep_alive)
         return loaded
+
+    def supports(self, spec: ModelSpec, task: str) -> bool:
+        """Whether the model can ``task``: "embed" for encoders, "generate" for the rest.
+        Read from the loaded engine, else from the checkpoint's config.json (cached)."""
+        loaded = self.loaded.get(spec.name)
+        if loaded is not None:
+            embedding = loaded.engine.is_embedding
+        else:
+            key = (spec.path, spec.modified_at)
+            if key not in self._embedding_paths:
+                from heron.engine.embedder import is_embedding_checkpoint
+
+                self._embedding_paths[key] = is_embedding_checkpoint(spec.path)
+            embedding = self._embedding_paths[key]
+        return embedding if task == "embed" else not embedding
 
     def _loaded_or_failed(self, name: str, _task: asyncio.Future[LoadedModel]) -> None:
         self._loading.pop(name, None)

@@ -22,6 +22,8 @@ class ServerLimits:
     max_body_bytes: int = 4 << 20
     max_header_bytes: int = 16 << 10
     max_waiting: int = 256  # queued requests beyond this get 503 + Retry-After
+    max_embed_inputs: int = 256  # inputs in one embeddings request
+    max_embed_tokens: int = 32768  # their tokens, after fitting each to the context
 
     def __post_init__(self) -> None:
         for name in self.__slots__:

@@ -95,6 +95,19 @@ class CatalogLayer:
         return f"sha256:{self.sha256}"
 
 
+# Gemma's turn format: each turn is `<start_of_turn>{user|model}\n...<end_of_turn>\n`; Gemma
+# has no system role, so a system prompt opens the first user turn. BOS comes from the
+# tokenizer (add_bos), and `<end_of_turn>` ends generation.
+GEMMA_TURNS = (
+    "{{- $sys := .System }}{{- range $i, $m := .Messages }}"
+    '{{- if eq $m.Role "system" }}{{ continue }}{{ end }}'
+    '<start_of_turn>{{ if eq $m.Role "assistant" }}model{{ else }}{{ $m.Role }}{{ end }}\n'
+    '{{ if and $sys (eq $m.Role "user") }}{{ $sys }}\n\n{{ $sys = "" }}{{ end }}'
+    "{{ $m.Content }}<end_of_turn>\n"
+    "{{ end }}<start_of_turn>model\n"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogEntry:
     """A model the catalog knows, under ``model`` with any of ``tags``."""
@@ -104,6 +117,8 @@ class CatalogEntry:
     format: str  # "gguf" | "safetensors"
     family: str | None
     layers: tuple[CatalogLayer, ...]
+    # A Modelfile TEMPLATE (Go syntax) for a file that ships without a chat template.
+    template: str | None = None
 
     def __post_init__(self) -> None:
         if self.format not in ("gguf", "safetensors"):
@@ -273,6 +288,7 @@ BUILTIN_CATALOG = Catalog(
             tags=("270m", "latest"),
             format="gguf",
             family="gemma3",
+            template=GEMMA_TURNS,
             layers=(
                 CatalogLayer(
                     MEDIA_MODEL,

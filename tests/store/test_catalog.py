@@ -141,3 +141,23 @@ def test_member_lying_about_its_size_is_cut_off() -> None:
     with pytest.raises(PullError):
         record.stream("pkg/a.bin", seen.extend)
     assert len(seen) <= 10
+
+
+def test_gemma3_gets_a_turn_template() -> None:
+    """The packaged Gemma 3 GGUF has no chat template; the catalog adds Gemma's turn format
+    (system prompt folded into the first user turn, `model` for the assistant)."""
+    from heron.store.catalog import GEMMA_TURNS
+    from heron.tokenizer.gotemplate import render_ollama_prompt
+
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Name a colour."},
+    ]
+    assert render_ollama_prompt(GEMMA_TURNS, chat) == (
+        "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+        "<start_of_turn>model\nHello!<end_of_turn>\n"
+        "<start_of_turn>user\nName a colour.<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )

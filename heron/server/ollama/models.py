@@ -18,6 +18,7 @@ from typing import Any
 
 from heron.config import EngineConfig
 from heron.loader import Checkpoint, load_checkpoint
+from heron.models.registry import is_embedding_architecture
 from heron.server.common import APIError
 from heron.server.model_manager import ModelSpec, parse_duration, spec_from_store
 from heron.server.ollama.protocol import (
@@ -95,7 +96,9 @@ class ModelCard:
         cfg = self.model_config = checkpoint.config
         self.size = spec.size
         self.modified_at = rfc3339(int(spec.modified_at * _NS))
-        self.num_params = int(self.metadata.get("general.parameter_count") or _count_params(cfg))
+        self.is_embedding = is_embedding_architecture(cfg.architecture)
+        counted = _count_encoder_params(cfg) if self.is_embedding else _count_params(cfg)
+        self.num_params = int(self.metadata.get("general.parameter_count") or counted)
         gguf = bool(self.metadata)
         family = str(
             self.metadata.get("general.architecture")
@@ -120,6 +123,7 @@ class ModelCard:
             self.metadata.get("tokenizer.chat_template") if gguf else _hf_template(spec.path)
         )
         self._digest: str | None = spec.digest
+        self.capabilities = ["embedding"] if self.is_embedding else ["completion"]
 
     def _files(self) -> list[str]:
         if os.path.isdir(self.path):
@@ -139,6 +143,8 @@ class ModelCard:
     def memory_bytes(self, config: EngineConfig) -> int:
         """Estimated resident size: weights as the engine holds them, plus the KV cache."""
         weight_bytes = 1 if config.quantization == "int8" else _DTYPE_BYTES.get(config.dtype, 4)
+        if self.is_embedding:  # an encoder has no KV cache
+            return self.num_params * weight_bytes
         cfg = self.model_config
         per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
         per_token *= _DTYPE_BYTES.get(config.cache.dtype, 4)
@@ -249,6 +255,16 @@ def _count_params(cfg: Any) -> int:
     per_layer = h * q * 2 + h * kv * 2 + 3 * h * cfg.intermediate_size + 2 * h
     embed = cfg.vocab_size * h * (1 if cfg.tie_word_embeddings else 2)
     return int(embed + layers * per_layer + h)
+
+
+def _count_encoder_params(cfg: Any) -> int:
+    """Parameters of a BERT-style encoder (embeddings, post-norm layers, pooler)."""
+    h, inter = cfg.hidden_size, cfg.intermediate_size
+    hf = cfg.extra.get("hf_config") or {}
+    types = hf.get("type_vocab_size", 2) if isinstance(hf, dict) else 2
+    embed = (cfg.vocab_size + cfg.max_position_embeddings + int(types)) * h + 2 * h
+    per_layer = 4 * (h * h + h) + 2 * h * inter + inter + h + 4 * h
+    return int(embed + cfg.num_hidden_layers * per_layer + h * h + h)
 
 
 def _sha256(files: Sequence[str], root: str) -> str:
@@ -370,6 +386,6 @@ async def show_model(state: ServerState, cards: Cards, req: ShowRequest) -> Show
         license=license_text or None,
         details=card.details,
         model_info=card.model_info(bool(req.verbose)),
-        capabilities=["completion"],
+        capabilities=card.capabilities,
         modified_at=card.modified_at,
     )

@@ -144,6 +144,26 @@ class ChatRequest(_Request):
     debug_render_only: Bool | None = Field(None, alias="_debug_render_only")
 
 
+class EmbedRequest(_Request):
+    """``POST /api/embed``."""
+
+    model: Str = ""
+    input: Str | list[Str] | None = None  # empty: loads the model, no embeddings
+    truncate: Bool | None = None  # default true; false: an over-long input is a 400
+    dimensions: Int | None = None  # 400 unless the model's own size
+    keep_alive: KeepAlive = None
+    options: Options | None = None  # num_ctx lowers the context; the rest is ignored
+
+
+class EmbeddingsRequest(_Request):
+    """``POST /api/embeddings`` (Ollama's older, single-prompt form)."""
+
+    model: Str = ""
+    prompt: Str | None = None
+    keep_alive: KeepAlive = None
+    options: Options | None = None
+
+
 class ShowRequest(_Request):
     """``POST /api/show``. ``name`` is the older spelling of ``model``."""
 
@@ -265,6 +285,22 @@ class ChatResponse(_GenerationChunk):
     """One NDJSON line of ``/api/chat`` (or the whole reply with ``stream: false``)."""
 
     message: ChatMessage = Field(default_factory=ChatMessage)
+
+
+class EmbedResponse(_Response):
+    """``POST /api/embed``: one L2-normalised vector per input."""
+
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int | None = None  # nanoseconds
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+
+
+class EmbeddingsResponse(_Response):
+    """``POST /api/embeddings``: the model's vector as it comes out."""
+
+    embedding: list[float]
 
 
 class ErrorResponse(_Response):

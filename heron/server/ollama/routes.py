@@ -1,5 +1,5 @@
 """Ollama's HTTP API on ``heron serve``: ``/``, ``/api/version``, ``/api/tags``, ``/api/show``,
-``/api/ps``, ``/api/generate`` and ``/api/chat``.
+``/api/ps``, ``/api/generate``, ``/api/chat``, ``/api/embed`` and ``/api/embeddings``.
 
 Errors are ``{"error": "..."}`` with Ollama's statuses. ``serving`` lists where Heron's
 generation differs from Ollama's; ``models`` explains ``keep_alive`` and ``/api/ps``.
@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 from heron import __version__
 from heron.server.common import APIError
 from heron.server.ollama import manage
+from heron.server.ollama.embed import OllamaEmbeddings
 from heron.server.ollama.models import Cards, list_models, running_models, show_model
 from heron.server.ollama.protocol import (
     ChatRequest,
@@ -24,6 +25,10 @@ from heron.server.ollama.protocol import (
     CopyRequest,
     CreateRequest,
     DeleteRequest,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    EmbedRequest,
+    EmbedResponse,
     ErrorResponse,
     GenerateRequest,
     GenerateResponse,
@@ -39,7 +44,15 @@ from heron.server.ollama.serving import OllamaService
 from heron.server.state import ServerState
 
 _Body = TypeVar(
-    "_Body", GenerateRequest, ChatRequest, ShowRequest, PullRequest, CreateRequest, DeleteRequest
+    "_Body",
+    GenerateRequest,
+    ChatRequest,
+    ShowRequest,
+    PullRequest,
+    CreateRequest,
+    DeleteRequest,
+    EmbedRequest,
+    EmbeddingsRequest,
 )
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Bad request"},
@@ -83,6 +96,7 @@ def _required(body: _Body | None) -> _Body:
 def register(app: FastAPI, state: ServerState) -> None:
     cards = Cards()
     service = OllamaService(state)
+    embedding = OllamaEmbeddings(state)
     router = APIRouter(route_class=AnyJSONRoute, tags=["ollama"])
 
     @router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
@@ -138,6 +152,21 @@ def register(app: FastAPI, state: ServerState) -> None:
     async def chat(request: Request, body: ChatRequest | None = None) -> Response:
         """Reply to a conversation; NDJSON chunks unless ``stream`` is false."""
         return await service.chat(_required(body), request)
+
+    @router.post(
+        "/api/embed",
+        response_model=EmbedResponse,
+        response_model_exclude_none=True,
+        responses=_ERRORS,
+    )
+    async def embed(request: Request, body: EmbedRequest | None = None) -> Response:
+        """Embed a text or a list of texts with an embedding model; L2-normalised vectors."""
+        return await embedding.embed(_required(body), request)
+
+    @router.post("/api/embeddings", response_model=EmbeddingsResponse, responses=_ERRORS)
+    async def embeddings(request: Request, body: EmbeddingsRequest | None = None) -> Response:
+        """Embed one prompt (the older form of /api/embed)."""
+        return await embedding.embeddings(_required(body), request)
 
     @router.post("/api/pull", response_model=StatusResponse, responses=_ndjson("StatusResponse"))
     async def pull(body: PullRequest | None = None) -> Response:

@@ -217,7 +217,7 @@ class OllamaService:
             raise APIError(400, "raw mode does not support template, system, or context")
         if not req.prompt:
             return await self._load_or_unload(req.model, keep_alive, chat=False)
-        model = await self.state.models.get(req.model, keep_alive)
+        model = await self.state.models.get(req.model, keep_alive, task="generate")
         tokenizer = model.engine.tokenizer
         if req.template and req.template != (tokenizer.chat_template or ""):
             raise APIError(
@@ -291,7 +291,7 @@ class OllamaService:
             messages.append(msg)
         if not messages:
             return await self._load_or_unload(req.model, keep_alive, chat=True)
-        model = await self.state.models.get(req.model, keep_alive)
+        model = await self.state.models.get(req.model, keep_alive, task="generate")
         params, num_ctx = sampling_params(req.options, self.state, top, model)
         seeded = [dict(m) for m in spec.messages]
         if spec.system and not any(m["role"] == "system" for m in seeded + messages):
@@ -333,7 +333,7 @@ class OllamaService:
             await self.state.models.unload(model)
             reason = "unload"
         else:
-            await self.state.models.get(model, keep_alive)
+            await self.state.models.get(model, keep_alive, task="generate")
             reason = "load"
         body: GenerateResponse | ChatResponse
         if chat:

@@ -310,3 +310,46 @@ class ErrorDetail(_Response):
 
 class ErrorResponse(_Response):
     error: ErrorDetail
+
+
+# ----------------------------------------------------------------------- embeddings
+EmbeddingInput = str | list[str] | list[int] | list[list[int]]
+
+
+class EmbeddingRequest(_Request):
+    model: str = Field(description="An embedding model (see GET /v1/models).")
+    input: EmbeddingInput = Field(
+        description="Text, token ids, or a list of either; up to the server's cap of inputs."
+    )
+    encoding_format: Literal["float", "base64"] | None = Field(
+        None, description="base64: little-endian float32 bytes. Default float."
+    )
+    dimensions: int | None = Field(
+        None, ge=1, description="Only the model's own embedding size is supported."
+    )
+    user: str | None = Field(None, description="End-user id; accepted and not used.")
+
+    @field_validator("input", mode="wrap")
+    @classmethod
+    def _input(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        return _one_of(
+            value, handler, "input must be a string, a list of token ids, or a list of either"
+        )
+
+
+class Embedding(_Response):
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str = Field(description="Floats, or base64 with base64 encoding.")
+    index: int
+
+
+class EmbeddingUsage(_Response):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(_Response):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

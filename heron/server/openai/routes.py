@@ -8,17 +8,20 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from heron.server.openai.embeddings import create_embeddings
 from heron.server.openai.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     ErrorResponse,
     ModelCard,
     ModelList,
 )
-from heron.server.openai.serving import OpenAIServing
+from heron.server.openai.serving import OpenAIServing, not_found_message
 from heron.server.state import ServerState
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -76,3 +79,16 @@ def register(app: FastAPI, state: ServerState) -> None:
     async def create_completion(request: Request, body: CompletionRequest) -> Response:
         """Continue a prompt (text, token ids, or a batch of either)."""
         return await serving.completions(request, body)
+
+    @app.post(
+        "/v1/embeddings",
+        response_model=None,
+        responses={
+            200: {"model": EmbeddingResponse, "description": "One vector per input"},
+            **_ERRORS,
+        },
+        tags=["openai"],
+    )
+    async def create_embedding(request: Request, body: EmbeddingRequest) -> Response:
+        """Embed text or token ids (or a list of either) with an embedding model."""
+        return await create_embeddings(state, request, body, not_found_message)

@@ -69,7 +69,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DONE = "[DONE]"
 
 
-def _not_found(shown: str) -> str:
+def not_found_message(shown: str) -> str:
     return f"The model {shown!r} does not exist."
 
 
@@ -78,7 +78,7 @@ class OpenAIServing:
         self.state = state
 
     async def _model(self, name: str) -> LoadedModel:
-        return await load_model(self.state, name, _not_found)
+        return await load_model(self.state, name, not_found_message)
 
     @staticmethod
     def _speller(model: LoadedModel) -> TokenSpeller:
@@ -119,7 +119,7 @@ class OpenAIServing:
             spec = self.state.models.resolve(name)
         except APIError as exc:
             if exc.status == 404:
-                raise APIError(404, _not_found(name[:64]), "not_found", "model") from None
+                raise APIError(404, not_found_message(name[:64]), "not_found", "model") from None
             raise
         return self._card(spec)
 
