@@ -58,7 +58,12 @@ class ModelConfig:
 class CacheConfig:
     """Paged KV cache. ``num_blocks`` wins over ``memory_bytes`` when both are given."""
 
-    block_size: int = 16
+    # Tokens per block. Small blocks let prefix caching reuse more of a prompt (only full
+    # blocks are shared; a repeated 42-token prompt recomputes 2 tokens with 8-token blocks,
+    # 10 with 16-token ones), which matters on CPU where each recomputed token costs a full
+    # row of every matmul. The CPU attention kernel reads tokens in place, so small blocks
+    # cost it nothing.
+    block_size: int = 8
     memory_bytes: int = 1 << 30
     num_blocks: int | None = None
     enable_prefix_caching: bool = True
@@ -98,6 +103,9 @@ class SchedulerConfig:
             raise ValueError(f"scheduling policy must be 'fcfs' or 'priority', got {self.policy!r}")
 
 
+QUANTIZATIONS = (None, "auto", "q4_1", "q8_0", "int8")
+
+
 @dataclass(slots=True)
 class EngineConfig:
     """Everything the engine needs besides the model files."""
@@ -106,8 +114,15 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     max_model_len: int | None = None  # defaults to the model's context length
     dtype: str = "float32"
-    quantization: str | None = None  # None: dequantized weights; "int8": dynamic int8 linears
-    attention_backend: str = "torch"
+    # None: dequantized fp32 weights (exact). "auto": per linear, q4_1 where that is lossless
+    # (weights from a 4-bit GGUF) else q8_0, lm_head q8_0 (Heron's CPU kernels; falls back to
+    # None with a warning where they cannot be built). "q4_1" / "q8_0": every linear so.
+    # "int8": fbgemm's dynamic int8 linears. See heron/layers/linear.py.
+    quantization: str | None = None
+    # "auto": Heron's CPU kernels ("cpu") for a float32 cache when they build, else "torch".
+    attention_backend: str = "auto"
+    # Heron's CPU kernels for norms, rotary embeddings and attention in float32 models.
+    use_kernels: bool = True
     num_threads: int | None = None
     seed: int = 0
 
@@ -116,11 +131,18 @@ class EngineConfig:
             raise ValueError(f"max_model_len must be positive, got {self.max_model_len}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"unsupported dtype {self.dtype!r}")
-        if self.quantization not in (None, "int8"):
-            raise ValueError(f"unsupported quantization {self.quantization!r}; use None or 'int8'")
-        if self.quantization == "int8" and self.dtype != "float32":
+        if self.quantization not in QUANTIZATIONS:
             raise ValueError(
-                "quantization='int8' computes activations in float32; use dtype='float32'"
+                f"unsupported quantization {self.quantization!r}; use one of {QUANTIZATIONS}"
+            )
+        if self.quantization is not None and self.dtype != "float32":
+            raise ValueError(
+                f"quantization={self.quantization!r} computes activations in float32; "
+                "use dtype='float32'"
+            )
+        if self.attention_backend not in ("auto", "torch", "cpu"):
+            raise ValueError(
+                f"unknown attention backend {self.attention_backend!r}; use auto, torch or cpu"
             )
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError("num_threads must be positive")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 # Upper bounds that keep one request from exhausting the engine (see security notes: unbounded
 # n / logprobs were CVEs elsewhere). The server may lower them further.
+MAX_LOGIT_BIAS = 1024
 MAX_N = 128
 MAX_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
@@ -39,6 +40,8 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    # token id -> value added to its logit before sampling (OpenAI's logit_bias; -100 bans)
+    logit_bias: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -89,6 +92,14 @@ class SamplingParams:
             raise ValueError(f"at most {MAX_STOP_TOKEN_IDS} stop_token_ids are allowed")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise ValueError("stop_token_ids must be non-negative integers")
+        if self.logit_bias is not None:
+            if len(self.logit_bias) > MAX_LOGIT_BIAS:
+                raise ValueError(f"logit_bias may name at most {MAX_LOGIT_BIAS} tokens")
+            for t, b in self.logit_bias.items():
+                if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+                    raise ValueError("logit_bias keys must be non-negative token ids")
+                if isinstance(b, bool) or not isinstance(b, int | float) or not -100 <= b <= 100:
+                    raise ValueError("logit_bias values must be numbers in [-100, 100]")
 
     @property
     def greedy(self) -> bool:

@@ -8,6 +8,7 @@ from heron.attention.base import AttentionBackend, AttentionBatch
 
 _BACKENDS: dict[str, tuple[str, str]] = {
     "torch": ("heron.attention.torch_ref", "TorchAttentionBackend"),
+    "cpu": ("heron.attention.cpu", "CpuAttentionBackend"),
 }
 
 

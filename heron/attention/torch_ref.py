@@ -143,51 +143,88 @@ class TorchAttentionBackend(AttentionBackend):
         sliding_window: int | None = None,
         softcap: float | None = None,
     ) -> torch.Tensor:
-        num_tokens, num_heads, head_dim = q.shape
-        num_kv_heads = k.shape[1]
-        k_cache, v_cache = kv_cache[0], kv_cache[1]  # [num_blocks, block_size, kv_heads, dim]
-        slots = metadata.slot_mapping
+        self.write_cache(k, v, kv_cache, metadata.slot_mapping)
+        nd = metadata.num_decode_tokens
+        if metadata.prefill is None and metadata.decode is not None:
+            return self.attend_decode(
+                q, kv_cache, metadata.decode, metadata, scale, sliding_window, softcap
+            )
+        out = q.new_empty(q.shape)
+        if metadata.decode is not None:
+            out[:nd] = self.attend_decode(
+                q[:nd], kv_cache, metadata.decode, metadata, scale, sliding_window, softcap
+            )
+        if metadata.prefill is not None:
+            out[nd:] = self.attend_prefill(
+                q[nd:], kv_cache, metadata.prefill, metadata, scale, sliding_window, softcap
+            )
+        return out
+
+    def write_cache(
+        self, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slots: torch.Tensor
+    ) -> None:
+        """Store k, v [num_tokens, num_kv_heads, head_dim] at flat ``slots`` of the cache."""
+        num_kv_heads, head_dim = k.shape[1], k.shape[2]
+        k_cache, v_cache = kv_cache[0], kv_cache[1]
         k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, k.to(k_cache.dtype))
         v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, v.to(v_cache.dtype))
-        out = q.new_empty(num_tokens, num_heads, head_dim)
-        nd = metadata.num_decode_tokens
-        bs = metadata.block_size
 
-        if metadata.decode is not None:
-            g = metadata.decode
-            keys, values = self._gather(k_cache, v_cache, g, q.dtype)  # [B, kv_heads, L, dim]
-            # Fold the query heads sharing a KV head into the query-length axis:
-            # [B, kv_heads, heads_per_kv, dim], so GQA needs no repeat of K/V.
-            qd = q[:nd].view(g.num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim)
-            mask = g.mask(sliding_window, bs)
-            if softcap is None:
-                o = F.scaled_dot_product_attention(qd, keys, values, attn_mask=mask, scale=scale)
-            else:
-                o = _softcap_attention(qd, keys, values, mask, scale, softcap)
-            out[:nd] = o.reshape(nd, num_heads, head_dim)
+    def attend_decode(
+        self,
+        q: torch.Tensor,
+        kv_cache: torch.Tensor,
+        g: _Group,
+        metadata: TorchAttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
+        softcap: float | None,
+    ) -> torch.Tensor:
+        """One query per sequence: q [num_seqs, num_heads, head_dim] -> same shape."""
+        nd, num_heads, head_dim = q.shape
+        num_kv_heads = kv_cache.shape[3]
+        keys, values = self._gather(kv_cache[0], kv_cache[1], g, q.dtype)  # [B, kv, L, dim]
+        # Fold the query heads sharing a KV head into the query-length axis:
+        # [B, kv_heads, heads_per_kv, dim], so GQA needs no repeat of K/V.
+        qd = q.reshape(g.num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim)
+        mask = g.mask(sliding_window, metadata.block_size)
+        if softcap is None:
+            o = F.scaled_dot_product_attention(qd, keys, values, attn_mask=mask, scale=scale)
+        else:
+            o = _softcap_attention(qd, keys, values, mask, scale, softcap)
+        return o.reshape(nd, num_heads, head_dim)
 
-        if metadata.prefill is not None:
-            g = metadata.prefill
-            assert g.q_index is not None
-            keys, values = self._gather(k_cache, v_cache, g, q.dtype)
-            padded = q.new_zeros(g.num_seqs * g.max_query, num_heads, head_dim)
-            padded.index_copy_(0, g.q_index, q[nd:])
-            qp = padded.view(g.num_seqs, g.max_query, num_heads, head_dim).transpose(1, 2)
-            mask = g.mask(sliding_window, bs)
-            if softcap is None:
-                o = F.scaled_dot_product_attention(
-                    qp,
-                    keys,
-                    values,
-                    attn_mask=mask,
-                    scale=scale,
-                    enable_gqa=num_heads != num_kv_heads,
-                )  # [B, heads, max_query, dim]
-            else:
-                o = _softcap_attention(qp, keys, values, mask, scale, softcap)
-            o = o.transpose(1, 2).reshape(g.num_seqs * g.max_query, num_heads, head_dim)
-            out[nd:] = o.index_select(0, g.q_index)
-        return out
+    def attend_prefill(
+        self,
+        q: torch.Tensor,
+        kv_cache: torch.Tensor,
+        g: _Group,
+        metadata: TorchAttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
+        softcap: float | None,
+    ) -> torch.Tensor:
+        """Prefill chunks: q [chunk_tokens, num_heads, head_dim] -> same shape."""
+        assert g.q_index is not None
+        _, num_heads, head_dim = q.shape
+        num_kv_heads = kv_cache.shape[3]
+        keys, values = self._gather(kv_cache[0], kv_cache[1], g, q.dtype)
+        padded = q.new_zeros(g.num_seqs * g.max_query, num_heads, head_dim)
+        padded.index_copy_(0, g.q_index, q)
+        qp = padded.view(g.num_seqs, g.max_query, num_heads, head_dim).transpose(1, 2)
+        mask = g.mask(sliding_window, metadata.block_size)
+        if softcap is None:
+            o = F.scaled_dot_product_attention(
+                qp,
+                keys,
+                values,
+                attn_mask=mask,
+                scale=scale,
+                enable_gqa=num_heads != num_kv_heads,
+            )  # [B, heads, max_query, dim]
+        else:
+            o = _softcap_attention(qp, keys, values, mask, scale, softcap)
+        o = o.transpose(1, 2).reshape(g.num_seqs * g.max_query, num_heads, head_dim)
+        return o.index_select(0, g.q_index)
 
     @staticmethod
     def _gather(

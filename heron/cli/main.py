@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from heron import __version__, env
-from heron.cli import create, importer, models, run
+from heron.cli import bench, create, importer, models, run
 
 app = typer.Typer(
     name="heron",
@@ -71,7 +71,20 @@ def serve(
     max_num_seqs: Annotated[int, typer.Option(help="Sequences per batch.")] = 64,
     max_num_batched_tokens: Annotated[int, typer.Option(help="Token budget per step.")] = 2048,
     kv_cache_memory_mb: Annotated[int, typer.Option(help="KV cache size in MiB.")] = 1024,
-    quantization: Annotated[str | None, typer.Option(help="None (exact) or int8.")] = None,
+    quantization: Annotated[
+        str,
+        typer.Option(
+            help="auto: 4-bit linears where the model file is 4-bit (lossless), else 8-bit, "
+            "on Heron's CPU kernels; q4_1, q8_0 or int8 for every linear; none: exact fp32."
+        ),
+    ] = "auto",
+    kv_cache_dtype: Annotated[
+        str,
+        typer.Option(
+            help="KV cache dtype: float32 (default), float16 (half the memory; values "
+            "rounded when written) or bfloat16 (torch attention path)."
+        ),
+    ] = "float32",
     shutdown_timeout: Annotated[float, typer.Option(help="Seconds to drain on SIGTERM.")] = 30.0,
     max_loaded_models: Annotated[
         int, typer.Option(help="Models held in memory at once; the idlest one is unloaded.")
@@ -108,11 +121,14 @@ def serve(
             keep_alive=keep_alive,
             limits=ServerLimits(max_waiting=max_waiting, max_tokens=max_tokens, max_n=max_n),
             engine=EngineConfig(
-                cache=CacheConfig(memory_bytes=kv_cache_memory_mb << 20),
+                cache=CacheConfig(
+                    memory_bytes=kv_cache_memory_mb << 20,
+                    dtype=kv_cache_dtype,
+                ),
                 scheduler=SchedulerConfig(
                     max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs
                 ),
-                quantization=quantization,
+                quantization=None if quantization == "none" else quantization,
             ),
         )
         status = run_server(cfg)
@@ -137,6 +153,7 @@ app.command()(create.create)
 app.command()(models.cp)
 app.command()(models.stop)
 app.command("import")(importer.import_)
+app.command()(bench.bench)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ class LLM:
         model: str,
         *,
         max_model_len: int | None = None,
-        block_size: int = 16,
+        block_size: int = 8,
         kv_cache_memory_bytes: int = 1 << 30,
         num_kv_blocks: int | None = None,
         enable_prefix_caching: bool = True,
@@ -46,7 +46,7 @@ class LLM:
         dtype: str = "float32",
         kv_cache_dtype: str = "float32",
         quantization: str | None = None,
-        attention_backend: str = "torch",
+        attention_backend: str = "auto",
         num_threads: int | None = None,
         seed: int = 0,
     ) -> None:

@@ -1,17 +1,51 @@
-"""Linear layers with an optional int8 fast path.
+"""Linear layers with quantized fast paths.
 
-On AVX2 CPUs the fbgemm dynamic-int8 linear (per-channel int8 weights, activations quantized
-per call) reads a quarter of fp32's bytes and is several times faster; see
-``docs/benchmarks.md``. It changes logits slightly, so the default stays exact (fp32).
+Kinds (``Linear.quantize``):
+
+- ``q4_1`` / ``q8_0``: Heron's CPU kernels (``heron/kernels``): 4-bit or 8-bit weights in
+  blocks of 32 with fp16 scales, GGUF's own Q4_1 / Q8_0 layouts, times activations quantized
+  per row and block to int8. A weight that came from a Q4_1 (Q8_0) GGUF tensor is reproduced
+  exactly, so only the activation rounding differs from the fp32 reference. Each output is
+  one fixed-order dot product of its own row, so results do not depend on the batch.
+- ``int8``: fbgemm's dynamic int8 linear (per-channel int8 weights, activations quantized per
+  call as one tensor, so a row's result depends on the rest of the batch).
+
+``choose_kind`` picks per weight for ``quantization="auto"``: q4_1 where it is lossless (the
+weight came from a 4-bit GGUF tensor of that layout), else q8_0.
 """
 
 from __future__ import annotations
 
 import warnings
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+QUANT_KINDS = ("q4_1", "q8_0", "int8")
+
+
+def dequantize_q4_1(qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """[N, K/2] uint8 + [N, K/32] fp16 scales and mins -> [N, K] float32."""
+    n, nb = d.shape
+    blocks = qs.view(n, nb, 16)
+    q = torch.cat((blocks & 15, blocks >> 4), dim=-1).float()  # [N, nb, 32]
+    return (q * d.float().unsqueeze(-1) + m.float().unsqueeze(-1)).view(n, nb * 32)
+
+
+def dequantize_q8_0(qs: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """[N, K] int8 + [N, K/32] fp16 scales -> [N, K] float32."""
+    n, nb = d.shape
+    return (qs.view(n, nb, 32).float() * d.float().unsqueeze(-1)).view(n, nb * 32)
+
+
+def choose_kind(weight: torch.Tensor, kernels: ModuleType) -> str:
+    """q4_1 when the fp32 weight is exactly a q4_1 tensor (so 4 bits lose nothing), else
+    q8_0."""
+    w = weight.detach().float().contiguous()
+    qs, d, m = kernels.quantize_q4_1(w)
+    return "q4_1" if torch.equal(dequantize_q4_1(qs, d, m), w) else "q8_0"
 
 
 class Linear(nn.Module):
@@ -23,11 +57,39 @@ class Linear(nn.Module):
         self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-        self._packed: object | None = None
+        self.kind: str | None = None
+        self._packed: object | None = None  # fbgemm's packed weight (int8)
+        self._q: tuple[torch.Tensor, ...] = ()  # kernel tensors (q4_1: qs, d, m; q8_0: qs, d)
+        self._kernels: ModuleType | None = None
+
+    def quantize(self, kind: str, kernels: ModuleType | None = None) -> None:
+        """Replace the fp32 weight by ``kind`` (see the module docstring) and free it.
+
+        ``q4_1`` and ``q8_0`` need ``kernels`` (``heron.kernels.cpu_kernels()``) and
+        ``in_features`` divisible by 32; raises ValueError otherwise.
+        """
+        if kind not in QUANT_KINDS:
+            raise ValueError(f"unknown quantization {kind!r}; known: {QUANT_KINDS}")
+        w = self.weight.detach().float().contiguous()
+        if kind == "int8":
+            self._pack_fbgemm(w)
+        else:
+            if kernels is None:
+                raise ValueError(f"{kind} needs Heron's CPU kernels")
+            if self.in_features % 32:
+                raise ValueError(f"{kind} needs in_features divisible by 32")
+            quantizer = kernels.quantize_q4_1 if kind == "q4_1" else kernels.quantize_q8_0
+            self._q = tuple(quantizer(w))
+            self._kernels = kernels
+            if self.bias is not None:
+                self.bias = nn.Parameter(self.bias.detach().float(), requires_grad=False)
+        self.kind = kind
+        self.weight = nn.Parameter(torch.empty(0), requires_grad=False)
 
     def quantize_int8(self) -> None:
-        """Replace the fp32 weight by fbgemm-packed int8 (per output channel); frees the fp32."""
-        w = self.weight.detach().float()
+        self.quantize("int8")
+
+    def _pack_fbgemm(self, w: torch.Tensor) -> None:
         scales = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-8).double()
         zero_points = torch.zeros(w.shape[0], dtype=torch.long)
         with warnings.catch_warnings():
@@ -35,13 +97,40 @@ class Linear(nn.Module):
             qweight = torch.quantize_per_channel(w, scales, zero_points, 0, torch.qint8)
         bias = None if self.bias is None else self.bias.detach().float()
         self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
-        self.weight = nn.Parameter(torch.empty(0), requires_grad=False)
 
     @property
     def is_quantized(self) -> bool:
-        return self._packed is not None
+        return self.kind is not None
+
+    def weight_bytes(self) -> int:
+        """Bytes of weight data one forward reads."""
+        if self._q:
+            return sum(t.numel() * t.element_size() for t in self._q)
+        if self._packed is not None:
+            return self.in_features * self.out_features
+        return self.weight.numel() * self.weight.element_size()
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The weight this layer multiplies by, as float32 [out_features, in_features]."""
+        if self.kind == "q4_1":
+            return dequantize_q4_1(*self._q)
+        if self.kind == "q8_0":
+            return dequantize_q8_0(*self._q)
+        if self.kind == "int8":
+            qweight, _ = torch.ops.quantized.linear_unpack(self._packed)
+            return qweight.dequantize()
+        return self.weight.detach().float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self._kernels
+        if k is not None:
+            # [num_tokens, in_features] -> [num_tokens, out_features]
+            x2 = x.reshape(-1, self.in_features).float().contiguous()
+            if self.kind == "q4_1":
+                y = k.linear_q4_1(x2, *self._q, self.bias)
+            else:
+                y = k.linear_q8_0(x2, *self._q, self.bias)
+            return y.view(*x.shape[:-1], self.out_features)
         if self._packed is not None:
             return torch.ops.quantized.linear_dynamic(x, self._packed, True)
         return F.linear(x, self.weight, self.bias)

@@ -16,7 +16,8 @@ Hooks, by class:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from types import ModuleType
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -44,6 +45,7 @@ class LlamaAttention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.sliding_window = self.layer_window(config, layer_id)
         self.layer_id = layer_id
+        self.kernels: ModuleType | None = None  # Heron's CPU kernels, set by the runner
 
     @staticmethod
     def biases(config: ModelConfig) -> tuple[bool, bool]:
@@ -75,9 +77,14 @@ class LlamaAttention(nn.Module):
         q, k = self.norm_qk(
             q.view(n, self.num_heads, self.head_dim), k.view(n, self.num_kv_heads, self.head_dim)
         )
-        q = apply_rotary(q, cos, sin)
-        k = apply_rotary(k, cos, sin)
-        v = v.reshape(n, self.num_kv_heads, self.head_dim)
+        if self.kernels is not None and q.dtype == torch.float32:
+            # In place on the views into qkv; cos, sin [num_tokens, 1, rotary_dim // 2].
+            self.kernels.rope_(q, cos.squeeze(1), sin.squeeze(1))
+            self.kernels.rope_(k, cos.squeeze(1), sin.squeeze(1))
+        else:
+            q = apply_rotary(q, cos, sin)
+            k = apply_rotary(k, cos, sin)
+        v = v.view(n, self.num_kv_heads, self.head_dim)
         o = backend.forward(q, k, v, kv_cache, metadata, self.scale, self.sliding_window)
         return self.o_proj(o.reshape(n, self.q_size))
 
@@ -117,8 +124,63 @@ class LlamaDecoderLayer(nn.Module):
         backend: AttentionBackend,
         metadata: Any,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, backend, metadata)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        # x is this forward's own residual stream, so it is updated in place.
+        h = self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, backend, metadata)
+        h = self.post_attention_layernorm.add_forward(h, x)  # x += attention output
+        return x.add_(self.mlp(h))
+
+
+_KERNEL_KINDS = {None: 0, "q4_1": 1, "q8_0": 2}  # Linear.kind -> decode_layer_'s code
+
+
+def _linear_args(linear: Linear) -> tuple[list[torch.Tensor], int] | None:
+    if linear.kind not in _KERNEL_KINDS:
+        return None
+    tensors: list[torch.Tensor] = list(linear._q) if linear._q else [linear.weight]
+    return tensors, _KERNEL_KINDS[linear.kind]
+
+
+def fused_decode_args(layer: nn.Module) -> tuple[Any, ...] | None:
+    """The per-layer arguments of the kernels' ``decode_layer_`` (everything but the step's
+    inputs), or None when the layer's math is not exactly that of the fused path: another
+    layer or attention class with its own hooks, a non-SiLU MLP or MLP biases, fbgemm
+    linears, or no kernels."""
+    if type(layer) is not LlamaDecoderLayer:
+        return None
+    attn, mlp = layer.self_attn, layer.mlp
+    if type(attn).norm_qk is not LlamaAttention.norm_qk or type(attn).forward is not (
+        LlamaAttention.forward
+    ):
+        return None
+    norms = (layer.input_layernorm, layer.post_attention_layernorm)
+    if any(type(n) is not RMSNorm or n.kernels is None for n in norms) or attn.kernels is None:
+        return None
+    if mlp.act != "silu" or mlp.gate_up_proj.bias is not None or mlp.down_proj.bias is not None:
+        return None
+    linears = [
+        _linear_args(m) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+    ]
+    if any(a is None for a in linears) or norms[0].eps != norms[1].eps:
+        return None
+    (qkv, qkv_kind), (o, o_kind), (gu, gu_kind), (down, down_kind) = linears  # type: ignore[misc]
+    return (
+        norms[0].weight,
+        norms[1].weight,
+        norms[0].eps,
+        qkv,
+        qkv_kind,
+        attn.qkv_proj.bias,
+        o,
+        o_kind,
+        attn.o_proj.bias,
+        gu,
+        gu_kind,
+        down,
+        down_kind,
+        attn.num_heads,
+        attn.num_kv_heads,
+        attn.head_dim,
+    )
 
 
 class LlamaForCausalLM(CausalLM):
@@ -170,8 +232,55 @@ class LlamaForCausalLM(CausalLM):
     ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary.lookup(positions)  # once per step, shared by every layer
+        if getattr(metadata, "flat", None) is not None and getattr(backend, "fused", False):
+            plan = self._fused_plan()
+            if plan is not None:
+                return self._fused_decode(x, cos, sin, kv_caches, metadata, plan)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, kv_caches[i], backend, metadata)
+        return self.norm(x)
+
+    def _fused_plan(self) -> list[tuple[Any, ...]] | None:
+        """Per-layer ``decode_layer_`` arguments, built once; None when any layer cannot
+        take the fused path."""
+        plan = getattr(self, "_plan", False)
+        if plan is False:
+            args = [fused_decode_args(layer) for layer in self.layers]
+            plan = None if any(a is None for a in args) else args
+            self._plan = plan
+        return plan  # type: ignore[return-value]
+
+    def _fused_decode(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_caches: torch.Tensor,
+        metadata: Any,
+        plan: list[tuple[Any, ...]],
+    ) -> torch.Tensor:
+        """Every layer in one kernel call each; x [num_tokens, hidden]. Each token attends as
+        its own query (``metadata.flat``), so decodes and short prefill chunks mix."""
+        layers = cast(list[LlamaDecoderLayer], list(self.layers))
+        kernels = layers[0].self_attn.kernels
+        assert kernels is not None
+        flat = metadata.flat
+        cos2, sin2 = cos.squeeze(1), sin.squeeze(1)  # [num_tokens, rotary_dim // 2]
+        for i, (layer, args) in enumerate(zip(layers, plan, strict=True)):
+            attn = layer.self_attn
+            kernels.decode_layer_(
+                x,
+                *args,
+                cos2,
+                sin2,
+                kv_caches[i, 0],
+                kv_caches[i, 1],
+                metadata.slot_mapping,
+                flat.block_table,
+                flat.context_lens,
+                attn.scale,
+                attn.sliding_window or 0,
+            )
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

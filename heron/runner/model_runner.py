@@ -8,18 +8,23 @@ each kind as one padded group.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import torch
 
 from heron.attention import AttentionBatch, get_attention_backend
 from heron.config import EngineConfig, ModelConfig
-from heron.layers.linear import Linear
+from heron.kernels import cpu_kernels, require_cpu_kernels
+from heron.layers.linear import Linear, choose_kind
 from heron.models import build_model
 from heron.runner.sampler import Sampler, SamplerOutput
 from heron.scheduler.output import ScheduledRequest, SchedulerOutput
+
+logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,6 +36,31 @@ class ModelInputs:
     logits_indices: torch.Tensor  # [num_sampled]: last token of each sampling request
     sampled: list[ScheduledRequest]  # rows of the logits, in order
     attention: AttentionBatch
+
+
+def apply_quantization(
+    model: torch.nn.Module, quantization: str | None, kernels: ModuleType | None
+) -> dict[str, int]:
+    """Quantize every ``Linear`` of ``model`` in place as ``quantization`` asks (see
+    ``EngineConfig.quantization``); returns how many linears got each kind."""
+    counts: dict[str, int] = {}
+    if quantization is None:
+        return counts
+    if quantization == "auto" and kernels is None:
+        logger.warning("Heron's CPU kernels are unavailable; weights stay float32 (exact)")
+        return counts
+    for module in model.modules():
+        if not isinstance(module, Linear):
+            continue
+        kind = quantization
+        if quantization == "auto":
+            assert kernels is not None
+            divisible = module.in_features % 32 == 0
+            kind = choose_kind(module.weight, kernels) if divisible else "none"
+        if kind != "none":
+            module.quantize(kind, kernels)
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def kv_bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -72,14 +102,16 @@ class ModelRunner:
         self.model = build_model(model_config)
         self.model.load_weights(weights())
         self.model.to(self.dtype)
-        if config.quantization == "int8":
-            for module in self.model.modules():
-                if isinstance(module, Linear):
-                    module.quantize_int8()
-        self.model.eval()
-        self.backend = get_attention_backend(config.attention_backend)
-        self.block_size = config.cache.block_size
         self.kv_dtype = _DTYPES[config.cache.dtype]
+        self.kernels = self._kernels(config)
+        self.quantization = apply_quantization(self.model, config.quantization, self.kernels)
+        self.model.eval()
+        backend = config.attention_backend
+        if backend == "auto":
+            usable = self.kernels is not None and self.kv_dtype in (torch.float32, torch.float16)
+            backend = "cpu" if usable else "torch"
+        self.backend = get_attention_backend(backend)
+        self.block_size = config.cache.block_size
         self.num_blocks = plan_num_blocks(model_config, config)
         c = model_config
         # [num_layers, K/V, num_blocks, block_size, num_kv_heads, head_dim]
@@ -96,6 +128,21 @@ class ModelRunner:
         self.sampler.seed(config.seed)
         # Called with (sampled rows, logits [num_sampled, vocab]) each step; parity tests use it.
         self.logits_hook: Callable[[list[ScheduledRequest], torch.Tensor], None] | None = None
+
+    def _kernels(self, config: EngineConfig) -> ModuleType | None:
+        """Heron's CPU kernels when this model can use them (float32), attached to every
+        layer that has a kernel path; None otherwise."""
+        wanted = config.use_kernels and self.dtype == torch.float32
+        needed = config.quantization in ("q4_1", "q8_0") or config.attention_backend == "cpu"
+        if not wanted and not needed:
+            return None
+        kernels = require_cpu_kernels() if needed else cpu_kernels()
+        if kernels is None:
+            return None
+        for module in self.model.modules():
+            if hasattr(module, "kernels") and not isinstance(module, Linear):
+                setattr(module, "kernels", kernels)  # noqa: B010
+        return kernels
 
     def prepare_inputs(self, out: SchedulerOutput) -> ModelInputs:
         """Flatten the step's work; decodes first, then prefill chunks."""

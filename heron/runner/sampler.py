@@ -30,6 +30,7 @@ class SamplingBatch:
     output_counts: torch.Tensor | None  # [num_rows, vocab] counts of generated tokens
     seen_mask: torch.Tensor | None  # [num_rows, vocab] token in prompt or output
     suppress: list[tuple[int, list[int]]]  # (row, token ids masked until min_tokens)
+    bias: list[tuple[int, torch.Tensor, torch.Tensor]]  # (row, token ids, added values)
     generators: list[tuple[int, torch.Generator]]  # seeded rows
     max_logprobs: int  # largest ``logprobs`` asked for, -1 when none
 
@@ -82,6 +83,15 @@ class Sampler:
                 ids = list(p.stop_token_ids) + ([] if p.ignore_eos else list(r.eos_token_ids))
                 if ids:
                     suppress.append((i, ids))
+        bias = [
+            (
+                i,
+                torch.tensor(list(p.logit_bias), dtype=torch.long),
+                torch.tensor(list(p.logit_bias.values()), dtype=torch.float32),
+            )
+            for i, p in enumerate(params)
+            if p.logit_bias
+        ]
         generators = [(i, r.generator) for i, r in enumerate(requests) if r.generator is not None]
         max_logprobs = max((p.logprobs for p in params if p.logprobs is not None), default=-1)
         return SamplingBatch(
@@ -96,6 +106,7 @@ class Sampler:
             counts,
             seen,
             suppress,
+            bias,
             generators,
             max_logprobs,
         )
@@ -111,6 +122,8 @@ class Sampler:
             logits = torch.where(batch.seen_mask, penalised, logits)
             logits -= batch.frequency.unsqueeze(1) * batch.output_counts  # type: ignore[union-attr]
             logits -= batch.presence.unsqueeze(1) * (batch.output_counts > 0)  # type: ignore[union-attr]
+        for row, bias_ids, values in batch.bias:
+            logits[row].index_add_(0, bias_ids, values)
         for row, ids in batch.suppress:
             logits[row, ids] = _NEG_INF
 

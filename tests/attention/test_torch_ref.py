@@ -1,5 +1,6 @@
-"""The paged torch backend against dense causal attention computed per sequence, with and
-without a sliding window and logit soft-capping."""
+"""The paged backends (torch, and the CPU kernels' backend with its per-token path and its
+torch fallback for long steps) against dense causal attention computed per sequence, with
+and without a sliding window and logit soft-capping."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from heron.attention import AttentionBatch, get_attention_backend
+from heron.attention import cpu as cpu_backend
+from heron.kernels import cpu_kernels
 
 HEADS, KV_HEADS, DIM, BS, NUM_BLOCKS = 6, 2, 8, 4, 32
 
@@ -39,11 +42,18 @@ def dense(
     return (probs @ vv).transpose(0, 1)
 
 
+@pytest.mark.parametrize("backend_name", ["torch", "cpu", "cpu-long-step"])
 @pytest.mark.parametrize("softcap", [None, 1.5])
 @pytest.mark.parametrize("window", [None, 5])
-def test_mixed_decode_and_prefill_groups(window: int | None, softcap: float | None) -> None:
+def test_mixed_decode_and_prefill_groups(
+    window: int | None, softcap: float | None, backend_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
-    backend = get_attention_backend("torch")
+    if backend_name != "torch" and cpu_kernels() is None:
+        pytest.skip("Heron's CPU kernels could not be built here")
+    if backend_name == "cpu-long-step":
+        monkeypatch.setattr(cpu_backend, "FLAT_MAX_TOKENS", 4)  # this step's 15 tokens: torch
+    backend = get_attention_backend(backend_name.removesuffix("-long-step"))
     cache = torch.zeros(2, NUM_BLOCKS, BS, KV_HEADS, DIM)
     # (tokens already cached, new tokens); decodes (1 new token) come first in flat order
     seqs = [(9, 1), (3, 1), (0, 7), (5, 6)]
@@ -75,6 +85,8 @@ def test_mixed_decode_and_prefill_groups(window: int | None, softcap: float | No
         block_size=BS,
     )
     meta = backend.prepare_metadata(batch)
+    if backend_name != "torch":
+        assert (getattr(meta, "flat", None) is None) == (backend_name == "cpu-long-step")
     q = torch.cat(qs)
     k_new = torch.cat([k[c:] for k, (c, _) in zip(full_k, seqs, strict=True)])
     v_new = torch.cat([v[c:] for v, (c, _) in zip(full_v, seqs, strict=True)])

@@ -102,7 +102,7 @@ def no_server(models_dir: Path) -> Heron:
 
 @pytest.fixture(scope="session")
 def offline_llm() -> LLM:
-    return LLM("smollm2", kv_cache_memory_bytes=64 << 20)
+    return LLM("smollm2", kv_cache_memory_bytes=64 << 20, quantization="auto")
 
 
 def greedy(llm: LLM, messages: list[dict[str, str]], max_tokens: int) -> str:

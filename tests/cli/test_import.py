@@ -115,7 +115,9 @@ def test_import_verifies_links_and_serves(ollama_root: Path, tmp_path: Path) -> 
     assert reply.eval_count == 6  # the imported params layer
     prompt = render_ollama_prompt(CHATML, messages)
     assert prompt == "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"
-    llm = LLM("smollm2", kv_cache_memory_bytes=32 << 20)
+    llm = LLM(
+        "smollm2", kv_cache_memory_bytes=32 << 20, quantization="auto", kv_cache_dtype="float16"
+    )
     ids = llm.engine.tokenizer.encode(prompt, add_special_tokens=False)
     prompts: list[PromptType] = [TokensPrompt(prompt_token_ids=ids)]
     expected = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=6))[0]

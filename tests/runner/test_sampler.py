@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from heron.request import Request
@@ -134,3 +135,19 @@ def test_top_k_larger_than_vocab_is_clamped_and_absurd_values_rejected() -> None
     assert 0 <= run([request(temperature=1.0, top_k=10**6)], logits)[0] < V
     with pytest.raises(ValueError, match="top_k"):
         SamplingParams(top_k=2**70)
+
+
+def test_logit_bias_per_row() -> None:
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0, 0, 0, 0, 0]] * 3)
+    reqs = [
+        request("a", temperature=0.0, logit_bias={0: -100.0}),  # bans the argmax
+        request("b", temperature=0.0, logit_bias={5: 4.0}),  # lifts token 5 above it
+        request("c", temperature=0.0),  # untouched
+    ]
+    assert run(reqs, logits) == [1, 5, 0]
+
+
+def test_logit_bias_validation() -> None:
+    for bad in ({-1: 1.0}, {1: 101.0}, {1: "x"}, {True: 1.0}, dict.fromkeys(range(1025), 1.0)):
+        with pytest.raises(ValueError, match="logit_bias"):
+            SamplingParams(logit_bias=bad)  # type: ignore[arg-type]

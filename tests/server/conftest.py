@@ -111,4 +111,4 @@ def server() -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="session")
 def offline_llm() -> LLM:
-    return LLM(MODEL, kv_cache_memory_bytes=64 << 20)
+    return LLM(MODEL, kv_cache_memory_bytes=64 << 20, quantization="auto")

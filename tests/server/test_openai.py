@@ -394,7 +394,7 @@ COMPLETION = {"model": MODEL, "prompt": PROMPT, "max_tokens": 2}
         ("/v1/chat/completions", "tool_choice", "auto"),
         ("/v1/chat/completions", "functions", [{"name": "f"}]),
         ("/v1/chat/completions", "response_format", {"type": "json_object"}),
-        ("/v1/chat/completions", "logit_bias", {"50256": -100}),
+        ("/v1/chat/completions", "logit_bias", {"not-a-token": -100}),
         ("/v1/chat/completions", "audio", {"voice": "alloy", "format": "wav"}),
         ("/v1/chat/completions", "modalities", ["text", "audio"]),
         ("/v1/chat/completions", "prediction", {"type": "content", "content": "x"}),
@@ -404,7 +404,8 @@ COMPLETION = {"model": MODEL, "prompt": PROMPT, "max_tokens": 2}
         ("/v1/completions", "suffix", "!"),
         ("/v1/completions", "echo", True),
         ("/v1/completions", "best_of", 3),
-        ("/v1/completions", "logit_bias", {"1": 5}),
+        ("/v1/completions", "logit_bias", {"1": "five"}),
+        ("/v1/completions", "logit_bias", {"1": 500}),
     ],
 )
 def test_unsupported_field_is_named(
@@ -578,3 +579,20 @@ def test_engine_error_mid_stream_completions() -> None:
         assert all("choices" in json.loads(e) for e in events[:-2])
         ok = post(s, "/v1/completions", {**COMPLETION, "max_tokens": 3, "ignore_eos": True})
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3
+
+
+def test_logit_bias_forces_and_bans_tokens(server: ServerProcess, offline_llm: Any) -> None:
+    tok = offline_llm.get_tokenizer()
+    forced = tok.encode(" blue")[-1]
+    body = {**COMPLETION, "max_tokens": 4, "temperature": 0, "logit_bias": {str(forced): 100}}
+    r = post(server, "/v1/completions", body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == tok.decode([forced] * 4)
+    plain = post(server, "/v1/completions", {**COMPLETION, "max_tokens": 1, "temperature": 0})
+    first = tok.encode(plain.json()["choices"][0]["text"])[-1]
+    banned = {**COMPLETION, "max_tokens": 1, "temperature": 0, "logit_bias": {str(first): -100}}
+    r = post(server, "/v1/completions", banned)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] != plain.json()["choices"][0]["text"]
+    outside = post(server, "/v1/completions", {**COMPLETION, "logit_bias": {"50256": -100}})
+    assert outside.status_code == 400 and "logit_bias" in outside.json()["error"]["message"]

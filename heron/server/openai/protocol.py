@@ -85,7 +85,9 @@ class SamplingFields(_Request):
     include_stop_str_in_output: bool | None = None
     skip_special_tokens: bool | None = None
     # OpenAI fields accepted only in their no-op form
-    logit_bias: dict[str, Any] | None = Field(None, description="Only {} is supported.")
+    logit_bias: dict[str, Any] | None = Field(
+        None, description="Token id (as a string) -> bias in [-100, 100] added to its logit."
+    )
 
     @field_validator("stop", mode="wrap")
     @classmethod

@@ -30,10 +30,23 @@ def bad_request(message: str, param: str | None = None) -> APIError:
 
 
 # ----------------------------------------------------------------------- validation
+def parse_logit_bias(raw: dict[str, Any] | None) -> dict[int, float] | None:
+    """OpenAI's ``{"token id": bias}`` -> {id: bias}; None when empty. Raises a 400 for a
+    key that is not a token id or a value that is not a number."""
+    if not raw:
+        return None
+    out: dict[int, float] = {}
+    for key, value in raw.items():
+        if not key.isdigit() or len(key) > 9:
+            raise bad_request(f"logit_bias key {key[:40]!r} is not a token id", "logit_bias")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad_request("logit_bias values must be numbers in [-100, 100]", "logit_bias")
+        out[int(key)] = float(value)
+    return out
+
+
 def reject_unsupported(body: SamplingFields) -> None:
     """Refuse OpenAI fields that Heron accepts only in their no-op form."""
-    if body.logit_bias:
-        raise bad_request("logit_bias is not supported", "logit_bias")
     if isinstance(body, ChatCompletionRequest):
         if body.response_format is not None and body.response_format.type != "text":
             raise bad_request(
@@ -115,6 +128,7 @@ def resolve_max_tokens(
 _SAMPLING_NAMES = frozenset(
     {
         "n",
+        "logit_bias",
         "temperature",
         "top_k",
         "top_p",
@@ -162,6 +176,7 @@ def sampling_params(
         "min_tokens": body.min_tokens,
         "ignore_eos": body.ignore_eos,
         "skip_special_tokens": body.skip_special_tokens,
+        "logit_bias": parse_logit_bias(body.logit_bias),
     }
     kwargs: dict[str, Any] = {k: v for k, v in (defaults or {}).items() if k != "max_tokens"}
     kwargs.update({k: v for k, v in given.items() if v is not None})

@@ -1,0 +1,104 @@
+"""Heron's native CPU kernels, compiled on first use with ``torch.utils.cpp_extension``.
+
+Nothing is built at import: ``cpu_kernels()`` compiles ``csrc/*.cpp`` the first time a model
+asks for them (about a minute on two cores) into a cache keyed by the sources, the torch
+version and the CPU's instruction set, and returns the loaded module, or None where no
+compiler is available or the build fails (callers then keep the plain torch path).
+``HERON_KERNELS=0`` turns them off.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import platform
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_SOURCES = ("quant.cpp", "ops.cpp", "layer.cpp")
+_HEADERS = ("heron_cpu.h",)
+_lock = threading.Lock()
+_module: ModuleType | None = None
+_tried = False
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("HERON_CACHE") or os.path.join(Path.home(), ".cache", "heron")
+    return Path(base) / "kernels"
+
+
+def _build_key(csrc: Path) -> str:
+    h = hashlib.sha256()
+    for name in (*_SOURCES, *_HEADERS):
+        h.update((csrc / name).read_bytes())
+    h.update(torch.__version__.encode())
+    h.update(sys.version.encode())
+    h.update(_cpu_flags().encode())
+    return h.hexdigest()[:16]
+
+
+def _build() -> ModuleType:
+    from torch.utils import cpp_extension
+
+    csrc = Path(__file__).parent / "csrc"
+    key = _build_key(csrc)
+    build_dir = cache_dir() / key
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # One build per key across processes: engine processes of several models may start at once.
+    with open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        module = cpp_extension.load(
+            name=f"heron_cpu_{key}",
+            sources=[str(csrc / s) for s in _SOURCES],
+            extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-DNDEBUG"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
+            verbose=False,
+        )
+    return module
+
+
+def cpu_kernels() -> ModuleType | None:
+    """The compiled kernel module, building it on the first call; None when unavailable."""
+    global _module, _tried
+    with _lock:
+        if _tried:
+            return _module
+        _tried = True
+        if os.environ.get("HERON_KERNELS", "1") == "0":
+            return None
+        try:
+            _module = _build()
+        except Exception as exc:  # a missing compiler or headers: keep the torch path
+            logger.warning("Heron's CPU kernels could not be built (%s); using torch ops", exc)
+            _module = None
+        return _module
+
+
+def require_cpu_kernels() -> ModuleType:
+    """Like ``cpu_kernels`` but raises RuntimeError when they are unavailable."""
+    module = cpu_kernels()
+    if module is None:
+        raise RuntimeError(
+            "this quantization needs Heron's CPU kernels, which could not be built "
+            "(a C++ compiler is required); use quantization=None"
+        )
+    return module

@@ -1,0 +1,44 @@
+// Heron's CPU kernels: declarations shared by the source files and the Python bindings.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <vector>
+
+namespace heron {
+
+// quant.cpp
+at::Tensor linear_q4_1(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d,
+                       const at::Tensor& m, const c10::optional<at::Tensor>& bias);
+at::Tensor linear_q8_0(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d,
+                       const c10::optional<at::Tensor>& bias);
+std::vector<at::Tensor> quantize_q4_1(const at::Tensor& w);
+std::vector<at::Tensor> quantize_q8_0(const at::Tensor& w);
+bool has_avx2();
+bool has_vnni();
+
+// ops.cpp
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);
+at::Tensor add_rms_norm_(const at::Tensor& x, at::Tensor& residual, const at::Tensor& w,
+                         double eps);
+void rope_(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+void cache_write_(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
+                  at::Tensor& v_cache, const at::Tensor& slots);
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
+                                  const at::Tensor& v_cache, const at::Tensor& block_table,
+                                  const at::Tensor& context_lens, double scale,
+                                  int64_t window, double softcap);
+
+// layer.cpp
+void decode_layer_(at::Tensor& x, const at::Tensor& norm1, const at::Tensor& norm2,
+                   double eps, const std::vector<at::Tensor>& qkv_w, int64_t qkv_kind,
+                   const c10::optional<at::Tensor>& qkv_bias, const std::vector<at::Tensor>& o_w,
+                   int64_t o_kind, const c10::optional<at::Tensor>& o_bias,
+                   const std::vector<at::Tensor>& gate_up_w, int64_t gate_up_kind,
+                   const std::vector<at::Tensor>& down_w, int64_t down_kind, int64_t num_heads,
+                   int64_t num_kv_heads, int64_t head_dim, const at::Tensor& cos,
+                   const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache,
+                   const at::Tensor& slots, const at::Tensor& block_table,
+                   const at::Tensor& context_lens, double scale, int64_t window);
+
+}  // namespace heron
