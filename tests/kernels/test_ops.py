@@ -118,3 +118,26 @@ def test_float16_cache_matches_float32(kernels: ModuleType) -> None:
     assert torch.allclose(out[torch.float16], out[torch.float32], atol=2e-3)
     with pytest.raises(RuntimeError, match="float32 or float16"):
         kernels.cache_write_(k, v, caches[torch.float32][0], caches[torch.float16][1], slots)
+
+
+def test_attention_is_the_same_alone_and_in_a_batch(kernels: ModuleType) -> None:
+    # Few queries split the work per head, many per KV head: the numbers must not change.
+    g = torch.Generator().manual_seed(4)
+    k_cache = torch.randn(30, 4, 2, 16, generator=g)
+    v_cache = torch.randn(30, 4, 2, 16, generator=g)
+    q = torch.randn(24, 6, 16, generator=g)
+    table = torch.randint(0, 30, (24, 6), generator=g)
+    lens = torch.randint(1, 25, (24,), generator=g)
+    batch = kernels.paged_decode_attention(q, k_cache, v_cache, table, lens, 0.25, 0, 0.0)
+    for i in range(24):
+        alone = kernels.paged_decode_attention(
+            q[i : i + 1].contiguous(),
+            k_cache,
+            v_cache,
+            table[i : i + 1].contiguous(),
+            lens[i : i + 1].contiguous(),
+            0.25,
+            0,
+            0.0,
+        )
+        assert torch.equal(alone[0], batch[i])

@@ -300,37 +300,41 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
     for (int64_t i = 0; i < used; ++i)
       TORCH_CHECK(bt[b * MB + i] >= 0 && bt[b * MB + i] < NB, "block id out of range");
   }
-  // One task per (query, KV head): the query heads that share a KV head read each cached
-  // key and value row once.
+  // One task per (query, KV head), so the query heads sharing a KV head read each cached
+  // row once; with few queries, one task per (query, head) instead, to keep both threads
+  // busy. Either way each head runs the same operations in the same order.
+  const int64_t per_task = B * KVH >= 4 * at::get_num_threads() ? group : 1;
+  const int64_t tasks_per_query = H / per_task;
   auto run = [&](auto* kcache, auto* vcache) {
-  at::parallel_for(0, B * KVH, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores, inv(group);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / KVH, kvh = task % KVH;
-      const int64_t ctx = cl[b];
-      const int64_t start = window > 0 ? std::max<int64_t>(0, ctx - window) : 0;
-      const int64_t L = ctx - start;
-      const int64_t* table = bt + b * MB;
-      const float* q0 = qp + (b * H + kvh * group) * D;  // [group, D]
-      scores.resize(group * L);
-      for (int64_t t = start; t < ctx; ++t) {
-        const auto* kv = kcache + ((table[t / BS] * BS + t % BS) * KVH + kvh) * D;
-        for (int64_t g = 0; g < group; ++g) {
-          float s = dot_cache(q0 + g * D, kv, D) * fscale;
-          if (cap > 0.f) s = cap * std::tanh(s / cap);
-          scores[g * L + t - start] = s;
+    at::parallel_for(0, B * tasks_per_query, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> scores, inv(per_task);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / tasks_per_query, h0 = (task % tasks_per_query) * per_task;
+        const int64_t kvh = h0 / group;
+        const int64_t ctx = cl[b];
+        const int64_t start = window > 0 ? std::max<int64_t>(0, ctx - window) : 0;
+        const int64_t L = ctx - start;
+        const int64_t* table = bt + b * MB;
+        const float* q0 = qp + (b * H + h0) * D;  // [per_task, D]
+        scores.resize(per_task * L);
+        for (int64_t t = start; t < ctx; ++t) {
+          const auto* kv = kcache + ((table[t / BS] * BS + t % BS) * KVH + kvh) * D;
+          for (int64_t g = 0; g < per_task; ++g) {
+            float s = dot_cache(q0 + g * D, kv, D) * fscale;
+            if (cap > 0.f) s = cap * std::tanh(s / cap);
+            scores[g * L + t - start] = s;
+          }
+        }
+        for (int64_t g = 0; g < per_task; ++g) inv[g] = 1.f / softmax_(scores.data() + g * L, L);
+        float* o0 = op + (b * H + h0) * D;
+        std::fill(o0, o0 + per_task * D, 0.f);
+        for (int64_t t = start; t < ctx; ++t) {
+          const auto* vv = vcache + ((table[t / BS] * BS + t % BS) * KVH + kvh) * D;
+          for (int64_t g = 0; g < per_task; ++g)
+            axpy_cache(o0 + g * D, scores[g * L + t - start] * inv[g], vv, D);
         }
       }
-      for (int64_t g = 0; g < group; ++g) inv[g] = 1.f / softmax_(scores.data() + g * L, L);
-      float* o0 = op + (b * H + kvh * group) * D;
-      std::fill(o0, o0 + group * D, 0.f);
-      for (int64_t t = start; t < ctx; ++t) {
-        const auto* vv = vcache + ((table[t / BS] * BS + t % BS) * KVH + kvh) * D;
-        for (int64_t g = 0; g < group; ++g)
-          axpy_cache(o0 + g * D, scores[g * L + t - start] * inv[g], vv, D);
-      }
-    }
-  });
+    });
   };
   if (half)
     run(static_cast<const uint16_t*>(kc), static_cast<const uint16_t*>(vc));
