@@ -25,6 +25,16 @@ def models_dir() -> Path:
     return Path(os.path.expanduser(_get("HERON_MODELS") or "~/.heron/models"))
 
 
+def cache_dir() -> Path:
+    """``HERON_CACHE``: built kernels and benchmark peers; default ``~/.cache/heron``."""
+    return Path(os.path.expanduser(_get("HERON_CACHE") or "~/.cache/heron"))
+
+
+def kernels_enabled() -> bool:
+    """``HERON_KERNELS``: ``0`` keeps Heron's C++ CPU kernels off (torch ops only)."""
+    return _get("HERON_KERNELS") != "0"
+
+
 def api_key() -> str | None:
     """``HERON_API_KEY``: the key every route but /health requires, if set."""
     return _get("HERON_API_KEY")

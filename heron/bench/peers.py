@@ -38,6 +38,8 @@ from pathlib import Path
 
 import httpx
 
+from heron import env
+
 PEER_KINDS = ("llama-server", "llama-cpp-python")
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -99,8 +101,7 @@ class PeerSpec:
 
 def cache_dir() -> Path:
     """``$HERON_CACHE/peers``, or ``~/.cache/heron/peers`` when HERON_CACHE is unset."""
-    root = os.environ.get("HERON_CACHE") or "~/.cache/heron"
-    return Path(os.path.expanduser(root)) / "peers"
+    return env.cache_dir() / "peers"
 
 
 def peer_dir(kind: str) -> Path:
@@ -209,8 +210,10 @@ def _build_llama_cpp_python(dest: Path, report: Progress) -> None:
     report("creating venv")
     _run([sys.executable, "-m", "venv", str(dest / "venv")], dest / "build.log")
     report("pip install llama-cpp-python[server] (compiles llama.cpp): 0%")
-    env = dict(os.environ)
-    env.update(CMAKE_ARGS=LLAMA_CPP_PYTHON_CMAKE_ARGS, CMAKE_BUILD_PARALLEL_LEVEL=str(BUILD_JOBS))
+    build_env = dict(os.environ)
+    build_env.update(
+        CMAKE_ARGS=LLAMA_CPP_PYTHON_CMAKE_ARGS, CMAKE_BUILD_PARALLEL_LEVEL=str(BUILD_JOBS)
+    )
     # The verified sdist, by path; the extras' dependencies come from the index. No wheel cache:
     # a cached wheel would ignore CMAKE_ARGS.
     requirement = f"llama-cpp-python[server] @ {sdist.as_uri()}"
@@ -218,7 +221,7 @@ def _build_llama_cpp_python(dest: Path, report: Progress) -> None:
     _run(
         [str(python), "-m", "pip", "install", "-v", "--no-cache-dir", requirement],
         dest / "build.log",
-        env=env,
+        env=build_env,
         on_line=_percent_reporter(report, "pip install llama-cpp-python[server]: "),
     )
     _write_provenance(dest, sdist, {"cmake_args": LLAMA_CPP_PYTHON_CMAKE_ARGS})

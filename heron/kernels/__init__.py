@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
-import os
 import platform
 import sys
 import threading
@@ -20,6 +19,8 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+
+from heron import env
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ def _cpu_flags() -> str:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("HERON_CACHE") or os.path.join(Path.home(), ".cache", "heron")
-    return Path(base) / "kernels"
+    """Where built kernels live: ``$HERON_CACHE/kernels`` (``heron.env``)."""
+    return env.cache_dir() / "kernels"
 
 
 def _build_key(csrc: Path) -> str:
@@ -83,7 +84,7 @@ def cpu_kernels() -> ModuleType | None:
         if _tried:
             return _module
         _tried = True
-        if os.environ.get("HERON_KERNELS", "1") == "0":
+        if not env.kernels_enabled():
             return None
         try:
             _module = _build()
