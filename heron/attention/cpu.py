@@ -35,6 +35,7 @@ class FlatTokens:
 @dataclass(slots=True)
 class CpuAttentionMetadata(TorchAttentionMetadata):
     flat: FlatTokens | None = None
+    batch: AttentionBatch | None = None  # kept to build the padded groups if needed
 
 
 def flat_tokens(batch: AttentionBatch) -> FlatTokens:
@@ -59,17 +60,24 @@ class CpuAttentionBackend(TorchAttentionBackend):
         self.kernels = require_cpu_kernels()
 
     def prepare_metadata(self, batch: AttentionBatch) -> CpuAttentionMetadata:
-        base = super().prepare_metadata(batch)
-        flat = None
         if int(batch.slot_mapping.shape[0]) <= FLAT_MAX_TOKENS:
-            flat = flat_tokens(batch)
+            # The kernels attend every token from ``flat``; the padded groups are not needed.
+            return CpuAttentionMetadata(
+                batch.slot_mapping,
+                batch.block_size,
+                batch.num_decodes,
+                None,
+                None,
+                flat_tokens(batch),
+                batch,
+            )
+        base = super().prepare_metadata(batch)
         return CpuAttentionMetadata(
             base.slot_mapping,
             base.block_size,
             base.num_decode_tokens,
             base.decode,
             base.prefill,
-            flat,
         )
 
     def forward(
@@ -86,6 +94,10 @@ class CpuAttentionBackend(TorchAttentionBackend):
         flat = getattr(metadata, "flat", None)
         usable = kv_cache.dtype in CACHE_DTYPES and q.dtype == torch.float32
         if flat is None or not usable:
+            if metadata.decode is None and metadata.prefill is None:  # a cache the kernels
+                batch = getattr(metadata, "batch", None)  # cannot read: pad the groups now
+                assert batch is not None
+                metadata = super().prepare_metadata(batch)
             return super().forward(q, k, v, kv_cache, metadata, scale, sliding_window, softcap)
         self.kernels.cache_write_(k, v, kv_cache[0], kv_cache[1], metadata.slot_mapping)
         # q [num_tokens, heads, dim] -> same shape

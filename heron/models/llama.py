@@ -232,7 +232,8 @@ class LlamaForCausalLM(CausalLM):
     ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary.lookup(positions)  # once per step, shared by every layer
-        if getattr(metadata, "flat", None) is not None and getattr(backend, "fused", False):
+        fused = getattr(backend, "fused", False) and getattr(metadata, "flat", None) is not None
+        if fused and kv_caches.dtype in (torch.float32, torch.float16):  # what kernels read
             plan = self._fused_plan()
             if plan is not None:
                 return self._fused_decode(x, cos, sin, kv_caches, metadata, plan)

@@ -58,3 +58,18 @@ def test_quantized_serving_is_batch_invariant(model_path: str) -> None:
     together = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)]
     alone = [llm.generate(p, params)[0].outputs[0].token_ids for p in PROMPTS]
     assert together == alone
+
+
+def test_cpu_backend_with_a_cache_the_kernels_cannot_read(model_path: str) -> None:
+    # A bfloat16 cache: the cpu backend must fall back to the torch path (no fused layer).
+    params = SamplingParams(temperature=0, max_tokens=8)
+    outs = [
+        LLM(
+            model_path,
+            attention_backend=backend,
+            kv_cache_dtype="bfloat16",
+            kv_cache_memory_bytes=32 << 20,
+        ).generate(PROMPTS[:2], params)
+        for backend in ("cpu", "torch")
+    ]
+    assert [o.outputs[0].token_ids for o in outs[0]] == [o.outputs[0].token_ids for o in outs[1]]
