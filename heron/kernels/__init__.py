@@ -24,7 +24,7 @@ from heron import env
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = ("quant.cpp", "ops.cpp", "layer.cpp")
+_SOURCES = ("quant.cpp", "packed.cpp", "ops.cpp", "layer.cpp")
 _HEADERS = ("heron_cpu.h",)
 _lock = threading.Lock()
 _module: ModuleType | None = None

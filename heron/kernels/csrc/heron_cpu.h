@@ -8,6 +8,15 @@
 namespace heron {
 
 // quant.cpp
+// Activations quantized per row and per block of 32 to int8: xq = round(x / dx), dx = amax / 127.
+struct QuantizedRows {
+  at::Tensor q;    // [M, K] int8
+  at::Tensor d;    // [M, K/32] float: dx
+  at::Tensor s;    // [M, K/32] float: dx * sum(xq)
+  at::Tensor sum;  // [M, K/32] int32: sum(xq)
+};
+QuantizedRows quantize_rows(const at::Tensor& x);
+void check_linear_input(const at::Tensor& x, int64_t K);
 at::Tensor linear_q4_1(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d,
                        const at::Tensor& m, const c10::optional<at::Tensor>& bias);
 at::Tensor linear_q8_0(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d,
@@ -15,6 +24,16 @@ at::Tensor linear_q8_0(const at::Tensor& x, const at::Tensor& qs, const at::Tens
 std::vector<at::Tensor> quantize_q4_1(const at::Tensor& w);
 std::vector<at::Tensor> quantize_q8_0(const at::Tensor& w);
 bool has_avx2();
+
+// packed.cpp: the same linears on weights repacked 8 output rows at a time
+at::Tensor linear_q4_1_x8(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d,
+                          const at::Tensor& m, const c10::optional<at::Tensor>& bias);
+at::Tensor linear_q8_0_x8(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d,
+                          const c10::optional<at::Tensor>& bias);
+std::vector<at::Tensor> pack_q4_1(const at::Tensor& qs, const at::Tensor& d,
+                                  const at::Tensor& m);
+std::vector<at::Tensor> pack_q8_0(const at::Tensor& qs, const at::Tensor& d);
+bool has_packed();
 bool has_vnni();
 
 // ops.cpp

@@ -351,6 +351,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_q8_0", &heron::linear_q8_0, "x @ q8_0(W).T (+ bias)");
   m.def("quantize_q4_1", &heron::quantize_q4_1, "W -> (qs, d, m)");
   m.def("quantize_q8_0", &heron::quantize_q8_0, "W -> (qs, d)");
+  m.def("pack_q4_1", &heron::pack_q4_1, "(qs, d, m) -> the 8-row packed layout");
+  m.def("pack_q8_0", &heron::pack_q8_0, "(qs, d) -> the 8-row packed layout");
+  m.def("has_packed", &heron::has_packed, "whether the packed (VNNI) linears are built");
   m.def("has_avx2", &heron::has_avx2);
   m.def("has_vnni", &heron::has_vnni, "whether the linears use AVX-512 VNNI");
   m.def("rms_norm", &heron::rms_norm);

@@ -40,43 +40,6 @@ inline float half_to_float(uint16_t h) {
 
 inline uint16_t float_to_half(float f) { return c10::Half(f).x; }
 
-// Per row and block of 32: xq = round(x / dx), dx = amax / 127; xs = dx * sum(xq).
-struct QuantizedRows {
-  at::Tensor q;   // [M, K] int8
-  at::Tensor d;   // [M, K/32] float
-  at::Tensor s;   // [M, K/32] float
-};
-
-QuantizedRows quantize_rows(const at::Tensor& x) {
-  const int64_t M = x.size(0), K = x.size(1), nb = K / QK;
-  QuantizedRows out{at::empty({M, K}, at::kChar), at::empty({M, nb}, at::kFloat),
-                    at::empty({M, nb}, at::kFloat)};
-  const float* xp = x.data_ptr<float>();
-  int8_t* qp = out.q.data_ptr<int8_t>();
-  float* dp = out.d.data_ptr<float>();
-  float* sp = out.s.data_ptr<float>();
-  const int64_t grain = M * K > (1 << 16) ? 1 : M;
-  at::parallel_for(0, M * nb, grain * nb, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const float* src = xp + i * QK;
-      int8_t* dst = qp + i * QK;
-      float amax = 0.f;
-      for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(src[j]));
-      const float d = amax / 127.f;
-      const float inv = d != 0.f ? 1.f / d : 0.f;
-      int sum = 0;
-      for (int j = 0; j < QK; ++j) {
-        const int q = static_cast<int>(std::nearbyint(src[j] * inv));
-        dst[j] = static_cast<int8_t>(q);
-        sum += q;
-      }
-      dp[i] = d;
-      sp[i] = d * static_cast<float>(sum);
-    }
-  });
-  return out;
-}
-
 #ifdef HERON_AVX2
 inline float hsum(__m256 v) {
   __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -269,12 +232,6 @@ inline float dot_q8_scalar(const int8_t* wq, const uint16_t* wd, const int8_t* x
   return total;
 }
 
-void check_input(const at::Tensor& x, int64_t K) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
-              "x must be a contiguous float32 [M, K] tensor");
-  TORCH_CHECK(x.size(1) == K, "x has ", x.size(1), " features, the weight ", K);
-  TORCH_CHECK(K % QK == 0, "in_features must be a multiple of 32");
-}
 
 #ifdef HERON_AVX2
 constexpr int64_t kAhead = 4;  // weight rows prefetched ahead
@@ -290,10 +247,51 @@ constexpr int64_t kRowGrain = 32;
 
 }  // namespace
 
+// Per row and block of 32: xq = round(x / dx), dx = amax / 127; xs = dx * sum(xq).
+QuantizedRows quantize_rows(const at::Tensor& x) {
+  const int64_t M = x.size(0), K = x.size(1), nb = K / QK;
+  QuantizedRows out{at::empty({M, K}, at::kChar), at::empty({M, nb}, at::kFloat),
+                    at::empty({M, nb}, at::kFloat), at::empty({M, nb}, at::kInt)};
+  const float* xp = x.data_ptr<float>();
+  int8_t* qp = out.q.data_ptr<int8_t>();
+  float* dp = out.d.data_ptr<float>();
+  float* sp = out.s.data_ptr<float>();
+  int32_t* ip = out.sum.data_ptr<int32_t>();
+  const int64_t grain = M * K > (1 << 16) ? 1 : M;
+  at::parallel_for(0, M * nb, grain * nb, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* src = xp + i * QK;
+      int8_t* dst = qp + i * QK;
+      float amax = 0.f;
+      for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(src[j]));
+      const float d = amax / 127.f;
+      const float inv = d != 0.f ? 1.f / d : 0.f;
+      int sum = 0;
+      for (int j = 0; j < QK; ++j) {
+        const int q = static_cast<int>(std::nearbyint(src[j] * inv));
+        dst[j] = static_cast<int8_t>(q);
+        sum += q;
+      }
+      dp[i] = d;
+      sp[i] = d * static_cast<float>(sum);
+      ip[i] = sum;
+    }
+  });
+  return out;
+}
+
+void check_linear_input(const at::Tensor& x, int64_t K) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "x must be a contiguous float32 [M, K] tensor");
+  TORCH_CHECK(x.size(1) == K, "x has ", x.size(1), " features, the weight ", K);
+  TORCH_CHECK(K % QK == 0, "in_features must be a multiple of 32");
+}
+
 at::Tensor linear_q4_1(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d,
                        const at::Tensor& m, const c10::optional<at::Tensor>& bias) {
+  if (qs.dim() == 3) return linear_q4_1_x8(x, qs, d, m, bias);
   const int64_t N = qs.size(0), K = qs.size(1) * 2, nb = K / QK;
-  check_input(x, K);
+  check_linear_input(x, K);
   const int64_t M = x.size(0);
   at::Tensor out = at::empty({M, N}, at::kFloat);
   const uint8_t* wq = qs.data_ptr<uint8_t>();
@@ -337,8 +335,9 @@ at::Tensor linear_q4_1(const at::Tensor& x, const at::Tensor& qs, const at::Tens
 
 at::Tensor linear_q8_0(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d,
                        const c10::optional<at::Tensor>& bias) {
+  if (qs.dim() == 3) return linear_q8_0_x8(x, qs, d, bias);
   const int64_t N = qs.size(0), K = qs.size(1), nb = K / QK;
-  check_input(x, K);
+  check_linear_input(x, K);
   const int64_t M = x.size(0);
   at::Tensor out = at::empty({M, N}, at::kFloat);
   const int8_t* wq = qs.data_ptr<int8_t>();
