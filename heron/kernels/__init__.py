@@ -24,8 +24,8 @@ from heron import env
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = ("quant.cpp", "packed.cpp", "ops.cpp", "layer.cpp")
-_HEADERS = ("heron_cpu.h",)
+_SOURCES = ("quant.cpp", "packed.cpp", "attention.cpp", "ops.cpp", "layer.cpp")
+_HEADERS = ("heron_cpu.h", "vec.h")
 _lock = threading.Lock()
 _module: ModuleType | None = None
 _tried = False

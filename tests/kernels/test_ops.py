@@ -71,9 +71,12 @@ def _reference_attention(
 
 
 @pytest.mark.parametrize(("window", "softcap"), [(0, 0.0), (5, 0.0), (0, 20.0)])
-def test_paged_attention_against_dense(kernels: ModuleType, window: int, softcap: float) -> None:
+@pytest.mark.parametrize("dim", [16, 64, 128, 40])  # 64 and 128 sum values in registers
+def test_paged_attention_against_dense(
+    kernels: ModuleType, window: int, softcap: float, dim: int
+) -> None:
     g = torch.Generator().manual_seed(0)
-    bs, heads, kv_heads, dim = 4, 6, 2, 16
+    bs, heads, kv_heads = 4, 6, 2
     k_cache = torch.randn(12, bs, kv_heads, dim, generator=g)
     v_cache = torch.randn(12, bs, kv_heads, dim, generator=g)
     tables = [[7, 2, 9], [4], [11, 0, 3, 8]]
@@ -96,19 +99,20 @@ def test_paged_attention_against_dense(kernels: ModuleType, window: int, softcap
         )
 
 
-def test_float16_cache_matches_float32(kernels: ModuleType) -> None:
+@pytest.mark.parametrize("dim", [16, 64])
+def test_float16_cache_matches_float32(kernels: ModuleType, dim: int) -> None:
     g = torch.Generator().manual_seed(3)
-    k, v = torch.randn(20, 2, 16, generator=g), torch.randn(20, 2, 16, generator=g)
+    k, v = torch.randn(20, 2, dim, generator=g), torch.randn(20, 2, dim, generator=g)
     caches = {
-        dt: (torch.zeros(5, 4, 2, 16, dtype=dt), torch.zeros(5, 4, 2, 16, dtype=dt))
+        dt: (torch.zeros(5, 4, 2, dim, dtype=dt), torch.zeros(5, 4, 2, dim, dtype=dt))
         for dt in (torch.float32, torch.float16)
     }
     slots = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 0])
     for kc, vc in caches.values():
         kernels.cache_write_(k, v, kc, vc, slots)
     kh = caches[torch.float16][0]
-    assert torch.equal(kh.view(-1, 2, 16)[slots], k.half())  # rounded once, when written
-    q = torch.randn(3, 6, 16, generator=g)
+    assert torch.equal(kh.view(-1, 2, dim)[slots], k.half())  # rounded once, when written
+    q = torch.randn(3, 6, dim, generator=g)
     table = torch.tensor([[0, 1, 2, 3, 4]] * 3)
     lens = torch.tensor([20, 7, 13])
     out = {
@@ -120,12 +124,13 @@ def test_float16_cache_matches_float32(kernels: ModuleType) -> None:
         kernels.cache_write_(k, v, caches[torch.float32][0], caches[torch.float16][1], slots)
 
 
-def test_attention_is_the_same_alone_and_in_a_batch(kernels: ModuleType) -> None:
+@pytest.mark.parametrize("dim", [16, 64])
+def test_attention_is_the_same_alone_and_in_a_batch(kernels: ModuleType, dim: int) -> None:
     # Few queries split the work per head, many per KV head: the numbers must not change.
     g = torch.Generator().manual_seed(4)
-    k_cache = torch.randn(30, 4, 2, 16, generator=g)
-    v_cache = torch.randn(30, 4, 2, 16, generator=g)
-    q = torch.randn(24, 6, 16, generator=g)
+    k_cache = torch.randn(30, 4, 2, dim, generator=g)
+    v_cache = torch.randn(30, 4, 2, dim, generator=g)
+    q = torch.randn(24, 6, dim, generator=g)
     table = torch.randint(0, 30, (24, 6), generator=g)
     lens = torch.randint(1, 25, (24,), generator=g)
     batch = kernels.paged_decode_attention(q, k_cache, v_cache, table, lens, 0.25, 0, 0.0)

@@ -41,8 +41,11 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);
 at::Tensor add_rms_norm_(const at::Tensor& x, at::Tensor& residual, const at::Tensor& w,
                          double eps);
 void rope_(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+bool half_cache(const at::Tensor& k_cache, const at::Tensor& v_cache);  // checks both
 void cache_write_(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
                   at::Tensor& v_cache, const at::Tensor& slots);
+
+// attention.cpp
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
                                   const at::Tensor& v_cache, const at::Tensor& block_table,
                                   const at::Tensor& context_lens, double scale,

@@ -1,0 +1,254 @@
+// Paged attention for query tokens that each attend to their own cached context: decode
+// steps, and prefill chunks short enough to run as one query per token.
+#include "heron_cpu.h"
+#include "vec.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace heron {
+namespace {
+
+// out += p * v
+inline void axpy(float* out, float p, const float* v, int64_t n) {
+  int64_t i = 0;
+#ifdef HERON_AVX2
+  const __m256 pv = _mm256_set1_ps(p);
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
+#endif
+  for (; i < n; ++i) out[i] += p * v[i];
+}
+
+#ifdef HERON_AVX2
+// exp of 8 floats: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2, p a degree-6 Taylor
+// polynomial (relative error about 2e-7, like expf's); inputs below -87 give 0.
+inline __m256 exp8(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3f);
+  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, lo);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.f / 720.f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+#endif
+
+// s[i] = exp(s[i] - max(s)) in place; returns the sum.
+inline float softmax_(float* s, int64_t n) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, s[i]);
+  float total = 0.f;
+  int64_t i = 0;
+#ifdef HERON_AVX2
+  const __m256 m = _mm256_set1_ps(mx);
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), m));
+    _mm256_storeu_ps(s + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  total = _mm_cvtss_f32(lo);
+#endif
+  for (; i < n; ++i) {
+    s[i] = std::exp(s[i] - mx);
+    total += s[i];
+  }
+  return total;
+}
+
+// Cache rows are float32 or fp16 (uint16_t bits); these read them as float32.
+inline float dot_cache(const float* q, const float* k, int64_t n) { return dot(q, k, n); }
+inline void axpy_cache(float* out, float p, const float* v, int64_t n) { axpy(out, p, v, n); }
+
+inline float dot_cache(const float* q, const uint16_t* k, int64_t n) {
+  int64_t i = 0;
+  float total = 0.f;
+#ifdef HERON_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    const __m256 kv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k + i)));
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), kv, acc);
+  }
+  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  total = _mm_cvtss_f32(lo);
+#endif
+  for (; i < n; ++i) total += q[i] * static_cast<float>(c10::Half(k[i], c10::Half::from_bits()));
+  return total;
+}
+
+inline void axpy_cache(float* out, float p, const uint16_t* v, int64_t n) {
+  int64_t i = 0;
+#ifdef HERON_AVX2
+  const __m256 pv = _mm256_set1_ps(p);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 vv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + i)));
+    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(pv, vv, _mm256_loadu_ps(out + i)));
+  }
+#endif
+  for (; i < n; ++i) out[i] += p * static_cast<float>(c10::Half(v[i], c10::Half::from_bits()));
+}
+
+#ifdef HERON_AVX2
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// [sum(a[0]), ..., sum(a[7])]: the lane sums of eight vectors, in one vector.
+inline __m256 sum8x8(const __m256* a) {
+  const __m256 h01 = _mm256_hadd_ps(a[0], a[1]), h23 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 h45 = _mm256_hadd_ps(a[4], a[5]), h67 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 h03 = _mm256_hadd_ps(h01, h23), h47 = _mm256_hadd_ps(h45, h67);
+  return _mm256_add_ps(_mm256_permute2f128_ps(h03, h47, 0x20),
+                       _mm256_permute2f128_ps(h03, h47, 0x31));
+}
+
+// q . keys[k] for eight keys at once: eight independent accumulators instead of one chain.
+template <typename T>
+inline __m256 dot8(const float* q, const T* const* keys, int64_t D) {
+  __m256 acc[8];
+  for (int k = 0; k < 8; ++k) acc[k] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < D; j += 8) {
+    const __m256 qj = _mm256_loadu_ps(q + j);
+    for (int k = 0; k < 8; ++k) acc[k] = _mm256_fmadd_ps(qj, load8(keys[k] + j), acc[k]);
+  }
+  return sum8x8(acc);
+}
+
+// out[off:off+64] = sum_t p[t] * rows[t][off:off+64], accumulated in registers.
+template <typename T>
+inline void weighted_sum64(float* out, const float* p, const T* const* rows, int64_t L,
+                           int64_t off) {
+  __m256 acc[8];
+  for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t t = 0; t < L; ++t) {
+    const __m256 pt = _mm256_set1_ps(p[t]);
+    const T* v = rows[t] + off;
+    for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(pt, load8(v + 8 * j), acc[j]);
+  }
+  for (int j = 0; j < 8; ++j) _mm256_storeu_ps(out + off + 8 * j, acc[j]);
+}
+#endif
+
+// One query head against its context: rows of keys and values [L] (pointers into the cache),
+// scores [L] scratch. Writes out [D].
+template <typename T>
+void attend_head(const float* q, const T* const* keys, const T* const* values, int64_t L,
+                 int64_t D, float scale, float cap, float* scores, float* out) {
+  int64_t t = 0;
+#ifdef HERON_AVX2
+  if (D % 8 == 0)
+    for (; t + 8 <= L; t += 8)
+      _mm256_storeu_ps(scores + t, _mm256_mul_ps(dot8(q, keys + t, D), _mm256_set1_ps(scale)));
+#endif
+  for (; t < L; ++t) scores[t] = dot_cache(q, keys[t], D) * scale;
+  if (cap > 0.f)
+    for (t = 0; t < L; ++t) scores[t] = cap * std::tanh(scores[t] / cap);
+  const float inv = 1.f / softmax_(scores, L);
+  for (t = 0; t < L; ++t) scores[t] *= inv;
+#ifdef HERON_AVX2
+  if (D % 64 == 0) {
+    for (int64_t off = 0; off < D; off += 64) weighted_sum64(out, scores, values, L, off);
+    return;
+  }
+#endif
+  std::fill(out, out + D, 0.f);
+  for (t = 0; t < L; ++t) axpy_cache(out, scores[t], values[t], D);
+}
+
+}  // namespace
+
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
+                                  const at::Tensor& v_cache, const at::Tensor& block_table,
+                                  const at::Tensor& context_lens, double scale,
+                                  int64_t window, double softcap) {
+  // q [B, heads, D]: B queries, query i at position context_lens[i] - 1 of the sequence
+  // whose blocks are block_table[i]; caches [num_blocks, block_size, kv_heads, D];
+  // block_table [B, max_blocks] int64; context_lens [B] int64. Returns [B, heads, D].
+  // window <= 0: no sliding window; softcap <= 0: none.
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous(),
+              "q must be contiguous float32 [B, heads, D]");
+  const bool half = half_cache(k_cache, v_cache);
+  TORCH_CHECK(block_table.scalar_type() == at::kLong && block_table.is_contiguous() &&
+                  context_lens.scalar_type() == at::kLong && context_lens.is_contiguous(),
+              "block_table and context_lens must be contiguous int64");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
+  const int64_t BS = k_cache.size(1), KVH = k_cache.size(2), NB = k_cache.size(0);
+  const int64_t MB = block_table.size(1);
+  TORCH_CHECK(k_cache.size(3) == D && H % KVH == 0, "head shapes do not match");
+  TORCH_CHECK(block_table.size(0) == B && context_lens.size(0) == B,
+              "one block-table row and context length per query");
+  at::Tensor out = at::empty_like(q);
+  const float* qp = q.data_ptr<float>();
+  const void* kc = k_cache.data_ptr();
+  const void* vc = v_cache.data_ptr();
+  const int64_t* bt = block_table.data_ptr<int64_t>();
+  const int64_t* cl = context_lens.data_ptr<int64_t>();
+  float* op = out.data_ptr<float>();
+  const int64_t group = H / KVH;
+  const float fscale = static_cast<float>(scale), cap = static_cast<float>(softcap);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(cl[b] >= 1 && cl[b] <= MB * BS, "context length outside the block table");
+    const int64_t used = (cl[b] + BS - 1) / BS;
+    for (int64_t i = 0; i < used; ++i)
+      TORCH_CHECK(bt[b * MB + i] >= 0 && bt[b * MB + i] < NB, "block id out of range");
+  }
+  // One task per (query, KV head), so the query heads sharing a KV head read each cached
+  // row once; with few queries, one task per (query, head) instead, to keep both threads
+  // busy. Either way each head runs the same operations in the same order.
+  const int64_t per_task = B * KVH >= 4 * at::get_num_threads() ? group : 1;
+  const int64_t tasks_per_query = H / per_task;
+  auto run = [&](auto* kcache, auto* vcache) {
+    at::parallel_for(0, B * tasks_per_query, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> scores;
+      std::vector<const std::remove_reference_t<decltype(*kcache)>*> keys, values;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / tasks_per_query, h0 = (task % tasks_per_query) * per_task;
+        const int64_t kvh = h0 / group;
+        const int64_t ctx = cl[b];
+        const int64_t start = window > 0 ? std::max<int64_t>(0, ctx - window) : 0;
+        const int64_t L = ctx - start;
+        const int64_t* table = bt + b * MB;
+        keys.resize(L);
+        values.resize(L);
+        for (int64_t t = start; t < ctx; ++t) {
+          const int64_t row = ((table[t / BS] * BS + t % BS) * KVH + kvh) * D;
+          keys[t - start] = kcache + row;
+          values[t - start] = vcache + row;
+        }
+        scores.resize(L);
+        for (int64_t g = 0; g < per_task; ++g)
+          attend_head(qp + (b * H + h0 + g) * D, keys.data(), values.data(), L, D, fscale, cap,
+                      scores.data(), op + (b * H + h0 + g) * D);
+      }
+    });
+  };
+  if (half)
+    run(static_cast<const uint16_t*>(kc), static_cast<const uint16_t*>(vc));
+  else
+    run(static_cast<const float*>(kc), static_cast<const float*>(vc));
+  return out;
+}
+
+}  // namespace heron
