@@ -143,6 +143,9 @@ inline void weighted_sum64(float* out, const float* p, const T* const* rows, int
   __m256 acc[8];
   for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
   for (int64_t t = 0; t < L; ++t) {
+    if (t + 16 < L)
+      for (int64_t b = 0; b < 64 * static_cast<int64_t>(sizeof(T)); b += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(rows[t + 16] + off) + b, _MM_HINT_T0);
     const __m256 pt = _mm256_set1_ps(p[t]);
     const T* v = rows[t] + off;
     for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(pt, load8(v + 8 * j), acc[j]);
@@ -159,8 +162,14 @@ void attend_head(const float* q, const T* const* keys, const T* const* values, i
   int64_t t = 0;
 #ifdef HERON_AVX2
   if (D % 8 == 0)
-    for (; t + 8 <= L; t += 8)
+    for (; t + 8 <= L; t += 8) {
+      // The rows 16 ahead: cache rows are scattered over blocks, which hardware prefetchers
+      // do not follow.
+      for (int64_t i = t + 16; i < std::min(t + 24, L); ++i)
+        for (int64_t b = 0; b < D * static_cast<int64_t>(sizeof(T)); b += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(keys[i]) + b, _MM_HINT_T0);
       _mm256_storeu_ps(scores + t, _mm256_mul_ps(dot8(q, keys + t, D), _mm256_set1_ps(scale)));
+    }
 #endif
   for (; t < L; ++t) scores[t] = dot_cache(q, keys[t], D) * scale;
   if (cap > 0.f)
