@@ -97,9 +97,14 @@ class LlamaMLP(nn.Module):
         bias = config.mlp_bias
         self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.kernels: ModuleType | None = None  # set by the runner (float32 on CPU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(gated_activation(self.act, self.gate_up_proj(x)))
+        gate_up = self.gate_up_proj(x)
+        if self.kernels is not None and self.act == "silu" and gate_up.dim() == 2:
+            # The fused decode layer's activation, so both paths give the same numbers.
+            return self.down_proj(self.kernels.silu_mul(gate_up.contiguous()))
+        return self.down_proj(gated_activation(self.act, gate_up))
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -146,3 +146,26 @@ def test_attention_is_the_same_alone_and_in_a_batch(kernels: ModuleType, dim: in
             0.0,
         )
         assert torch.equal(alone[0], batch[i])
+
+
+def test_silu_mul_matches_torch(kernels: ModuleType) -> None:
+    gu = torch.randn(5, 2 * 84, generator=torch.Generator().manual_seed(7)) * 4  # 84: a tail of 4
+    gate, up = gu.chunk(2, dim=-1)
+    assert torch.allclose(kernels.silu_mul(gu), torch.nn.functional.silu(gate) * up, atol=1e-5)
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        kernels.silu_mul(gu[:, :-1])
+
+
+def test_attention_takes_queries_with_strided_rows(kernels: ModuleType) -> None:
+    # The fused layer passes q as a view into the q/k/v projection's output.
+    g = torch.Generator().manual_seed(8)
+    k_cache, v_cache = torch.randn(6, 4, 2, 64, generator=g), torch.randn(6, 4, 2, 64, generator=g)
+    qkv = torch.randn(3, 6 * 64 + 100, generator=g)
+    q = qkv[:, : 6 * 64].view(3, 6, 64)
+    table = torch.tensor([[0, 1, 2], [3, 4, 5], [1, 3, 5]])
+    lens = torch.tensor([9, 12, 5])
+    strided = kernels.paged_decode_attention(q, k_cache, v_cache, table, lens, 0.125, 0, 0.0)
+    dense = kernels.paged_decode_attention(
+        q.contiguous(), k_cache, v_cache, table, lens, 0.125, 0, 0.0
+    )
+    assert torch.equal(strided, dense)

@@ -26,28 +26,6 @@ inline void axpy(float* out, float p, const float* v, int64_t n) {
   for (; i < n; ++i) out[i] += p * v[i];
 }
 
-#ifdef HERON_AVX2
-// exp of 8 floats: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2, p a degree-6 Taylor
-// polynomial (relative error about 2e-7, like expf's); inputs below -87 give 0.
-inline __m256 exp8(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.3f);
-  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  x = _mm256_max_ps(x, lo);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.f / 720.f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
-}
-#endif
 
 // s[i] = exp(s[i] - max(s)) in place; returns the sum.
 inline float softmax_(float* s, int64_t n) {
@@ -196,8 +174,9 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   // whose blocks are block_table[i]; caches [num_blocks, block_size, kv_heads, D];
   // block_table [B, max_blocks] int64; context_lens [B] int64. Returns [B, heads, D].
   // window <= 0: no sliding window; softcap <= 0: none.
-  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous(),
-              "q must be contiguous float32 [B, heads, D]");
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.stride(2) == 1 &&
+                  q.stride(1) == q.size(2),
+              "q must be float32 [B, heads, D] with dense heads (rows may be strided)");
   const bool half = half_cache(k_cache, v_cache);
   TORCH_CHECK(block_table.scalar_type() == at::kLong && block_table.is_contiguous() &&
                   context_lens.scalar_type() == at::kLong && context_lens.is_contiguous(),
@@ -208,7 +187,7 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   TORCH_CHECK(k_cache.size(3) == D && H % KVH == 0, "head shapes do not match");
   TORCH_CHECK(block_table.size(0) == B && context_lens.size(0) == B,
               "one block-table row and context length per query");
-  at::Tensor out = at::empty_like(q);
+  at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2)}, at::kFloat);
   const float* qp = q.data_ptr<float>();
   const void* kc = k_cache.data_ptr();
   const void* vc = v_cache.data_ptr();
@@ -248,7 +227,7 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
         }
         scores.resize(L);
         for (int64_t g = 0; g < per_task; ++g)
-          attend_head(qp + (b * H + h0 + g) * D, keys.data(), values.data(), L, D, fscale, cap,
+          attend_head(qp + b * q.stride(0) + (h0 + g) * D, keys.data(), values.data(), L, D, fscale, cap,
                       scores.data(), op + (b * H + h0 + g) * D);
       }
     });

@@ -40,6 +40,7 @@ bool has_vnni();
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);
 at::Tensor add_rms_norm_(const at::Tensor& x, at::Tensor& residual, const at::Tensor& w,
                          double eps);
+at::Tensor silu_mul(const at::Tensor& gu);
 void rope_(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 bool half_cache(const at::Tensor& k_cache, const at::Tensor& v_cache);  // checks both
 void cache_write_(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,

@@ -38,14 +38,12 @@ void decode_layer_(at::Tensor& x, const at::Tensor& norm1, const at::Tensor& nor
   rope_(q, cos, sin);
   rope_(k, cos, sin);
   cache_write_(k, v, k_cache, v_cache, slots);
-  at::Tensor attn = paged_decode_attention(q.contiguous(), k_cache, v_cache, block_table,
+  at::Tensor attn = paged_decode_attention(q, k_cache, v_cache, block_table,
                                            context_lens, scale, window, 0.0);
   at::Tensor o = run_linear(attn.view({B, q_size}), o_w, o_kind, o_bias);
   h = add_rms_norm_(o, x, norm2, eps);
   at::Tensor gu = run_linear(h, gate_up_w, gate_up_kind, c10::nullopt);  // [B, 2 * inter]
-  const int64_t inter = gu.size(1) / 2;
-  at::Tensor act = at::silu(gu.narrow(1, 0, inter)).mul_(gu.narrow(1, inter, inter));
-  x.add_(run_linear(act, down_w, down_kind, c10::nullopt));
+  x.add_(run_linear(silu_mul(gu), down_w, down_kind, c10::nullopt));
 }
 
 }  // namespace heron

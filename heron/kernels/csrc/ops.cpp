@@ -72,6 +72,36 @@ at::Tensor add_rms_norm_(const at::Tensor& x, at::Tensor& residual, const at::Te
   return out;
 }
 
+at::Tensor silu_mul(const at::Tensor& gu) {
+  // gu [T, 2 * I] float32 contiguous: gate then up. Returns silu(gate) * up [T, I].
+  TORCH_CHECK(gu.dim() == 2 && gu.scalar_type() == at::kFloat && gu.is_contiguous() &&
+                  gu.size(1) % 2 == 0,
+              "gu must be a contiguous float32 [T, 2 * I] tensor");
+  const int64_t T = gu.size(0), I = gu.size(1) / 2;
+  at::Tensor out = at::empty({T, I}, at::kFloat);
+  const float* src = gu.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* g = src + t * 2 * I;
+      const float* u = g + I;
+      float* o = dst + t * I;
+      int64_t i = 0;
+#ifdef HERON_AVX2
+      const __m256 one = _mm256_set1_ps(1.f);
+      for (; i + 8 <= I; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));  // exp(-x)
+        const __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(o + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
+      }
+#endif
+      for (; i < I; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+    }
+  });
+  return out;
+}
+
 void rope_(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   // x [T, heads, D] with unit stride in D and D-stride between heads (rows may be strided,
   // e.g. q or k viewed inside a fused qkv buffer); cos, sin [T, half] contiguous.
@@ -169,6 +199,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &heron::rms_norm);
   m.def("add_rms_norm_", &heron::add_rms_norm_);
   m.def("rope_", &heron::rope_);
+  m.def("silu_mul", &heron::silu_mul, "silu(gate) * up of a [T, 2 * I] gate_up output");
   m.def("cache_write_", &heron::cache_write_);
   m.def("paged_decode_attention", &heron::paged_decode_attention);
   m.def("decode_layer_", &heron::decode_layer_, "one decode step of a Llama-style layer");

@@ -45,7 +45,7 @@ from heron.server.anthropic.protocol import (
     TextDelta,
     Usage,
 )
-from heron.server.common import APIError, error_body, sse, until_disconnected
+from heron.server.common import APIError, error_body, sse, tokenize, until_disconnected
 from heron.server.defaults import (
     context_limit,
     load_model,
@@ -166,7 +166,7 @@ def encode_prompt(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> list[
 async def render(model: LoadedModel, body: CountTokensRequest | MessageCreateRequest) -> list[int]:
     messages = with_model_messages(model.spec, chat_messages(body.system, body.messages))
     try:
-        return await asyncio.to_thread(encode_prompt, model.engine.tokenizer, messages)
+        return await tokenize(encode_prompt, messages, model.engine.tokenizer, messages)
     except ValueError as exc:
         raise bad_request(str(exc), "messages") from exc
 

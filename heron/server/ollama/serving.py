@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from heron.request import Logprob as EngineLogprob
 from heron.sampling_params import SamplingParams
-from heron.server.common import APIError, ndjson, until_disconnected
+from heron.server.common import APIError, ndjson, tokenize, until_disconnected
 from heron.server.model_manager import LoadedModel
 from heron.server.ollama.models import now, parse_keep_alive
 from heron.server.ollama.protocol import (
@@ -241,7 +241,7 @@ class OllamaService:
                 text = tokenizer.decode(context, skip_special_tokens=False) + text
             return self._debug(req.model, text, chat=False)
         if req.raw:
-            ids = await asyncio.to_thread(tokenizer.encode, req.prompt)
+            ids = await tokenize(tokenizer.encode, req.prompt, req.prompt)
         else:
             ids = await self._encode_chat(model, messages)
         plan = Plan(
@@ -315,14 +315,14 @@ class OllamaService:
     async def _render(self, model: LoadedModel, messages: list[dict[str, Any]]) -> str:
         tokenizer = model.engine.tokenizer
         try:
-            return await asyncio.to_thread(tokenizer.apply_chat_template, messages)
+            return await tokenize(tokenizer.apply_chat_template, messages, messages)
         except ValueError as exc:
             raise APIError(400, str(exc)) from None
 
     async def _encode_chat(self, model: LoadedModel, messages: list[dict[str, Any]]) -> list[int]:
         tokenizer = model.engine.tokenizer
         try:
-            return await asyncio.to_thread(tokenizer.encode_chat, messages)
+            return await tokenize(tokenizer.encode_chat, messages, messages)
         except ValueError as exc:
             raise APIError(400, str(exc)) from None
 

@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from heron import __version__
-from heron.server.common import APIError, sse, until_disconnected
+from heron.server.common import APIError, sse, tokenize, until_disconnected
 from heron.server.defaults import context_limit, load_model, sampling_defaults, with_model_messages
 from heron.server.model_manager import LoadedModel, ModelSpec, spec_from_store
 from heron.server.openai.logprobs import TokenSpeller, chat_logprobs, completion_logprobs
@@ -136,7 +136,7 @@ class OpenAIServing:
             requested = min(defaults["max_tokens"], state.limits.max_tokens)
         messages = with_model_messages(model.spec, chat_messages(body.messages))
         try:
-            prompt = await asyncio.to_thread(model.engine.tokenizer.encode_chat, messages)
+            prompt = await tokenize(model.engine.tokenizer.encode_chat, messages, messages)
         except ValueError as exc:
             raise bad_request(str(exc), "messages") from exc
         max_param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
@@ -259,7 +259,7 @@ class OpenAIServing:
         model = await self._model(body.model)
         tokenizer = model.engine.tokenizer
         vocab = model.engine.model_config.vocab_size
-        prompts = await asyncio.to_thread(completion_prompts, body, tokenizer, vocab)
+        prompts = await tokenize(completion_prompts, body.prompt, body, tokenizer, vocab)
         n = body.n or 1
         if len(prompts) * n > state.limits.max_n:
             raise bad_request(
