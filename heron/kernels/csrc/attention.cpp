@@ -212,7 +212,9 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
       std::vector<float> scores;
       std::vector<const std::remove_reference_t<decltype(*kcache)>*> keys, values;
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / tasks_per_query, h0 = (task % tasks_per_query) * per_task;
+        // Head-major order: a thread's consecutive tasks read the same KV head, so queries of
+        // one sequence (a prefill chunk) find its cached rows still in L2.
+        const int64_t b = task % B, h0 = (task / B) * per_task;
         const int64_t kvh = h0 / group;
         const int64_t ctx = cl[b];
         const int64_t start = window > 0 ? std::max<int64_t>(0, ctx - window) : 0;
@@ -220,10 +222,14 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
         const int64_t* table = bt + b * MB;
         keys.resize(L);
         values.resize(L);
-        for (int64_t t = start; t < ctx; ++t) {
-          const int64_t row = ((table[t / BS] * BS + t % BS) * KVH + kvh) * D;
+        for (int64_t t = start, blk = start / BS, off = start % BS; t < ctx; ++t) {
+          const int64_t row = ((table[blk] * BS + off) * KVH + kvh) * D;
           keys[t - start] = kcache + row;
           values[t - start] = vcache + row;
+          if (++off == BS) {
+            off = 0;
+            ++blk;
+          }
         }
         scores.resize(L);
         for (int64_t g = 0; g < per_task; ++g)
