@@ -17,6 +17,7 @@ from heron.config import EngineConfig
 from heron.engine.llm_engine import resolve_model
 from heron.env import is_loopback_host
 from heron.server.app import DrainGuard, build_app
+from heron.server.http import http_protocol
 from heron.server.metrics import Metrics
 from heron.server.model_manager import (
     ModelManager,
@@ -139,6 +140,7 @@ def run_server(cfg: ServeConfig) -> int:
         port=cfg.port,
         log_level="info",
         timeout_graceful_shutdown=math.ceil(cfg.shutdown_timeout),
+        http=http_protocol(cfg.limits.max_header_bytes),
         h11_max_incomplete_event_size=cfg.limits.max_header_bytes,
         server_header=False,
     )

@@ -180,3 +180,20 @@ def test_crafted_gguf_is_refused_at_start(tmp_path) -> None:  # type: ignore[no-
     )
     assert result.returncode == 2
     assert "crafted.gguf" in result.stderr
+
+
+def test_an_endless_request_head_is_cut_off(keyed: ServerProcess) -> None:
+    # Header lines trickle in without the blank line that ends the head: the server must answer
+    # once the head passes its cap, not buffer it for ever.
+    import socket
+
+    with socket.create_connection(("127.0.0.1", keyed.port), timeout=10) as sock:
+        sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:{keyed.port}\r\n".encode())
+        try:
+            for i in range(200):
+                sock.sendall(f"X-Filler-{i}: {'a' * 500}\r\n".encode())
+        except OSError:
+            pass  # the server may close while we still send
+        reply = sock.makefile("rb").read().decode(errors="replace")
+    assert reply.split()[1] == "400", reply[:200]
+    assert httpx.get(f"{keyed.base_url}/health").status_code == 200  # and it keeps serving
