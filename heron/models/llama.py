@@ -256,6 +256,24 @@ class LlamaForCausalLM(CausalLM):
             self._plan = plan
         return plan  # type: ignore[return-value]
 
+    def _decode_stack(self, kv_caches: torch.Tensor, plan: list[tuple[Any, ...]]) -> Any:
+        """The kernels' ``DecodeStack`` holding every layer's ``plan`` arguments and its cache
+        views, built once per KV cache tensor (so a step is one call from Python)."""
+        key = (kv_caches.data_ptr(), tuple(kv_caches.shape), kv_caches.dtype)
+        cached = getattr(self, "_stack", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        layers = cast(list[LlamaDecoderLayer], list(self.layers))
+        kernels = layers[0].self_attn.kernels
+        assert kernels is not None
+        stack = kernels.DecodeStack()
+        for i, (layer, args) in enumerate(zip(layers, plan, strict=True)):
+            attn = layer.self_attn
+            window = attn.sliding_window or 0
+            stack.add(*args, kv_caches[i, 0], kv_caches[i, 1], attn.scale, window)
+        self._stack = (key, stack)
+        return stack
+
     def _fused_decode(
         self,
         x: torch.Tensor,
@@ -265,28 +283,12 @@ class LlamaForCausalLM(CausalLM):
         metadata: Any,
         plan: list[tuple[Any, ...]],
     ) -> torch.Tensor:
-        """Every layer in one kernel call each; x [num_tokens, hidden]. Each token attends as
+        """Every layer in one call into the kernels; x [num_tokens, hidden]. Each token attends as
         its own query (``metadata.flat``), so decodes and short prefill chunks mix."""
-        layers = cast(list[LlamaDecoderLayer], list(self.layers))
-        kernels = layers[0].self_attn.kernels
-        assert kernels is not None
         flat = metadata.flat
         cos2, sin2 = cos.squeeze(1), sin.squeeze(1)  # [num_tokens, rotary_dim // 2]
-        for i, (layer, args) in enumerate(zip(layers, plan, strict=True)):
-            attn = layer.self_attn
-            kernels.decode_layer_(
-                x,
-                *args,
-                cos2,
-                sin2,
-                kv_caches[i, 0],
-                kv_caches[i, 1],
-                metadata.slot_mapping,
-                flat.block_table,
-                flat.context_lens,
-                attn.scale,
-                attn.sliding_window or 0,
-            )
+        stack = self._decode_stack(kv_caches, plan)
+        stack.run(x, cos2, sin2, metadata.slot_mapping, flat.block_table, flat.context_lens)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

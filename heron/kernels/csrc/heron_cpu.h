@@ -64,4 +64,43 @@ void decode_layer_(at::Tensor& x, const at::Tensor& norm1, const at::Tensor& nor
                    const at::Tensor& slots, const at::Tensor& block_table,
                    const at::Tensor& context_lens, double scale, int64_t window);
 
+// Every layer's weights, caches and shapes, held once, so that a whole model's decode step is
+// one call from Python (``run``) instead of one per layer.
+class DecodeStack {
+ public:
+  void add(const at::Tensor& norm1, const at::Tensor& norm2, double eps,
+           const std::vector<at::Tensor>& qkv_w, int64_t qkv_kind,
+           const c10::optional<at::Tensor>& qkv_bias, const std::vector<at::Tensor>& o_w,
+           int64_t o_kind, const c10::optional<at::Tensor>& o_bias,
+           const std::vector<at::Tensor>& gate_up_w, int64_t gate_up_kind,
+           const std::vector<at::Tensor>& down_w, int64_t down_kind, int64_t num_heads,
+           int64_t num_kv_heads, int64_t head_dim, const at::Tensor& k_cache,
+           const at::Tensor& v_cache, double scale, int64_t window);
+  // x [T, hidden] updated in place through every layer; the rest are the step's inputs.
+  void run(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& slots,
+           const at::Tensor& block_table, const at::Tensor& context_lens);
+  int64_t size() const { return static_cast<int64_t>(layers_.size()); }
+
+ private:
+  struct Layer {
+    at::Tensor norm1, norm2;
+    double eps;
+    std::vector<at::Tensor> qkv_w;
+    int64_t qkv_kind;
+    c10::optional<at::Tensor> qkv_bias;
+    std::vector<at::Tensor> o_w;
+    int64_t o_kind;
+    c10::optional<at::Tensor> o_bias;
+    std::vector<at::Tensor> gate_up_w;
+    int64_t gate_up_kind;
+    std::vector<at::Tensor> down_w;
+    int64_t down_kind;
+    int64_t num_heads, num_kv_heads, head_dim;
+    at::Tensor k_cache, v_cache;
+    double scale;
+    int64_t window;
+  };
+  std::vector<Layer> layers_;
+};
+
 }  // namespace heron

@@ -46,4 +46,29 @@ void decode_layer_(at::Tensor& x, const at::Tensor& norm1, const at::Tensor& nor
   x.add_(run_linear(silu_mul(gu), down_w, down_kind, c10::nullopt));
 }
 
+void DecodeStack::add(const at::Tensor& norm1, const at::Tensor& norm2, double eps,
+                      const std::vector<at::Tensor>& qkv_w, int64_t qkv_kind,
+                      const c10::optional<at::Tensor>& qkv_bias,
+                      const std::vector<at::Tensor>& o_w, int64_t o_kind,
+                      const c10::optional<at::Tensor>& o_bias,
+                      const std::vector<at::Tensor>& gate_up_w, int64_t gate_up_kind,
+                      const std::vector<at::Tensor>& down_w, int64_t down_kind,
+                      int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                      const at::Tensor& k_cache, const at::Tensor& v_cache, double scale,
+                      int64_t window) {
+  layers_.push_back(Layer{norm1, norm2, eps, qkv_w, qkv_kind, qkv_bias, o_w, o_kind, o_bias,
+                          gate_up_w, gate_up_kind, down_w, down_kind, num_heads, num_kv_heads,
+                          head_dim, k_cache, v_cache, scale, window});
+}
+
+void DecodeStack::run(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                      const at::Tensor& slots, const at::Tensor& block_table,
+                      const at::Tensor& context_lens) {
+  for (auto& l : layers_)
+    decode_layer_(x, l.norm1, l.norm2, l.eps, l.qkv_w, l.qkv_kind, l.qkv_bias, l.o_w, l.o_kind,
+                  l.o_bias, l.gate_up_w, l.gate_up_kind, l.down_w, l.down_kind, l.num_heads,
+                  l.num_kv_heads, l.head_dim, cos, sin, l.k_cache, l.v_cache, slots,
+                  block_table, context_lens, l.scale, l.window);
+}
+
 }  // namespace heron

@@ -203,4 +203,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cache_write_", &heron::cache_write_);
   m.def("paged_decode_attention", &heron::paged_decode_attention);
   m.def("decode_layer_", &heron::decode_layer_, "one decode step of a Llama-style layer");
+  pybind11::class_<heron::DecodeStack>(m, "DecodeStack", "decode_layer_ over held layers")
+      .def(pybind11::init<>())
+      .def("add", &heron::DecodeStack::add)
+      .def("run", &heron::DecodeStack::run)
+      .def("__len__", &heron::DecodeStack::size);
 }
