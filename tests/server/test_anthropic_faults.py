@@ -130,7 +130,7 @@ def test_overload_gets_503_overloaded_error(faulty: ServerProcess) -> None:
     results: list[httpx.Response] = []
 
     def call() -> None:
-        body = {**LONG, "max_tokens": 40}
+        body = {**LONG, "max_tokens": 200}  # still running when the rest arrive
         headers = {"x-api-key": KEY}
         url = f"{faulty.base_url}/v1/messages"
         results.append(httpx.post(url, json=body, headers=headers, timeout=120))
@@ -138,7 +138,7 @@ def test_overload_gets_503_overloaded_error(faulty: ServerProcess) -> None:
     threads = [threading.Thread(target=call) for _ in range(6)]
     for t in threads:
         t.start()
-        time.sleep(0.2)
+        time.sleep(0.05)
     for t in threads:
         t.join()
     codes = sorted(r.status_code for r in results)

@@ -124,13 +124,13 @@ def test_overload_gets_503_with_retry_after() -> None:
         results: list[httpx.Response] = []
 
         def call() -> None:
-            body = {**LONG, "max_tokens": 40}
+            body = {**LONG, "max_tokens": 200}  # still running when the rest arrive
             results.append(httpx.post(f"{s.base_url}/v1/chat/completions", json=body, timeout=120))
 
         threads = [threading.Thread(target=call) for _ in range(6)]
         for t in threads:
             t.start()
-            time.sleep(0.2)
+            time.sleep(0.05)
         for t in threads:
             t.join()
         codes = sorted(r.status_code for r in results)
