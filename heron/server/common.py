@@ -18,8 +18,8 @@ INLINE_TEXT_CHARS = 4096
 
 
 def text_size(obj: Any, limit: int = INLINE_TEXT_CHARS) -> int:
-    """Characters of text in ``obj`` (strings inside dicts, lists and tuples), counted until
-    ``limit`` is passed."""
+    """Characters of text in ``obj`` (strings inside dicts, lists and tuples; any other item,
+    such as a token id, counts 1), counted until ``limit`` is passed."""
     total = 0
     stack = [obj]
     while stack and total <= limit:
@@ -32,6 +32,8 @@ def text_size(obj: Any, limit: int = INLINE_TEXT_CHARS) -> int:
             stack.extend(item)
         elif hasattr(item, "model_dump"):  # a pydantic message
             stack.append(item.model_dump())
+        else:
+            total += 1  # a token id or another scalar: work per item all the same
     return total
 
 

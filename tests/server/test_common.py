@@ -13,6 +13,7 @@ def test_text_size_counts_nested_strings_up_to_the_limit() -> None:
     assert text_size(messages) == len("user") + len("text") + 4 + 2
     huge = ["a" * 100] * 1000
     assert INLINE_TEXT_CHARS < text_size(huge) <= INLINE_TEXT_CHARS + 100  # stops early
+    assert text_size({"prompt": list(range(5000))}) > INLINE_TEXT_CHARS  # token ids count too
 
 
 def test_short_text_is_tokenized_inline_and_long_text_on_a_thread() -> None:

@@ -41,10 +41,7 @@ inline float softmax_(float* s, int64_t n) {
     _mm256_storeu_ps(s + i, e);
     acc = _mm256_add_ps(acc, e);
   }
-  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  total = _mm_cvtss_f32(lo);
+  total = hsum8(acc);
 #endif
   for (; i < n; ++i) {
     s[i] = std::exp(s[i] - mx);
@@ -66,10 +63,7 @@ inline float dot_cache(const float* q, const uint16_t* k, int64_t n) {
     const __m256 kv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k + i)));
     acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), kv, acc);
   }
-  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  total = _mm_cvtss_f32(lo);
+  total = hsum8(acc);
 #endif
   for (; i < n; ++i) total += q[i] * static_cast<float>(c10::Half(k[i], c10::Half::from_bits()));
   return total;

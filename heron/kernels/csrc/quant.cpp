@@ -27,6 +27,8 @@
 #define HERON_VNNI 1
 #endif
 
+#include "vec.h"
+
 namespace heron {
 namespace {
 
@@ -41,14 +43,6 @@ inline float half_to_float(uint16_t h) {
 inline uint16_t float_to_half(float f) { return c10::Half(f).x; }
 
 #ifdef HERON_AVX2
-inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  return _mm_cvtss_f32(lo);
-}
-
 // Sums of the 8 int32 lanes of each of p0..p3, as [b0, b1, b2, b3 | b0, b1, b2, b3] halves:
 // a lane-wise float sum of both halves gives each block's dot product.
 inline __m256i sum4(__m256i p0, __m256i p1, __m256i p2, __m256i p3) {
@@ -150,7 +144,7 @@ inline void dot_q4_rows(const uint8_t* wq, const uint16_t* wd, const uint16_t* w
       macc[r] = _mm_fmadd_ps(m4, _mm_loadu_ps(xsv), macc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) out[r * out_stride] = hsum(acc[r]) + hsum128(macc[r]);
+  for (int r = 0; r < R; ++r) out[r * out_stride] = hsum8(acc[r]) + hsum128(macc[r]);
 }
 
 template <int R>
@@ -201,7 +195,7 @@ inline void dot_q8_rows(const int8_t* wq, const uint16_t* wd, const int8_t* xq,
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set_m128(sc, sc), acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) out[r * out_stride] = hsum(acc[r]);
+  for (int r = 0; r < R; ++r) out[r * out_stride] = hsum8(acc[r]);
 }
 #endif
 
