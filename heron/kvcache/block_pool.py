@@ -4,10 +4,18 @@ Block ids index the KV tensors owned by the model runner; this module only does 
 Invariants kept by every method:
 
 * a block is in the free queue  <=>  its ``ref_cnt`` is 0;
-* ``block.block_hash is not None``  <=>  ``hash_to_block[block.block_hash] is block``.
+* ``block.block_hash is not None``  <=>  ``hash_to_block[block.block_hash] is block``;
+* ``block.tail is not None``  <=>  ``tail_blocks[tail key] is block``, and then the block is
+  free and has no hash.
 
 A free block may still be cached: it keeps its hash until ``get_new_blocks`` pops (evicts) it,
 and a prefix hit on it pulls it back out of the queue through ``touch``.
+
+A *tail* is the partly filled last block a finished (or preempted) request left behind: the
+first few rows of the block after the request's last full block. It has no hash (it is not
+full) and is found by its parent's entry id instead. Whoever hits it takes the block itself
+(``touch`` ends the tail) and writes its own tokens after the matching rows, so a tail is used
+once; it is how a conversation's next turn reuses the end of the previous reply.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ class KVCacheBlock:
     block_hash: BlockHash | None = None
     content: BlockContent | None = None
     entry_id: int = 0  # unique id of the current cache entry; 0 when not cached
+    tail: BlockContent | None = None  # set while the block is a free, reusable tail
     prev_free_block: KVCacheBlock | None = None
     next_free_block: KVCacheBlock | None = None
 
@@ -126,6 +135,9 @@ class BlockPool:
         self.blocks = [KVCacheBlock(block_id=i) for i in range(num_blocks)]
         self.free_block_queue = FreeBlockQueue(self.blocks)
         self.hash_to_block: dict[BlockHash, KVCacheBlock] = {}
+        # (parent entry id, extra key) -> the tail block after that parent; one per parent,
+        # the newest wins.
+        self.tail_blocks: dict[tuple[int, bytes | None], KVCacheBlock] = {}
         self.prefix_queries = 0
         self.prefix_hits = 0
         self.num_evictions = 0
@@ -156,6 +168,8 @@ class BlockPool:
             assert block.ref_cnt == 0
             if block.block_hash is not None:
                 self._evict(block)
+            if block.tail is not None:
+                self._drop_tail(block)
             block.ref_cnt = 1
             out.append(block)
         return out
@@ -163,11 +177,14 @@ class BlockPool:
     def touch(self, blocks: Iterable[KVCacheBlock]) -> None:
         """Take one more reference on each block (a prefix hit or a fork).
 
-        Mutates: ``ref_cnt += 1``; a block going 0 -> 1 leaves the free queue (O(1)).
+        Mutates: ``ref_cnt += 1``; a block going 0 -> 1 leaves the free queue (O(1)); a tail
+        stops being one (its new holder will write into it).
         """
         for block in blocks:
             if block.ref_cnt == 0:
                 self.free_block_queue.remove(block)
+            if block.tail is not None:
+                self._drop_tail(block)
             block.ref_cnt += 1
 
     def free_blocks(self, ordered_blocks: Iterable[KVCacheBlock]) -> None:
@@ -193,6 +210,32 @@ class BlockPool:
         if block is None or block.content != content:
             return None
         return block
+
+    def cache_tail(
+        self,
+        block: KVCacheBlock,
+        parent_entry: int,
+        token_ids: tuple[int, ...],
+        extra_key: bytes | None,
+    ) -> None:
+        """Offer a free, partly filled block as the tail after cache entry ``parent_entry``
+        (0: the tail is a chain's first block); its first ``len(token_ids)`` rows hold those
+        tokens. Replaces an older tail after the same parent. Mutates ``tail_blocks`` and
+        ``block.tail``. Raises if the block is held, cached as a full block, or empty."""
+        if block.ref_cnt != 0 or block.block_hash is not None or not token_ids:
+            raise ValueError(f"block {block.block_id} cannot be a tail")
+        key = (parent_entry, extra_key)
+        old = self.tail_blocks.get(key)
+        if old is not None:
+            self._drop_tail(old)
+        if block.tail is not None:
+            self._drop_tail(block)
+        block.tail = BlockContent(parent_entry, token_ids, extra_key)
+        self.tail_blocks[key] = block
+
+    def get_tail(self, parent_entry: int, extra_key: bytes | None) -> KVCacheBlock | None:
+        """The tail block after cache entry ``parent_entry``, if any. Pure lookup."""
+        return self.tail_blocks.get((parent_entry, extra_key))
 
     def cache_full_blocks(
         self,
@@ -240,9 +283,18 @@ class BlockPool:
         if self.num_free_blocks != self.num_blocks:
             return False
         self.hash_to_block.clear()
+        self.tail_blocks.clear()
         for block in self.blocks:
             block.block_hash, block.content, block.entry_id = None, None, 0
+            block.tail = None
         return True
+
+    def _drop_tail(self, block: KVCacheBlock) -> None:
+        assert block.tail is not None
+        key = (block.tail.parent_entry, block.tail.extra_key)
+        assert self.tail_blocks.get(key) is block
+        del self.tail_blocks[key]
+        block.tail = None
 
     def _evict(self, block: KVCacheBlock) -> None:
         assert block.block_hash is not None and self.hash_to_block.get(block.block_hash) is block

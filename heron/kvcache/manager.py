@@ -78,16 +78,22 @@ class KVCacheManager:
         num_prompt_tokens: int,
         extra_key: bytes | None = None,
     ) -> tuple[list[KVCacheBlock], int]:
-        """Find the longest run of cached full blocks matching the start of ``token_ids``.
+        """Find the longest run of cached blocks matching the start of ``token_ids``: full
+        blocks by hash, then possibly a tail (the partly filled block a finished request left
+        after the last of them) whose first rows match the next tokens.
 
         At least one token is always left to compute, so at most
-        ``(len(token_ids) - 1) // block_size`` blocks can match:
+        ``(len(token_ids) - 1) // block_size`` full blocks can match:
 
             token_ids (block_size 4, 8 tokens):  | 0 1 2 3 | 4 5 6 7 |
             both blocks cached -> returns 1 block, 4 tokens; tokens 4..7 are recomputed
 
-        Returns ``(blocks, num_tokens)`` with ``num_tokens == len(blocks) * block_size``. Does
-        not take references: pass the blocks to ``allocate_slots`` before allocating anything
+            a request finished with tokens 0..5 computed left | 0 1 2 3 | 4 5 . . |
+            token_ids | 0 1 2 3 | 4 5 9 9 | -> returns both blocks, 6 tokens
+
+        Returns ``(blocks, num_tokens)``: ``num_tokens == len(blocks) * block_size``, or, when
+        the last block is a tail, ``(len(blocks) - 1) * block_size`` plus its matching rows.
+        Does not take references: pass both to ``allocate_slots`` before allocating anything
         else, since any allocation may evict free ones. Mutates: caches the request's block
         hashes (so call ``free`` even for a request that is never allocated) and adds
         ``num_prompt_tokens`` / ``num_tokens`` to the pool's ``prefix_queries`` /
@@ -112,6 +118,18 @@ class KVCacheManager:
             hits.append(block)
             parent_entry = block.entry_id
         num_hit_tokens = len(hits) * bs
+        tail = self.block_pool.get_tail(parent_entry, extra_key)
+        if tail is not None and tail.tail is not None:
+            # Leave the last token to compute, as for full blocks.
+            rest = token_ids[num_hit_tokens : len(token_ids) - 1]
+            n = 0
+            for cached, wanted in zip(tail.tail.token_ids, rest, strict=False):
+                if cached != wanted:
+                    break
+                n += 1
+            if n:
+                hits.append(tail)
+                num_hit_tokens += n
         self.block_pool.prefix_queries += num_prompt_tokens
         self.block_pool.prefix_hits += num_hit_tokens
         return hits, num_hit_tokens
@@ -124,18 +142,22 @@ class KVCacheManager:
         num_new_tokens: int,
         new_computed_blocks: list[KVCacheBlock] | None = None,
         extra_key: bytes | None = None,
+        num_new_computed_tokens: int | None = None,
     ) -> bool:
         """Grow the request's block table so it covers the tokens about to be computed.
 
-            |<--------------------------- num_total_tokens ---------------------------->|
-            | num_computed_tokens | len(new_computed_blocks) * block_size | num_new_tokens |
-            |  already in table   |    prefix hit, appended by this call  | computed next  |
+            |<-------------------------- num_total_tokens -------------------------->|
+            | num_computed_tokens | num_new_computed_tokens       | num_new_tokens |
+            |  already in table   | prefix hit, appended by this  | computed next  |
 
             blocks needed = ceil(num_total_tokens / block_size)
                             - len(blocks held) - len(new_computed_blocks)
 
         ``num_computed_tokens`` counts tokens before the new computed blocks; when any are
-        given it must equal ``len(blocks held) * block_size``. ``token_ids`` must hold at least
+        given it must equal ``len(blocks held) * block_size``. ``num_new_computed_tokens``
+        (default ``len(new_computed_blocks) * block_size``) is what ``get_computed_blocks``
+        returned with them: less than a whole number of blocks when the last is a tail, which
+        this call then takes over (its later rows are overwritten). ``token_ids`` must hold at least
         ``num_total_tokens`` tokens, and ``extra_key`` must match every earlier call for
         this request id.
 
@@ -149,7 +171,22 @@ class KVCacheManager:
         bs = self.block_size
         if num_computed_tokens < 0 or num_new_tokens < 0:
             raise ValueError("num_computed_tokens and num_new_tokens must be non-negative")
-        num_total_tokens = num_computed_tokens + len(new_computed) * bs + num_new_tokens
+        num_hit = len(new_computed) * bs
+        if num_new_computed_tokens is not None:
+            num_hit = num_new_computed_tokens
+            if (
+                new_computed
+                and not (len(new_computed) - 1) * bs < num_hit <= len(new_computed) * bs
+            ):
+                raise ValueError("num_new_computed_tokens does not match new_computed_blocks")
+            if not new_computed and num_hit:
+                raise ValueError("num_new_computed_tokens without new_computed_blocks")
+        # A partial hit ends in a tail block, which is not (and must not be) a registered
+        # full block.
+        num_full_hits = num_hit // bs
+        if num_hit % bs and new_computed[-1].tail is None:
+            raise ValueError("a partial prefix hit must end in a tail block")
+        num_total_tokens = num_computed_tokens + num_hit + num_new_tokens
         if num_total_tokens > len(token_ids):
             raise ValueError(f"need {num_total_tokens} token ids, got {len(token_ids)}")
         state = self._requests.get(request_id)
@@ -168,24 +205,45 @@ class KVCacheManager:
         state.blocks.extend(new_computed)
         if self.enable_caching and new_computed:
             # Hits start right after the held blocks, which are all full and registered, so
-            # the hits' entries continue the request's chain.
+            # the full hits' entries continue the request's chain.
             assert len(state.entry_ids) + len(new_computed) == len(state.blocks)
-            state.entry_ids.extend(b.entry_id for b in new_computed)
+            state.entry_ids.extend(b.entry_id for b in new_computed[:num_full_hits])
         state.blocks.extend(self.block_pool.get_new_blocks(num_needed))
         if self.enable_caching:
             self._cache_full_blocks(state, token_ids, num_total_tokens)
         return True
 
-    def free(self, request_id: str) -> None:
+    def free(
+        self,
+        request_id: str,
+        token_ids: Sequence[int] | None = None,
+        num_computed_tokens: int = 0,
+    ) -> None:
         """Release the request's blocks, last block first, and forget the request.
 
         Mutates: each block's ``ref_cnt -= 1``; blocks reaching 0 join the free-queue tail in
-        reverse table order (so the request's tail is evicted first) and stay cached. A no-op
-        for an unknown ``request_id``.
+        reverse table order (so the request's last blocks are evicted first) and stay cached.
+        Given the request's ``token_ids`` and how many of them have their KV written
+        (``num_computed_tokens``), a partly filled block after its last full one that nobody
+        else holds is also offered as a tail, so a request continuing these tokens (the next
+        turn of a conversation) reuses its rows. A no-op for an unknown ``request_id``.
         """
         state = self._requests.pop(request_id, None)
-        if state is not None:
-            self.block_pool.free_blocks(reversed(state.blocks))
+        if state is None:
+            return
+        self.block_pool.free_blocks(reversed(state.blocks))
+        if not self.enable_caching or token_ids is None:
+            return
+        bs = self.block_size
+        num_full, num_rows = divmod(min(num_computed_tokens, len(token_ids)), bs)
+        if num_rows == 0 or num_full >= len(state.blocks) or len(state.entry_ids) < num_full:
+            return
+        block = state.blocks[num_full]
+        if block.ref_cnt or block.block_hash is not None:
+            return
+        parent = state.entry_ids[num_full - 1] if num_full else 0
+        rows = tuple(token_ids[num_full * bs : num_full * bs + num_rows])
+        self.block_pool.cache_tail(block, parent, rows, state.extra_key)
 
     def fork(self, parent_id: str, child_id: str, num_tokens: int) -> int:
         """Share the parent's full blocks covering its first ``num_tokens`` tokens with a child.

@@ -118,6 +118,7 @@ class Scheduler:
                 num_new,
                 None if forked else computed_blocks,
                 req.cache_salt,
+                None if forked else num_hit,
             ):
                 if forked:
                     self.kv.free(req.request_id)
@@ -166,7 +167,8 @@ class Scheduler:
         return candidates[-1]
 
     def _preempt(self, req: Request) -> None:
-        self.kv.free(req.request_id)
+        # What it computed stays cached (its last partial block as a tail) for its return.
+        self.kv.free(req.request_id, req.all_token_ids, req.num_computed_tokens)
         self.running.remove(req)
         req.status = RequestStatus.PREEMPTED
         req.num_computed_tokens = 0
@@ -221,7 +223,7 @@ class Scheduler:
 
     def _finish(self, req: Request, status: RequestStatus) -> None:
         req.status = status
-        self.kv.free(req.request_id)
+        self.kv.free(req.request_id, req.all_token_ids, req.num_computed_tokens)
         if req in self.running:
             self.running.remove(req)
         self.requests.pop(req.request_id, None)

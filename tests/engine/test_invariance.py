@@ -105,3 +105,25 @@ def test_chunked_prefill_16_token_chunks(smollm2_path: str, baseline: list[list[
     engine.scheduler.schedule = spy  # type: ignore[method-assign]
     assert run_staggered(engine, PROMPTS, every=1) == baseline
     assert chunks and max(chunks) == 16  # some prompts really were split into 16-token chunks
+
+
+def test_next_turns_reuse_the_previous_replys_partial_block(smollm2_path: str) -> None:
+    # Each conversation's turn 2 is its turn 1 prompt, the whole reply, then more text, so it
+    # reuses turn 1's full blocks and the reply's partly filled last block (a tail).
+    llm = LLM(smollm2_path, kv_cache_memory_bytes=KV, enable_prefix_caching=True)
+    ref = LLM(smollm2_path, kv_cache_memory_bytes=KV, enable_prefix_caching=False)
+    tok = llm.engine.tokenizer
+    more = tok.encode(" Now say it again, more briefly.")
+    bs = llm.engine.kv_manager.block_size
+    for i, prompt in enumerate(PROMPTS[:4]):
+        ids = tok.encode(prompt)
+        params = SamplingParams(temperature=0.0, max_tokens=NUM_TOKENS + i, ignore_eos=True)
+        first = llm.generate({"prompt_token_ids": ids}, params)[0].outputs[0].token_ids
+        turn2 = ids + first + more
+        computed = len(ids) + len(first) - 1  # the last sampled token was never fed
+        assert computed % bs  # these lengths leave a partial block to reuse
+        out = llm.generate({"prompt_token_ids": turn2}, PARAMS)[0]
+        assert out.num_cached_tokens == computed
+        expected = ref.generate({"prompt_token_ids": turn2}, PARAMS)[0].outputs[0].token_ids
+        assert out.outputs[0].token_ids == expected
+    assert llm.engine.kv_manager.block_pool.tail_blocks  # the turn-2 replies left tails

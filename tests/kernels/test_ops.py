@@ -70,13 +70,14 @@ def _reference_attention(
     return torch.einsum("hl,hld->hd", s.softmax(-1), v)
 
 
+@pytest.mark.parametrize("heads", [6, 8])  # 3 or 4 query heads per KV head
 @pytest.mark.parametrize(("window", "softcap"), [(0, 0.0), (5, 0.0), (0, 20.0)])
 @pytest.mark.parametrize("dim", [16, 64, 128, 40])  # 64 and 128 sum values in registers
 def test_paged_attention_against_dense(
-    kernels: ModuleType, window: int, softcap: float, dim: int
+    kernels: ModuleType, window: int, softcap: float, dim: int, heads: int
 ) -> None:
     g = torch.Generator().manual_seed(0)
-    bs, heads, kv_heads = 4, 6, 2
+    bs, kv_heads = 4, 2
     k_cache = torch.randn(12, bs, kv_heads, dim, generator=g)
     v_cache = torch.randn(12, bs, kv_heads, dim, generator=g)
     tables = [[7, 2, 9], [4], [11, 0, 3, 8]]
@@ -124,16 +125,27 @@ def test_float16_cache_matches_float32(kernels: ModuleType, dim: int) -> None:
         kernels.cache_write_(k, v, caches[torch.float32][0], caches[torch.float16][1], slots)
 
 
+@pytest.mark.parametrize(("window", "softcap"), [(0, 0.0), (3, 20.0)])
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("group", [1, 2, 3, 4, 5])  # heads per KV head: rows of 3, 2 and 1
 @pytest.mark.parametrize("dim", [16, 64])
-def test_attention_is_the_same_alone_and_in_a_batch(kernels: ModuleType, dim: int) -> None:
-    # Few queries split the work per head, many per KV head: the numbers must not change.
+def test_attention_is_the_same_alone_and_in_a_batch(
+    kernels: ModuleType,
+    dim: int,
+    group: int,
+    cache_dtype: torch.dtype,
+    window: int,
+    softcap: float,
+) -> None:
+    # Few queries split the work per head, many per KV head (the heads sharing one then run
+    # together, up to three at a time): the numbers must not change.
     g = torch.Generator().manual_seed(4)
-    k_cache = torch.randn(30, 4, 2, dim, generator=g)
-    v_cache = torch.randn(30, 4, 2, dim, generator=g)
-    q = torch.randn(24, 6, dim, generator=g)
+    k_cache = torch.randn(30, 4, 2, dim, generator=g).to(cache_dtype)
+    v_cache = torch.randn(30, 4, 2, dim, generator=g).to(cache_dtype)
+    q = torch.randn(24, 2 * group, dim, generator=g)
     table = torch.randint(0, 30, (24, 6), generator=g)
     lens = torch.randint(1, 25, (24,), generator=g)
-    batch = kernels.paged_decode_attention(q, k_cache, v_cache, table, lens, 0.25, 0, 0.0)
+    batch = kernels.paged_decode_attention(q, k_cache, v_cache, table, lens, 0.25, window, softcap)
     for i in range(24):
         alone = kernels.paged_decode_attention(
             q[i : i + 1].contiguous(),
@@ -142,8 +154,8 @@ def test_attention_is_the_same_alone_and_in_a_batch(kernels: ModuleType, dim: in
             table[i : i + 1].contiguous(),
             lens[i : i + 1].contiguous(),
             0.25,
-            0,
-            0.0,
+            window,
+            softcap,
         )
         assert torch.equal(alone[0], batch[i])
 

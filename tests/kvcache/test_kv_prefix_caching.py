@@ -27,7 +27,7 @@ def refs(kv: KVCacheManager, ids: Sequence[int]) -> list[int]:
 def admit(kv: KVCacheManager, rid: str, tokens: list[int], extra: bytes | None = None) -> int:
     """Prefix lookup + allocation for the whole prompt; returns the number of hit tokens."""
     hits, num_hit = kv.get_computed_blocks(rid, tokens, len(tokens), extra)
-    assert kv.allocate_slots(rid, tokens, 0, len(tokens) - num_hit, hits, extra)
+    assert kv.allocate_slots(rid, tokens, 0, len(tokens) - num_hit, hits, extra, num_hit)
     return num_hit
 
 
@@ -306,3 +306,116 @@ def test_contract_errors() -> None:
 
 def test_blocks_are_identity_compared() -> None:
     assert KVCacheBlock(0) != KVCacheBlock(0)
+
+
+# --------------------------------------------------------------------------- tails
+
+
+def finish(kv: KVCacheManager, rid: str, tokens: list[int], computed: int) -> None:
+    """Free a request whose first ``computed`` tokens have their KV written."""
+    kv.free(rid, tokens, computed)
+
+
+def test_a_finished_requests_partial_block_is_reused_by_its_continuation() -> None:
+    kv = make()
+    tokens = list(range(10))  # prompt 0..9; the reply is tokens 10, 11 (11 sampled, not fed)
+    admit(kv, "a", tokens)
+    assert kv.allocate_slots("a", tokens + [10], 10, 1)
+    assert kv.get_block_ids("a") == [0, 1, 2]
+    finish(kv, "a", tokens + [10, 11], 11)
+    tail = kv.block_pool.blocks[2]
+    assert tail.tail is not None and tail.tail.token_ids == (8, 9, 10)
+    assert free_ids(kv) == [3, 4, 5, 6, 7, 8, 9, 2, 1, 0]
+    nxt = tokens + [10, 11, 70, 71, 72]  # the next turn: the whole history, then more
+    hits, num_hit = kv.get_computed_blocks("b", nxt, len(nxt))
+    assert ([b.block_id for b in hits], num_hit) == ([0, 1, 2], 11)
+    assert kv.allocate_slots("b", nxt, 0, len(nxt) - 11, hits, num_new_computed_tokens=11)
+    assert kv.get_block_ids("b") == [0, 1, 2, 3]
+    assert refs(kv, [0, 1, 2, 3]) == [1, 1, 1, 1]
+    assert tail.tail is None and kv.block_pool.tail_blocks == {}  # taken: used once
+    assert tail.block_hash is not None  # rows 8..11 are now full and cached as a block
+    assert free_ids(kv) == [4, 5, 6, 7, 8, 9]
+    assert kv.block_pool.prefix_hits == 11
+
+
+def test_a_tail_matches_only_its_common_rows_and_leaves_the_last_token() -> None:
+    kv = make()
+    tokens = list(range(11))
+    admit(kv, "a", tokens)
+    finish(kv, "a", tokens, 11)  # rows 8, 9, 10 in block 2
+    hits, num_hit = kv.get_computed_blocks("b", list(range(9)) + [50, 51], 11)
+    assert ([b.block_id for b in hits], num_hit) == ([0, 1, 2], 9)
+    kv.free("b")
+    hits, num_hit = kv.get_computed_blocks("c", list(range(10)), 10)  # last token is left
+    assert ([b.block_id for b in hits], num_hit) == ([0, 1, 2], 9)
+    kv.free("c")
+    hits, num_hit = kv.get_computed_blocks("d", list(range(8)) + [60, 61], 10)
+    assert ([b.block_id for b in hits], num_hit) == ([0, 1], 8)  # no common row: no tail
+    kv.free("d")
+    assert kv.get_computed_blocks("e", list(range(11)), 11, b"salt") == ([], 0)
+
+
+def test_a_tail_needs_computed_rows_and_survives_a_forked_sibling() -> None:
+    kv = make()
+    tokens = list(range(8)) + [20, 21]
+    admit(kv, "a", tokens)
+    finish(kv, "a", tokens, 8)  # block 2 allocated, nothing computed in it
+    assert kv.block_pool.tail_blocks == {}
+    admit(kv, "b", tokens)  # hits blocks 0, 1; its own block 2 is popped from the queue head
+    assert kv.get_block_ids("b") == [0, 1, 3]
+    kv.fork("b", "c", 9)  # c shares the full blocks only
+    finish(kv, "b", tokens, 10)  # c still holds 0 and 1; b's block 3 becomes the tail
+    assert [b.block_id for b in kv.block_pool.tail_blocks.values()] == [3]
+    assert refs(kv, [0, 1, 3]) == [1, 1, 0]
+    kv.free("c")
+    kv.free("never-seen", tokens, 10)
+
+
+def test_a_tail_is_forgotten_when_evicted() -> None:
+    kv = make(num_blocks=4)
+    a = list(range(6))
+    admit(kv, "a", a)
+    finish(kv, "a", a, 6)  # tail: block 1, rows 4, 5
+    assert free_ids(kv) == [2, 3, 1, 0]
+    b = [4, 5, 6, 9, 9]  # another chain
+    admit(kv, "b", b)
+    assert kv.get_block_ids("b") == [2, 3]
+    finish(kv, "b", b, 5)  # tail: block 3, row 4
+    assert free_ids(kv) == [1, 0, 3, 2]
+    assert sorted(v.block_id for v in kv.block_pool.tail_blocks.values()) == [1, 3]
+    admit(kv, "c", list(range(100, 112)))  # 3 blocks from the queue head
+    assert kv.get_block_ids("c") == [1, 0, 3]
+    assert kv.block_pool.tail_blocks == {}
+    assert all(b.tail is None for b in kv.block_pool.blocks)
+    kv.free("c")
+    hits, num_hit = kv.get_computed_blocks("d", b + [1], 6)  # block 2 still cached, no tail
+    assert ([x.block_id for x in hits], num_hit) == ([2], 4)
+
+
+def test_a_newer_tail_after_the_same_blocks_replaces_the_older() -> None:
+    kv = make()
+    p = list(range(6))
+    admit(kv, "a", p)
+    finish(kv, "a", p, 6)  # tail: block 1, rows 4, 5
+    q = list(range(4)) + [40, 41, 42]
+    admit(kv, "b", q)  # hits block 0; a's tail (rows 4, 5) has no row in common
+    assert kv.get_block_ids("b") == [0, 2]
+    finish(kv, "b", q, 7)  # tail: block 2, rows 40, 41, 42, after the same block 0
+    assert [v.block_id for v in kv.block_pool.tail_blocks.values()] == [2]
+    assert kv.block_pool.blocks[1].tail is None
+    assert kv.reset_prefix_cache()
+    assert kv.block_pool.tail_blocks == {}
+    assert all(b.tail is None for b in kv.block_pool.blocks)
+
+
+def test_allocate_refuses_a_partial_hit_that_is_not_a_tail() -> None:
+    kv = make()
+    tokens = list(range(10))
+    admit(kv, "a", tokens)
+    kv.free("a")  # no token ids: no tail
+    hits, num_hit = kv.get_computed_blocks("b", tokens, 10)
+    assert num_hit == 8
+    with pytest.raises(ValueError, match="tail"):
+        kv.allocate_slots("b", tokens, 0, 1, hits + [kv.block_pool.blocks[2]], None, 9)
+    with pytest.raises(ValueError, match="does not match"):
+        kv.allocate_slots("b", tokens, 0, 1, hits, None, 9)

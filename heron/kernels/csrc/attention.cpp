@@ -30,9 +30,18 @@ inline void axpy(float* out, float p, const float* v, int64_t n) {
 // s[i] = exp(s[i] - max(s)) in place; returns the sum.
 inline float softmax_(float* s, int64_t n) {
   float mx = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, s[i]);
-  float total = 0.f;
   int64_t i = 0;
+#ifdef HERON_AVX2
+  // Eight running maxima, not one chain: the maximum is exact, so the order cannot change it.
+  __m256 m8 = _mm256_set1_ps(mx);
+  for (; i + 8 <= n; i += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(s + i));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, m8);
+  for (float lane : lanes) mx = std::max(mx, lane);
+#endif
+  for (; i < n; ++i) mx = std::max(mx, s[i]);
+  float total = 0.f;
+  i = 0;
 #ifdef HERON_AVX2
   const __m256 m = _mm256_set1_ps(mx);
   __m256 acc = _mm256_setzero_ps();
@@ -96,41 +105,60 @@ inline __m256 sum8x8(const __m256* a) {
                        _mm256_permute2f128_ps(h03, h47, 0x31));
 }
 
-// q . keys[k] for eight keys at once: eight independent accumulators instead of one chain.
-template <typename T>
-inline __m256 dot8(const float* q, const T* const* keys, int64_t D) {
-  __m256 acc[8];
-  for (int k = 0; k < 8; ++k) acc[k] = _mm256_setzero_ps();
+// Query rows q[r] (NR of them) against eight keys at once: out[r][k] = q[r] . keys[k]. Each
+// row has eight independent accumulators, and each key chunk is loaded once for all rows, so
+// NR rows cost little more memory traffic than one. A row's operations and their order do
+// not depend on NR, so its scores are bit-identical however many rows share the call.
+template <int NR, typename T>
+inline void dot8_rows(const float* const* q, const T* const* keys, int64_t D, __m256* out) {
+  __m256 acc[NR][8];
+  for (int r = 0; r < NR; ++r)
+    for (int k = 0; k < 8; ++k) acc[r][k] = _mm256_setzero_ps();
   for (int64_t j = 0; j < D; j += 8) {
-    const __m256 qj = _mm256_loadu_ps(q + j);
-    for (int k = 0; k < 8; ++k) acc[k] = _mm256_fmadd_ps(qj, load8(keys[k] + j), acc[k]);
+    __m256 qj[NR];
+    for (int r = 0; r < NR; ++r) qj[r] = _mm256_loadu_ps(q[r] + j);
+    for (int k = 0; k < 8; ++k) {
+      const __m256 kv = load8(keys[k] + j);
+      for (int r = 0; r < NR; ++r) acc[r][k] = _mm256_fmadd_ps(qj[r], kv, acc[r][k]);
+    }
   }
-  return sum8x8(acc);
+  for (int r = 0; r < NR; ++r) out[r] = sum8x8(acc[r]);
 }
 
-// out[off:off+64] = sum_t p[t] * rows[t][off:off+64], accumulated in registers.
-template <typename T>
-inline void weighted_sum64(float* out, const float* p, const T* const* rows, int64_t L,
-                           int64_t off) {
-  __m256 acc[8];
-  for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+// out[r][off:off+64] = sum_t p[r][t] * rows[t][off:off+64] for NR rows of weights,
+// accumulated in registers; each value chunk is loaded once for all rows. Per row the same
+// operations in the same order whatever NR is.
+template <int NR, typename T>
+inline void weighted_sum64_rows(float* const* out, const float* const* p, const T* const* rows,
+                                int64_t L, int64_t off) {
+  __m256 acc[NR][8];
+  for (int r = 0; r < NR; ++r)
+    for (int j = 0; j < 8; ++j) acc[r][j] = _mm256_setzero_ps();
   for (int64_t t = 0; t < L; ++t) {
     if (t + 16 < L)
       for (int64_t b = 0; b < 64 * static_cast<int64_t>(sizeof(T)); b += 64)
         _mm_prefetch(reinterpret_cast<const char*>(rows[t + 16] + off) + b, _MM_HINT_T0);
-    const __m256 pt = _mm256_set1_ps(p[t]);
     const T* v = rows[t] + off;
-    for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(pt, load8(v + 8 * j), acc[j]);
+    __m256 pt[NR];
+    for (int r = 0; r < NR; ++r) pt[r] = _mm256_set1_ps(p[r][t]);
+    for (int j = 0; j < 8; ++j) {
+      const __m256 vj = load8(v + 8 * j);
+      for (int r = 0; r < NR; ++r) acc[r][j] = _mm256_fmadd_ps(pt[r], vj, acc[r][j]);
+    }
   }
-  for (int j = 0; j < 8; ++j) _mm256_storeu_ps(out + off + 8 * j, acc[j]);
+  for (int r = 0; r < NR; ++r)
+    for (int j = 0; j < 8; ++j) _mm256_storeu_ps(out[r] + off + 8 * j, acc[r][j]);
 }
 #endif
 
-// One query head against its context: rows of keys and values [L] (pointers into the cache),
-// scores [L] scratch. Writes out [D].
-template <typename T>
-void attend_head(const float* q, const T* const* keys, const T* const* values, int64_t L,
-                 int64_t D, float scale, float cap, float* scores, float* out) {
+// NR query heads that share one KV head, against its context: rows of keys and values [L]
+// (pointers into the cache), scores [NR][L] scratch (row r at scores + r * L). Writes out[r]
+// [D]. Every row's result is bit-identical to running it alone (NR = 1).
+template <int NR, typename T>
+void attend_rows(const float* const* q, const T* const* keys, const T* const* values, int64_t L,
+                 int64_t D, float scale, float cap, float* scores, float* const* out) {
+  float* s[NR];
+  for (int r = 0; r < NR; ++r) s[r] = scores + r * L;
   int64_t t = 0;
 #ifdef HERON_AVX2
   if (D % 8 == 0)
@@ -140,22 +168,58 @@ void attend_head(const float* q, const T* const* keys, const T* const* values, i
       for (int64_t i = t + 16; i < std::min(t + 24, L); ++i)
         for (int64_t b = 0; b < D * static_cast<int64_t>(sizeof(T)); b += 64)
           _mm_prefetch(reinterpret_cast<const char*>(keys[i]) + b, _MM_HINT_T0);
-      _mm256_storeu_ps(scores + t, _mm256_mul_ps(dot8(q, keys + t, D), _mm256_set1_ps(scale)));
+      __m256 dots[NR];
+      dot8_rows<NR>(q, keys + t, D, dots);
+      for (int r = 0; r < NR; ++r)
+        _mm256_storeu_ps(s[r] + t, _mm256_mul_ps(dots[r], _mm256_set1_ps(scale)));
     }
 #endif
-  for (; t < L; ++t) scores[t] = dot_cache(q, keys[t], D) * scale;
-  if (cap > 0.f)
-    for (t = 0; t < L; ++t) scores[t] = cap * std::tanh(scores[t] / cap);
-  const float inv = 1.f / softmax_(scores, L);
-  for (t = 0; t < L; ++t) scores[t] *= inv;
+  for (int r = 0; r < NR; ++r) {
+    for (int64_t i = t; i < L; ++i) s[r][i] = dot_cache(q[r], keys[i], D) * scale;
+    if (cap > 0.f)
+      for (int64_t i = 0; i < L; ++i) s[r][i] = cap * std::tanh(s[r][i] / cap);
+    const float inv = 1.f / softmax_(s[r], L);
+    for (int64_t i = 0; i < L; ++i) s[r][i] *= inv;
+  }
 #ifdef HERON_AVX2
   if (D % 64 == 0) {
-    for (int64_t off = 0; off < D; off += 64) weighted_sum64(out, scores, values, L, off);
+    const float* ps[NR];
+    for (int r = 0; r < NR; ++r) ps[r] = s[r];
+    for (int64_t off = 0; off < D; off += 64) weighted_sum64_rows<NR>(out, ps, values, L, off);
     return;
   }
 #endif
-  std::fill(out, out + D, 0.f);
-  for (t = 0; t < L; ++t) axpy_cache(out, scores[t], values[t], D);
+  for (int r = 0; r < NR; ++r) {
+    std::fill(out[r], out[r] + D, 0.f);
+    for (int64_t i = 0; i < L; ++i) axpy_cache(out[r], s[r][i], values[i], D);
+  }
+}
+
+// Query heads [n] of one KV head in calls of up to kMaxRows rows. With AVX-512's 32 vector
+// registers three rows' accumulators fit; with 16, one.
+#ifdef __AVX512VL__
+constexpr int kMaxRows = 3;
+#else
+constexpr int kMaxRows = 1;
+#endif
+
+template <typename T>
+void attend_heads(const float* const* q, const T* const* keys, const T* const* values,
+                  int64_t L, int64_t D, float scale, float cap, float* scores, float* const* out,
+                  int64_t n) {
+  for (int64_t r = 0; r < n;) {
+    const int64_t left = n - r;
+    if (kMaxRows >= 3 && left >= 3) {
+      attend_rows<3>(q + r, keys, values, L, D, scale, cap, scores, out + r);
+      r += 3;
+    } else if (kMaxRows >= 2 && left >= 2) {
+      attend_rows<2>(q + r, keys, values, L, D, scale, cap, scores, out + r);
+      r += 2;
+    } else {
+      attend_rows<1>(q + r, keys, values, L, D, scale, cap, scores, out + r);
+      r += 1;
+    }
+  }
 }
 
 }  // namespace
@@ -179,6 +243,7 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   const int64_t BS = k_cache.size(1), KVH = k_cache.size(2), NB = k_cache.size(0);
   const int64_t MB = block_table.size(1);
   TORCH_CHECK(k_cache.size(3) == D && H % KVH == 0, "head shapes do not match");
+  TORCH_CHECK(H / KVH <= 64, "at most 64 query heads per KV head");
   TORCH_CHECK(block_table.size(0) == B && context_lens.size(0) == B,
               "one block-table row and context length per query");
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2)}, at::kFloat);
@@ -216,19 +281,28 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
         const int64_t* table = bt + b * MB;
         keys.resize(L);
         values.resize(L);
-        for (int64_t t = start, blk = start / BS, off = start % BS; t < ctx; ++t) {
-          const int64_t row = ((table[blk] * BS + off) * KVH + kvh) * D;
-          keys[t - start] = kcache + row;
-          values[t - start] = vcache + row;
-          if (++off == BS) {
-            off = 0;
-            ++blk;
+        // Row t of block blk, KV head kvh: ((table[blk] * BS + t % BS) * KVH + kvh) * D, with
+        // the multiplications done once per block.
+        const int64_t row_stride = KVH * D;
+        for (int64_t t = start, blk = start / BS; t < ctx; ++blk) {
+          const int64_t first = t - start;
+          const int64_t n = std::min(ctx - t, (blk + 1) * BS - t);
+          int64_t row = (table[blk] * BS + t % BS) * row_stride + kvh * D;
+          for (int64_t i = 0; i < n; ++i, row += row_stride) {
+            keys[first + i] = kcache + row;
+            values[first + i] = vcache + row;
           }
+          t += n;
         }
-        scores.resize(L);
-        for (int64_t g = 0; g < per_task; ++g)
-          attend_head(qp + b * q.stride(0) + (h0 + g) * D, keys.data(), values.data(), L, D, fscale, cap,
-                      scores.data(), op + (b * H + h0 + g) * D);
+        scores.resize(kMaxRows * L);
+        const float* qs[64];
+        float* os[64];
+        for (int64_t g = 0; g < per_task; ++g) {
+          qs[g] = qp + b * q.stride(0) + (h0 + g) * D;
+          os[g] = op + (b * H + h0 + g) * D;
+        }
+        attend_heads(qs, keys.data(), values.data(), L, D, fscale, cap, scores.data(), os,
+                     per_task);
       }
     });
   };
