@@ -84,3 +84,23 @@ def test_bad_shapes_are_refused(kernels: ModuleType) -> None:
     layer = Linear(40, 8)
     with pytest.raises(ValueError, match="divisible by 32"):
         layer.quantize("q8_0", kernels)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 24, 200])  # 200 x 576 runs on both threads
+def test_activation_blocks_match_their_definition(kernels: ModuleType, rows: int) -> None:
+    # xq = round-half-even(x * (1 / dx)), dx = amax / 127, per row and block of 32, exactly.
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 576, generator=g) * torch.logspace(-3, 2, rows).unsqueeze(1)
+    x[0, :32] = 0.0  # an all-zero block: dx = 0 and xq = 0
+    x[-1, 40] = 1e-3 + 0.5 * (x[-1, 32:64].abs().max() / 127)  # a product near .5
+    q, dx, s, total = kernels.quantize_rows(x)
+    blocks = x.view(rows, -1, 32)
+    amax = blocks.abs().amax(-1)
+    d = amax / 127.0
+    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    ref = torch.round(blocks * inv.unsqueeze(-1))
+    assert torch.equal(dx, d)
+    assert torch.equal(q.view(rows, -1, 32).float(), ref)
+    assert torch.equal(total, ref.sum(-1).int())
+    assert torch.equal(s, d * ref.sum(-1))
+    assert q.abs().max() <= 127

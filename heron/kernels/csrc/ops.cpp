@@ -191,6 +191,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_q8_0", &heron::linear_q8_0, "x @ q8_0(W).T (+ bias)");
   m.def("quantize_q4_1", &heron::quantize_q4_1, "W -> (qs, d, m)");
   m.def("quantize_q8_0", &heron::quantize_q8_0, "W -> (qs, d)");
+  m.def(
+      "quantize_rows",
+      [](const at::Tensor& x) {
+        heron::check_linear_input(x, x.size(1));
+        const heron::QuantizedRows r = heron::quantize_rows(x);
+        return std::vector<at::Tensor>{r.q, r.d, r.s, r.sum};
+      },
+      "x [M, K] -> (xq int8, dx, dx * sum(xq), sum(xq)): the linears' activation blocks");
   m.def("pack_q4_1", &heron::pack_q4_1, "(qs, d, m) -> the 8-row packed layout");
   m.def("pack_q8_0", &heron::pack_q8_0, "(qs, d) -> the 8-row packed layout");
   m.def("has_packed", &heron::has_packed, "whether the packed (VNNI) linears are built");

@@ -256,6 +256,44 @@ QuantizedRows quantize_rows(const at::Tensor& x) {
     for (int64_t i = begin; i < end; ++i) {
       const float* src = xp + i * QK;
       int8_t* dst = qp + i * QK;
+#ifdef HERON_AVX2
+      // The same numbers as the scalar loop below: the maximum is exact in any order,
+      // src * inv is one rounded product either way, and vroundps's nearest-even is
+      // nearbyint's default rounding.
+      {
+        const __m256 sign = _mm256_set1_ps(-0.f);
+        __m256 v[4];
+        __m256 mx = _mm256_setzero_ps();
+        for (int j = 0; j < 4; ++j) {
+          v[j] = _mm256_loadu_ps(src + 8 * j);
+          mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[j]));
+        }
+        alignas(32) float lanes[8];
+        _mm256_store_ps(lanes, mx);
+        float amax = 0.f;
+        for (float lane : lanes) amax = std::max(amax, lane);
+        const float d = amax / 127.f;
+        const float inv = d != 0.f ? 1.f / d : 0.f;
+        __m256i q[4];
+        for (int j = 0; j < 4; ++j)
+          q[j] = _mm256_cvtps_epi32(_mm256_round_ps(
+              _mm256_mul_ps(v[j], _mm256_set1_ps(inv)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        // packs interleave 128-bit lanes; the permute puts the 32 bytes back in order.
+        const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]),
+                                                 _mm256_packs_epi32(q[2], q[3]));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
+                            _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        const __m256i total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        alignas(32) int32_t parts[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(parts), total);
+        int sum = 0;
+        for (int32_t part : parts) sum += part;
+        dp[i] = d;
+        sp[i] = d * static_cast<float>(sum);
+        ip[i] = sum;
+        continue;
+      }
+#endif
       float amax = 0.f;
       for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(src[j]));
       const float d = amax / 127.f;
