@@ -219,12 +219,23 @@ class OpenAIServing:
             return sse(dump_chunk(c))
 
         reason: str | None = None
+        pending = b""
         try:
-            for i in range(len(run.choices)):
-                role = ChatDelta(role="assistant", content="")
-                yield chunk(
-                    [ChatChunkChoice(index=i, delta=role, logprobs=None, finish_reason=None)]
+            # The role chunks go out in one write with the first content chunk (one send, not
+            # two, on the way to the first token).
+            pending = b"".join(
+                chunk(
+                    [
+                        ChatChunkChoice(
+                            index=i,
+                            delta=ChatDelta(role="assistant", content=""),
+                            logprobs=None,
+                            finish_reason=None,
+                        )
+                    ]
                 )
+                for i in range(len(run.choices))
+            )
             async for delta in chain(first, run.rest()):
                 if nothing_to_send(delta, top):
                     continue
@@ -240,12 +251,16 @@ class OpenAIServing:
                 )
                 if delta.finish_reason is not None:
                     choice.stop_reason = delta.stop_reason
-                yield chunk([choice])
+                yield pending + chunk([choice])
+                pending = b""
+            if pending:
+                yield pending
+                pending = b""
             if include_usage:
                 yield chunk([], run.usage())
         except (EngineRequestError, EngineDeadError, ValueError) as exc:
             reason = "error"
-            yield mid_stream_error(exc)
+            yield pending + mid_stream_error(exc)
         finally:
             run.close(reason)
         yield sse(_DONE)
