@@ -106,12 +106,14 @@ async def _conversation_user(
     level: Level,
     t0: float,
     reporter: Reporter,
+    first_tag: int,
 ) -> list[RequestRecord]:
     records = []
     for index, conversation in enumerate(range(user, level.conversations, level.users)):
         # A tag of its own, so that a conversation's first turn finds no other conversation's
-        # (or the warm-up's) prompt in a prefix cache: turn 1 is cold, later turns may hit.
-        opening = f"[conversation {conversation + 1}] {prompt}"
+        # (or the warm-up's, or an earlier repeat's) prompt in a prefix cache: turn 1 is cold,
+        # later turns may hit.
+        opening = f"[conversation {first_tag + conversation}] {prompt}"
         messages = [{"role": "user", "content": opening}]
         for turn in range(1, level.turns + 1):
             record = await stream_chat(client, endpoint, settings, messages, t0)
@@ -142,15 +144,19 @@ async def measure_level(
     level: Level,
     prompt: str,
     reporter: Reporter | None = None,
+    first_tag: int = 1,
 ) -> list[RequestRecord]:
     """Run one level against one endpoint; records in send order, times from the run's
-    start."""
+    start. Multi-turn conversations are tagged ``first_tag``, ``first_tag + 1``, ...; give
+    each run of the same endpoint its own range, so no run replays another's prompts."""
     reporter = reporter or Reporter()
     async with _client(level.users, settings) as client:
         t0 = time.perf_counter()
         if level.multi_turn:
             jobs = [
-                _conversation_user(client, endpoint, settings, prompt, u, level, t0, reporter)
+                _conversation_user(
+                    client, endpoint, settings, prompt, u, level, t0, reporter, first_tag
+                )
                 for u in range(min(level.users, level.conversations))
             ]
         else:
@@ -214,8 +220,12 @@ def run_bench(
                     if workload.repeat > 1:
                         label += f"  repeat {repeat + 1}/{workload.repeat}"
                     reporter.run_started(label, level.num_requests)
+                    # Conversation tags: distinct for every level and repeat of this endpoint.
+                    first_tag = 1 + (index * workload.repeat + repeat) * level.conversations
                     records = asyncio.run(
-                        measure_level(target.endpoint, settings, level, workload.prompt, reporter)
+                        measure_level(
+                            target.endpoint, settings, level, workload.prompt, reporter, first_tag
+                        )
                     )
                     reporter.run_finished(records)
                     for r in records:

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from heron.bench.targets import free_port
+from heron.bench.workload import DEFAULT_PROMPT
 from heron.cli.main import app
 from tests.bench.conftest import FakeServer
 
@@ -78,3 +79,16 @@ def test_compare_alternates_and_records_failures(fake: FakeServer, tmp_path: Pat
     assert {r["endpoint"] for r in doc["ratios"]} == {"a", "dead"}
     assert "## Errors" in result.output
     assert not (tmp_path / "ttft.png").exists()
+
+
+def test_multi_turn_repeats_and_levels_never_replay_a_conversation(
+    fake: FakeServer, tmp_path: Path
+) -> None:
+    args = ["bench", "-e", f"a={fake.base_url}", "--model", "ok", "-w", "multi-turn",
+            "--users", "1,2", "--conversations", "2", "--turns", "2", "--repeat", "2",
+            "--warmup", "0", "--max-tokens", "2", "-o", str(tmp_path), "--no-plots"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    openings = [b["messages"][0]["content"] for b in fake.bodies if len(b["messages"]) == 1]
+    # 2 levels x 2 repeats x 2 conversations, each opened once with a tag of its own
+    assert sorted(openings) == sorted(f"[conversation {n}] {DEFAULT_PROMPT}" for n in range(1, 9))

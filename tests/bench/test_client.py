@@ -137,3 +137,15 @@ def test_multi_turn_appends_replies(fake: FakeServer) -> None:
     assert third[1]["content"] == "t1.0 t1.1 "  # the reply of turn 1
     assert third[3]["content"] == "t2.0 t2.1 "
     assert [r.prompt_tokens for r in records[:3]] == [7, 14, 21]
+
+
+def test_each_run_of_a_multi_turn_level_has_its_own_conversations(fake: FakeServer) -> None:
+    # A repeat that replayed earlier conversations would find every turn in a prefix cache.
+    ep = Endpoint("fake", fake.base_url)
+    level = Level(users=1, conversations=2, turns=1)
+    settings = RequestSettings(model="ok", max_tokens=2)
+    asyncio.run(measure_level(ep, settings, level, "hi", first_tag=3))
+    assert [b["messages"][0]["content"] for b in fake.bodies[-2:]] == [
+        "[conversation 3] hi",
+        "[conversation 4] hi",
+    ]
