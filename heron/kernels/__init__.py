@@ -24,7 +24,7 @@ from heron import env
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = ("quant.cpp", "packed.cpp", "attention.cpp", "ops.cpp", "layer.cpp")
+_SOURCES = ("quantize.cpp", "quant.cpp", "packed.cpp", "attention.cpp", "ops.cpp", "layer.cpp")
 _HEADERS = ("heron_cpu.h", "vec.h")
 _lock = threading.Lock()
 _module: ModuleType | None = None

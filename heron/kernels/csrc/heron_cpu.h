@@ -7,7 +7,7 @@
 
 namespace heron {
 
-// quant.cpp
+// quantize.cpp
 // Activations quantized per row and per block of 32 to int8: xq = round(x / dx), dx = amax / 127.
 struct QuantizedRows {
   at::Tensor q;    // [M, K] int8
@@ -17,12 +17,14 @@ struct QuantizedRows {
 };
 QuantizedRows quantize_rows(const at::Tensor& x);
 void check_linear_input(const at::Tensor& x, int64_t K);
+std::vector<at::Tensor> quantize_q4_1(const at::Tensor& w);
+std::vector<at::Tensor> quantize_q8_0(const at::Tensor& w);
+
+// quant.cpp
 at::Tensor linear_q4_1(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d,
                        const at::Tensor& m, const c10::optional<at::Tensor>& bias);
 at::Tensor linear_q8_0(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d,
                        const c10::optional<at::Tensor>& bias);
-std::vector<at::Tensor> quantize_q4_1(const at::Tensor& w);
-std::vector<at::Tensor> quantize_q8_0(const at::Tensor& w);
 bool has_avx2();
 
 // packed.cpp: the same linears on weights repacked 8 output rows at a time
