@@ -1,11 +1,24 @@
 // Heron's CPU kernels: declarations shared by the source files and the Python bindings.
 #pragma once
 
+#include <c10/util/Half.h>
+
 #include <torch/extension.h>
 
 #include <vector>
 
 namespace heron {
+
+// GGUF's quantization block: 32 weights share an fp16 scale (and, in q4_1, an fp16 minimum).
+constexpr int64_t QK = 32;
+
+inline float half_to_float(uint16_t h) {
+  c10::Half v;
+  v.x = h;
+  return static_cast<float>(v);
+}
+
+inline uint16_t float_to_half(float f) { return c10::Half(f).x; }
 
 // quantize.cpp
 // Activations quantized per row and per block of 32 to int8: xq = round(x / dx), dx = amax / 127.

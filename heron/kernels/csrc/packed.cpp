@@ -28,7 +28,6 @@
 namespace heron {
 namespace {
 
-constexpr int64_t QK = 32;
 constexpr int64_t kCols = 8;       // output rows per group
 constexpr int64_t kGroupGrain = 4;  // groups per parallel task, at least
 

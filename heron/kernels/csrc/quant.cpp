@@ -33,16 +33,6 @@
 namespace heron {
 namespace {
 
-constexpr int64_t QK = 32;
-
-inline float half_to_float(uint16_t h) {
-  c10::Half v;
-  v.x = h;
-  return static_cast<float>(v);
-}
-
-inline uint16_t float_to_half(float f) { return c10::Half(f).x; }
-
 #ifdef HERON_AVX2
 // Sums of the 8 int32 lanes of each of p0..p3, as [b0, b1, b2, b3 | b0, b1, b2, b3] halves:
 // a lane-wise float sum of both halves gives each block's dot product.

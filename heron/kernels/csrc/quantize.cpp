@@ -11,19 +11,6 @@
 #include "vec.h"
 
 namespace heron {
-namespace {
-
-constexpr int64_t QK = 32;
-
-inline float half_to_float(uint16_t h) {
-  c10::Half v;
-  v.x = h;
-  return static_cast<float>(v);
-}
-
-inline uint16_t float_to_half(float f) { return c10::Half(f).x; }
-
-}  // namespace
 
 QuantizedRows quantize_rows(const at::Tensor& x) {
   const int64_t M = x.size(0), K = x.size(1), nb = K / QK;
