@@ -368,7 +368,8 @@ def test_a_tail_needs_computed_rows_and_survives_a_forked_sibling() -> None:
     assert [b.block_id for b in kv.block_pool.tail_blocks.values()] == [3]
     assert refs(kv, [0, 1, 3]) == [1, 1, 0]
     kv.free("c")
-    kv.free("never-seen", tokens, 10)
+    kv.free("never-seen", tokens, 10)  # an unknown request offers nothing
+    assert [b.block_id for b in kv.block_pool.tail_blocks.values()] == [3]
 
 
 def test_a_tail_is_forgotten_when_evicted() -> None:

@@ -35,9 +35,7 @@ inline float softmax_(float* s, int64_t n) {
   // Eight running maxima, not one chain: the maximum is exact, so the order cannot change it.
   __m256 m8 = _mm256_set1_ps(mx);
   for (; i + 8 <= n; i += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(s + i));
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, m8);
-  for (float lane : lanes) mx = std::max(mx, lane);
+  mx = hmax8(m8);
 #endif
   for (; i < n; ++i) mx = std::max(mx, s[i]);
   float total = 0.f;

@@ -7,10 +7,57 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "vec.h"
 
 namespace heron {
+namespace {
+
+// One block of 32 activations: writes xq = round-half-even(x / dx) to dst and returns
+// (dx, sum(xq)), dx = amax / 127.
+inline std::pair<float, int32_t> quantize_block(const float* src, int8_t* dst) {
+#ifdef HERON_AVX2
+  // The same numbers as the scalar code: the maximum is exact in any order, x * inv is one
+  // rounded product either way, and vroundps's nearest-even is nearbyint's default rounding.
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  __m256 v[4];
+  __m256 mx = _mm256_setzero_ps();
+  for (int j = 0; j < 4; ++j) {
+    v[j] = _mm256_loadu_ps(src + 8 * j);
+    mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[j]));
+  }
+  const float d = hmax8(mx) / 127.f;
+  const __m256 inv = _mm256_set1_ps(d != 0.f ? 1.f / d : 0.f);
+  __m256i q[4];
+  for (int j = 0; j < 4; ++j)
+    q[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[j], inv),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  // The packs interleave 128-bit lanes; the permute puts the 32 bytes back in order.
+  const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]),
+                                           _mm256_packs_epi32(q[2], q[3]));
+  _mm256_storeu_si256(
+      reinterpret_cast<__m256i*>(dst),
+      _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  const __m256i total =
+      _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+  return {d, hsum8_epi32(total)};
+#else
+  float amax = 0.f;
+  for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(src[j]));
+  const float d = amax / 127.f;
+  const float inv = d != 0.f ? 1.f / d : 0.f;
+  int32_t sum = 0;
+  for (int j = 0; j < QK; ++j) {
+    const int q = static_cast<int>(std::nearbyint(src[j] * inv));
+    dst[j] = static_cast<int8_t>(q);
+    sum += q;
+  }
+  return {d, sum};
+#endif
+}
+
+}  // namespace
 
 QuantizedRows quantize_rows(const at::Tensor& x) {
   const int64_t M = x.size(0), K = x.size(1), nb = K / QK;
@@ -24,56 +71,7 @@ QuantizedRows quantize_rows(const at::Tensor& x) {
   const int64_t grain = M * K > (1 << 16) ? 1 : M;
   at::parallel_for(0, M * nb, grain * nb, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const float* src = xp + i * QK;
-      int8_t* dst = qp + i * QK;
-#ifdef HERON_AVX2
-      // The same numbers as the scalar loop below: the maximum is exact in any order,
-      // src * inv is one rounded product either way, and vroundps's nearest-even is
-      // nearbyint's default rounding.
-      {
-        const __m256 sign = _mm256_set1_ps(-0.f);
-        __m256 v[4];
-        __m256 mx = _mm256_setzero_ps();
-        for (int j = 0; j < 4; ++j) {
-          v[j] = _mm256_loadu_ps(src + 8 * j);
-          mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[j]));
-        }
-        alignas(32) float lanes[8];
-        _mm256_store_ps(lanes, mx);
-        float amax = 0.f;
-        for (float lane : lanes) amax = std::max(amax, lane);
-        const float d = amax / 127.f;
-        const float inv = d != 0.f ? 1.f / d : 0.f;
-        __m256i q[4];
-        for (int j = 0; j < 4; ++j)
-          q[j] = _mm256_cvtps_epi32(_mm256_round_ps(
-              _mm256_mul_ps(v[j], _mm256_set1_ps(inv)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        // packs interleave 128-bit lanes; the permute puts the 32 bytes back in order.
-        const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]),
-                                                 _mm256_packs_epi32(q[2], q[3]));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
-                            _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
-        const __m256i total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-        alignas(32) int32_t parts[8];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(parts), total);
-        int sum = 0;
-        for (int32_t part : parts) sum += part;
-        dp[i] = d;
-        sp[i] = d * static_cast<float>(sum);
-        ip[i] = sum;
-        continue;
-      }
-#endif
-      float amax = 0.f;
-      for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(src[j]));
-      const float d = amax / 127.f;
-      const float inv = d != 0.f ? 1.f / d : 0.f;
-      int sum = 0;
-      for (int j = 0; j < QK; ++j) {
-        const int q = static_cast<int>(std::nearbyint(src[j] * inv));
-        dst[j] = static_cast<int8_t>(q);
-        sum += q;
-      }
+      const auto [d, sum] = quantize_block(xp + i * QK, qp + i * QK);
       dp[i] = d;
       sp[i] = d * static_cast<float>(sum);
       ip[i] = sum;
