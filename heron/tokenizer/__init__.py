@@ -1,8 +1,7 @@
-"""Tokenization for Heron: GGUF and HF vocabularies, chat templates, streaming decode."""
+"""Tokenization for Heron: GGUF and HF vocabularies, special tokens, streaming decode."""
 
 from __future__ import annotations
 
-from heron.tokenizer.chat_template import render_chat_template
 from heron.tokenizer.detokenizer import IncrementalDetokenizer
 from heron.tokenizer.gguf_vocab import GGUFVocab, build_gguf_vocab
 from heron.tokenizer.tokenizer import Tokenizer
@@ -12,5 +11,4 @@ __all__ = [
     "IncrementalDetokenizer",
     "Tokenizer",
     "build_gguf_vocab",
-    "render_chat_template",
 ]

@@ -12,13 +12,11 @@ from typing import Any
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 
-from heron.tokenizer.chat_template import render_chat_template
 from heron.tokenizer.gguf_vocab import EOT_LIKE_TOKENS, build_gguf_vocab
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATE = "default"
-TOOL_USE_TEMPLATE = "tool_use"
+DEFAULT_TEMPLATE = "default"  # the name of the checkpoint's main chat template
 
 
 def _token_text(value: Any) -> str | None:
@@ -67,7 +65,8 @@ def _hf_chat_templates(path: Path, config: Mapping[str, Any]) -> dict[str, str]:
 
 
 class Tokenizer:
-    """Text <-> token ids, special tokens and chat templates for one model.
+    """Text <-> token ids and special tokens for one model, plus the chat template sources its
+    checkpoint ships (`heron.prompt.ChatRenderer` renders them).
 
     Build with `from_gguf_metadata` or `from_hf_dir`. Thread-safe for concurrent encode/decode
     (the underlying `tokenizers.Tokenizer` is immutable after construction).
@@ -94,10 +93,9 @@ class Tokenizer:
         eos = {eos_token_id} if eos_token_id is not None else set()
         self._eos_token_ids = frozenset(eos | set(extra_eos_token_ids))
         self._chat_templates = dict(chat_templates or {})
-        self._go_template: str | None = None  # a Modelfile TEMPLATE in Go syntax
         added = backend.get_added_tokens_decoder()
         self._all_special_ids = frozenset(i for i, t in added.items() if t.special)
-        # Whether plain encoding starts with bos: decides if encode_chat must add it.
+        # Whether plain encoding starts with bos: decides if a rendered prompt must get it.
         plain = backend.encode("", add_special_tokens=True).ids
         self.add_bos_token = bos_token_id is not None and plain[:1] == [bos_token_id]
 
@@ -233,7 +231,20 @@ class Tokenizer:
     def _text(self, token_id: int | None) -> str | None:
         return self.id_to_token(token_id) if token_id is not None else None
 
-    # Chat templates.
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        """Texts of the bos, eos, pad and unk tokens the model has, keyed as chat templates
+        name them (`bos_token`, ...)."""
+        ids = {
+            "bos_token": self._bos_token_id,
+            "eos_token": self._eos_token_id,
+            "pad_token": self.pad_token_id,
+            "unk_token": self.unk_token_id,
+        }
+        texts = {name: self._text(token_id) for name, token_id in ids.items()}
+        return {name: text for name, text in texts.items() if text is not None}
+
+    # The checkpoint's chat templates (sources only; heron.prompt renders them).
 
     @property
     def chat_template(self) -> str | None:
@@ -244,87 +255,6 @@ class Tokenizer:
     def chat_templates(self) -> dict[str, str]:
         """All templates by name ("default", and e.g. "tool_use")."""
         return dict(self._chat_templates)
-
-    def override_chat_template(self, source: str) -> None:
-        """Replace the default chat template (mutates this tokenizer). ``source`` is Jinja, as
-        in HF checkpoints, or a Modelfile TEMPLATE in Go template syntax, rendered with the
-        data a Modelfile template expects (.System, .Prompt, .Messages, ...)."""
-        from heron.tokenizer.gotemplate import GoTemplate, is_go_template
-
-        if is_go_template(source):
-            GoTemplate(source)  # parse now, so a broken template fails at load
-            self._go_template = source
-        else:
-            self._go_template = None
-            self._chat_templates[DEFAULT_TEMPLATE] = source
-
-    def apply_chat_template(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        add_generation_prompt: bool = True,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        **kwargs: Any,
-    ) -> str:
-        """Render the conversation to prompt text with the model's chat template.
-
-        With `tools` and a "tool_use" template, that template is used; `template_name` picks one
-        explicitly. Extra kwargs become template variables. Raises ValueError if the model has no
-        chat template or the template fails.
-        """
-        name = kwargs.pop("template_name", None)
-        if name is None and self._go_template is not None:
-            from heron.tokenizer.gotemplate import render_ollama_prompt
-
-            conversation = [dict(m) for m in messages]
-            tool_list = [dict(t) for t in tools] if tools else None
-            return render_ollama_prompt(self._go_template, conversation, tool_list)
-        if name is None:
-            has_tool_template = TOOL_USE_TEMPLATE in self._chat_templates
-            name = TOOL_USE_TEMPLATE if tools and has_tool_template else DEFAULT_TEMPLATE
-        source = self._chat_templates.get(name)
-        if source is None:
-            if not self._chat_templates:
-                raise ValueError(
-                    "this model has no chat template; send a plain-text prompt, or supply a "
-                    "chat template"
-                )
-            raise ValueError(
-                f"no chat template named {name!r}; have {sorted(self._chat_templates)}"
-            )
-        specials = {
-            "bos_token": self._text(self._bos_token_id),
-            "eos_token": self._text(self._eos_token_id),
-            "pad_token": self._text(self.pad_token_id),
-            "unk_token": self._text(self.unk_token_id),
-        }
-        return render_chat_template(
-            source,
-            messages,
-            add_generation_prompt=add_generation_prompt,
-            tools=tools,
-            special_tokens={k: v for k, v in specials.items() if v is not None},
-            **kwargs,
-        )
-
-    def encode_chat(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        add_generation_prompt: bool = True,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        **kwargs: Any,
-    ) -> list[int]:
-        """Token ids of the rendered conversation.
-
-        The rendered text is encoded without the tokenizer's bos/eos because templates write
-        bos themselves when they want it. If the model adds bos to plain text but the template
-        did not write it, bos is prepended once, so the prompt never lacks or doubles bos.
-        """
-        text = self.apply_chat_template(messages, add_generation_prompt, tools, **kwargs)
-        ids = self.encode(text, add_special_tokens=False)
-        bos = self._bos_token_id
-        if self.add_bos_token and bos is not None and ids[:1] != [bos]:
-            ids.insert(0, bos)
-        return ids
 
     def __repr__(self) -> str:
         return (

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from heron import LLM, SamplingParams
+from heron.prompt import ChatRenderer
 from tests.server.conftest import ServerProcess, free_port, running_server
 
 API_KEY = "cli-test-key"
@@ -107,6 +108,6 @@ def offline_llm() -> LLM:
 
 def greedy(llm: LLM, messages: list[dict[str, str]], max_tokens: int) -> str:
     """What the server must answer with temperature 0 and ``num_predict`` = ``max_tokens``."""
-    ids = llm.get_tokenizer().encode_chat(messages)
+    ids = ChatRenderer(llm.get_tokenizer()).encode(messages)
     params = SamplingParams(temperature=0, max_tokens=max_tokens)
     return llm.generate({"prompt_token_ids": ids}, params)[0].outputs[0].text

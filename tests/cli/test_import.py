@@ -17,8 +17,8 @@ import pytest
 from heron import LLM, SamplingParams
 from heron.engine.llm import PromptType, TokensPrompt
 from heron.packaged import find_packaged_model
+from heron.prompt.gotemplate import render_ollama_prompt
 from heron.store.store import ModelStore
-from heron.tokenizer.gotemplate import render_ollama_prompt
 from tests.server.conftest import running_server
 
 CHATML = (

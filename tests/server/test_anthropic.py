@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from heron import LLM, SamplingParams
+from heron.prompt import ChatRenderer
 from tests.server.conftest import ServerProcess
 
 GREEDY = {"temperature": 0}  # the client no longer has a temperature argument
@@ -87,7 +88,7 @@ def test_greedy_message_matches_offline_chat(client: anthropic.Anthropic, offlin
     assert msg.stop_reason == {"stop": "end_turn", "length": "max_tokens"}[out.finish_reason or ""]
     assert msg.stop_sequence is None
 
-    prompt_ids = offline_llm.engine.tokenizer.encode_chat(conversation)
+    prompt_ids = ChatRenderer(offline_llm.engine.tokenizer).encode(conversation)
     usage = msg.usage
     assert usage.input_tokens + (usage.cache_read_input_tokens or 0) == len(prompt_ids)
     assert usage.input_tokens >= 1
@@ -195,7 +196,9 @@ def test_count_tokens(client: anthropic.Anthropic, offline_llm: LLM) -> None:
         system=SYSTEM,
         messages=CONVERSATION,  # type: ignore[arg-type]
     )
-    expected = offline_llm.engine.tokenizer.encode_chat(template_messages(SYSTEM, CONVERSATION))
+    expected = ChatRenderer(offline_llm.engine.tokenizer).encode(
+        template_messages(SYSTEM, CONVERSATION)
+    )
     assert counted.input_tokens == len(expected)
     msg = client.messages.create(
         model="smollm2",

@@ -17,6 +17,7 @@ import pytest
 import heron
 from heron import LLM, SamplingParams
 from heron.packaged import find_packaged_model
+from heron.prompt import ChatRenderer
 from tests.server.conftest import ServerProcess
 
 PROMPT = "Why is the sky blue?"
@@ -135,7 +136,7 @@ def test_ps_follows_keep_alive(server: ServerProcess, client: ollama.Client) -> 
 # ------------------------------------------------------------------------ generation
 def test_generate_non_streaming(client: ollama.Client, offline_llm: LLM) -> None:
     tok = offline_llm.get_tokenizer()
-    prompt_ids = tok.encode_chat(user(PROMPT))
+    prompt_ids = ChatRenderer(tok).encode(user(PROMPT))
     r = client.generate(
         model="smollm2", prompt=PROMPT, options={"temperature": 0, "num_predict": 8}
     )
@@ -168,7 +169,7 @@ def test_generate_streaming_ndjson(server: ServerProcess) -> None:
 
 def test_chat_streaming_and_not(client: ollama.Client, offline_llm: LLM) -> None:
     messages = [{"role": "system", "content": "You are terse."}, *user("Name a colour.")]
-    num_prompt = len(offline_llm.get_tokenizer().encode_chat(messages))
+    num_prompt = len(ChatRenderer(offline_llm.get_tokenizer()).encode(messages))
     parts = list(client.chat(model="smollm2", messages=messages, options=GREEDY, stream=True))
     *chunks, final = parts
     assert all(not p.done and p.message.role == "assistant" for p in chunks)
@@ -184,7 +185,9 @@ def test_greedy_matches_offline_llm(client: ollama.Client, offline_llm: LLM) -> 
     params = SamplingParams(temperature=0, max_tokens=16)
     tok = offline_llm.get_tokenizer()
     messages = user("Write a haiku about herons.")
-    expected = offline_llm.generate({"prompt_token_ids": tok.encode_chat(messages)}, params)
+    expected = offline_llm.generate(
+        {"prompt_token_ids": ChatRenderer(tok).encode(messages)}, params
+    )
     chat = client.chat(
         model="smollm2", messages=messages, options={"temperature": 0, "num_predict": 16}
     )
@@ -206,11 +209,11 @@ def test_debug_render_only(server: ServerProcess, offline_llm: LLM) -> None:
     body = {"model": "smollm2", "system": "Be brief.", "prompt": PROMPT, "_debug_render_only": True}
     r = post(server, "/api/generate", body).json()
     messages = [{"role": "system", "content": "Be brief."}, *user(PROMPT)]
-    assert r["debug_info"]["rendered_template"] == tok.apply_chat_template(messages)
+    assert r["debug_info"]["rendered_template"] == ChatRenderer(tok).render(messages)
     assert r["done"] is False and "eval_count" not in r
     body = {"model": "smollm2", "messages": messages, "_debug_render_only": True}
     r = post(server, "/api/chat", body).json()
-    assert r["debug_info"]["rendered_template"] == tok.apply_chat_template(messages)
+    assert r["debug_info"]["rendered_template"] == ChatRenderer(tok).render(messages)
 
 
 def test_stop_option_and_num_predict(client: ollama.Client) -> None:
@@ -231,7 +234,7 @@ def test_context_continues_a_conversation(client: ollama.Client, offline_llm: LL
     second = client.generate(
         model="smollm2", prompt="What is my name?", context=first.context, options=GREEDY
     )
-    follow_up = offline_llm.get_tokenizer().encode_chat(user("What is my name?"))
+    follow_up = ChatRenderer(offline_llm.get_tokenizer()).encode(user("What is my name?"))
     assert second.prompt_eval_count == len(first.context) + len(follow_up)
     assert second.context is not None and list(second.context[: len(first.context)]) == list(
         first.context

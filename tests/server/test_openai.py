@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from heron import LLM, SamplingParams
+from heron.prompt import ChatRenderer
 from tests.server.conftest import ServerProcess, running_server
 
 MODEL = "smollm2"
@@ -94,7 +95,7 @@ def test_chat_greedy_matches_offline(
     usage = resp.usage
     assert usage is not None
     tok = offline_llm.get_tokenizer()
-    assert usage.prompt_tokens == len(tok.encode_chat(MESSAGES))
+    assert usage.prompt_tokens == len(ChatRenderer(tok).encode(MESSAGES))
     assert usage.completion_tokens == len(expected.token_ids)
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
@@ -122,7 +123,8 @@ def test_chat_text_parts_and_developer_role(client: openai.OpenAI, offline_llm: 
     ]
     assert resp.choices[0].message.content == offline_llm.chat(flat, greedy(8))[0].outputs[0].text
     tok = offline_llm.get_tokenizer()
-    assert resp.usage is not None and resp.usage.prompt_tokens == len(tok.encode_chat(flat))
+    num_prompt = len(ChatRenderer(tok).encode(flat))
+    assert resp.usage is not None and resp.usage.prompt_tokens == num_prompt
 
 
 def test_chat_stream_with_usage(client: openai.OpenAI, offline_llm: LLM) -> None:
@@ -148,7 +150,9 @@ def test_chat_stream_with_usage(client: openai.OpenAI, offline_llm: LLM) -> None
     assert finishes == [expected.finish_reason]
     assert content[-1].choices[0].finish_reason is not None  # on the last chunk of the choice
     assert last.usage.completion_tokens == len(expected.token_ids)
-    assert last.usage.prompt_tokens == len(offline_llm.get_tokenizer().encode_chat(MESSAGES))
+    assert last.usage.prompt_tokens == len(
+        ChatRenderer(offline_llm.get_tokenizer()).encode(MESSAGES)
+    )
 
 
 def test_chat_stream_wire_format(server: ServerProcess) -> None:

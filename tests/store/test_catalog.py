@@ -146,8 +146,8 @@ def test_member_lying_about_its_size_is_cut_off() -> None:
 def test_gemma3_gets_a_turn_template() -> None:
     """The packaged Gemma 3 GGUF has no chat template; the catalog adds Gemma's turn format
     (system prompt folded into the first user turn, `model` for the assistant)."""
+    from heron.prompt.gotemplate import render_ollama_prompt
     from heron.store.catalog import GEMMA_TURNS
-    from heron.tokenizer.gotemplate import render_ollama_prompt
 
     chat = [
         {"role": "system", "content": "Be brief."},

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from heron.prompt import ChatRenderer
 from heron.tokenizer import Tokenizer
 from heron.tokenizer.gguf_vocab import PRE_TOKENIZER_SPLITS
 
@@ -96,12 +97,13 @@ def test_chat_template_matches_transformers(
     conversation: list[dict[str, str]],
     add_generation_prompt: bool,
 ) -> None:
-    ours = smollm2.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt)
+    renderer = ChatRenderer(smollm2)
+    ours = renderer.render(conversation, add_generation_prompt=add_generation_prompt)
     theirs = hf_smollm2.apply_chat_template(
         conversation, tokenize=False, add_generation_prompt=add_generation_prompt
     )
     assert ours == theirs
-    ids = smollm2.encode_chat(conversation, add_generation_prompt=add_generation_prompt)
+    ids = renderer.encode(conversation, add_generation_prompt=add_generation_prompt)
     assert ids == hf_smollm2.encode(theirs, add_special_tokens=False)
     assert ids.count(1) == theirs.count("<|im_start|>")  # bos is <|im_start|>: never doubled
 

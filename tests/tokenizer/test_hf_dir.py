@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from heron.prompt import ChatRenderer
 from heron.tokenizer import Tokenizer
 
 from .helpers import spm_metadata
@@ -28,7 +29,7 @@ def test_saved_transformers_tokenizer_matches_gguf(
     for text in ["Hello 12345 😀 你好", "<|im_start|>user\nhi<|im_end|>", "  x\n\n"]:
         assert tok.encode(text) == smollm2.encode(text)
     assert tok.chat_template == smollm2.chat_template
-    assert tok.encode_chat(MESSAGES) == smollm2.encode_chat(MESSAGES)
+    assert ChatRenderer(tok).encode(MESSAGES) == ChatRenderer(smollm2).encode(MESSAGES)
 
 
 def write_dir(path: Path, config: dict[str, Any], **files: Any) -> Path:
@@ -64,8 +65,8 @@ def test_config_fields(tmp_path: Path) -> None:
     assert tok.token_to_id("<tool>") == 304 and 304 in tok.all_special_ids
     assert tok.token_to_id("<think>") == 305 and 305 not in tok.all_special_ids
     assert tok.encode("a<tool>b", add_special_tokens=False)[1] == 304
-    assert tok.apply_chat_template(MESSAGES) == "D<s>hi"
-    assert tok.apply_chat_template(MESSAGES, tools=[{}]) == "T1"
+    assert ChatRenderer(tok).render(MESSAGES) == "D<s>hi"
+    assert ChatRenderer(tok).render(MESSAGES, tools=[{}]) == "T1"
     assert tok.chat_templates.keys() == {"default", "tool_use"}
 
 
@@ -77,10 +78,10 @@ def test_chat_template_jinja_file_wins(tmp_path: Path) -> None:
     }
     tok = Tokenizer.from_hf_dir(write_dir(tmp_path, config, **files))
     assert tok.chat_template == "new {{ eos_token }}"
-    assert tok.apply_chat_template(MESSAGES) == "new </s>"
-    assert tok.apply_chat_template(MESSAGES, template_name="rag") == "rag"
+    assert ChatRenderer(tok).render(MESSAGES) == "new </s>"
+    assert ChatRenderer(tok).render(MESSAGES, template_name="rag") == "rag"
     with pytest.raises(ValueError, match="no chat template named 'nope'"):
-        tok.apply_chat_template(MESSAGES, template_name="nope")
+        ChatRenderer(tok).render(MESSAGES, template_name="nope")
 
 
 def test_missing_tokenizer_json(tmp_path: Path) -> None:

@@ -1,91 +1,34 @@
-"""Parser of Heron's Go text/template interpreter (see `gotemplate.py`): the syntax tree,
-the lexer (trim markers, comments, string/number/char literals) and a recursive-descent parser
-that checks variables, functions, `break`/`continue` placement and the nesting cap."""
+"""Parser of Heron's Go text/template interpreter (see `interpreter.py`): the lexer (trim
+markers, comments, string/number/char literals) and a recursive-descent parser that checks
+variables, functions, `break`/`continue` placement and the nesting cap."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
-from .gotemplate_funcs import FUNCS, TemplateError
+from .funcs import FUNCS
+from .nodes import (
+    Action,
+    Arg,
+    Branch,
+    Cmd,
+    Field,
+    Func,
+    Jump,
+    Lit,
+    Node,
+    Pipe,
+    Range,
+    Sub,
+    Text,
+    Var,
+)
+from .values import TemplateError
 
 MAX_DEPTH = 100  # nested control structures and parentheses
 
 
-@dataclass(frozen=True, slots=True)
-class Field:  # .A.B on dot; no names is dot itself
-    names: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Var:  # $x.A.B
-    name: str
-    names: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Lit:  # string, number, bool; None is `nil`
-    value: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Func:
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Sub:  # (pipeline).A.B
-    pipe: Pipe
-    names: tuple[str, ...]
-
-
-Arg: TypeAlias = "Field | Var | Lit | Func | Sub"
-
-
-@dataclass(frozen=True, slots=True)
-class Cmd:
-    args: tuple[Arg, ...]
-    pos: int
-
-
-@dataclass(frozen=True, slots=True)
-class Pipe:
-    decl: tuple[str, ...]  # declared or assigned variables
-    assign: bool  # `=` rather than `:=`
-    cmds: tuple[Cmd, ...]
-    pos: int
-
-
-@dataclass(frozen=True, slots=True)
-class Text:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Action:
-    pipe: Pipe
-
-
-@dataclass(frozen=True, slots=True)
-class Branch:  # if/with, each `else if`/`else with` one more arm: (kind, pipe, body)
-    arms: tuple[tuple[str, Pipe, tuple[Node, ...]], ...]
-    orelse: tuple[Node, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Range:
-    pipe: Pipe
-    body: tuple[Node, ...]
-    orelse: tuple[Node, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Jump:  # break / continue
-    kind: str
-
-
-Node: TypeAlias = "Text | Action | Branch | Range | Jump"
 # (kind, value, position, preceded by space); kinds: lit (with its Python value), field, var,
 # dot, ident (function), kw (keyword), the punctuation ( ) | , := = themselves, eoa (end)
 Token = tuple[str, Any, int, bool]

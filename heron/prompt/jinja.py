@@ -21,9 +21,10 @@ from typing import Any, NoReturn
 
 import jinja2
 from jinja2 import nodes
+from jinja2.exceptions import SecurityError
 from jinja2.ext import Extension, loopcontrols
 from jinja2.parser import Parser
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 MAX_OUTPUT_CHARS = 4 * 1024 * 1024  # 4 MiB of text: far beyond any real prompt template
 MAX_VALUE_LEN = 1024 * 1024  # longest string/list one `*` or `+` may build

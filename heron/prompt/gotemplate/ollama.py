@@ -1,4 +1,5 @@
-"""Ollama's template data: chat messages and tools as the Go structs its templates see.
+"""Modelfile TEMPLATEs rendered as Ollama renders them (`render_ollama_prompt`), and the
+template data: chat messages and tools as the Go structs Ollama's templates see.
 
 Messages become records with `Role`, `Content`, `Thinking`, `Images`, `ToolCalls`, `ToolName`
 and `ToolCallID`; a tool call has `ID` and `Function` (`Index`, `Name`, `Arguments`); a tool
@@ -13,7 +14,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .gotemplate_funcs import MAX_VALUE_DEPTH, JSONList, OrderedMap, Record, TemplateError
+from .interpreter import MAX_OUTPUT_BYTES, GoTemplate, render_nodes
+from .nodes import Action, Branch, Cmd, Field, Node, Pipe, Range, Sub
+from .values import MAX_VALUE_DEPTH, JSONList, OrderedMap, Record, TemplateError, byte_len
 
 
 def _text(value: Any, what: str) -> str:
@@ -216,3 +219,77 @@ def _tool(value: Any) -> Record:
 def tools_value(tools: list[dict[str, Any]] | None) -> JSONList:
     """`.Tools`: the request's tools (OpenAI/Ollama `{"type", "function"}` objects)."""
     return JSONList(_tool(t) for t in _list(tools, "tools"))
+
+
+def _mentions_response(pipe: Pipe) -> bool:
+    for cmd in pipe.cmds:
+        for arg in cmd.args:
+            if isinstance(arg, Field) and "Response" in arg.names:
+                return True
+            if isinstance(arg, Sub) and _mentions_response(arg.pipe):
+                return True
+    return False
+
+
+def _cut_after_response(nodes: tuple[Node, ...]) -> tuple[tuple[Node, ...], bool]:
+    """Drop everything after the first action printing `.Response` (bodies searched in order,
+    conditions not), for the turn being generated; returns (nodes, whether it was found)."""
+    kept: list[Node] = []
+    for node in nodes:
+        if isinstance(node, Action) and _mentions_response(node.pipe):
+            return (*kept, node), True
+        if isinstance(node, Branch):
+            arms: list[tuple[str, Pipe, tuple[Node, ...]]] = []
+            for kind, pipe, body in node.arms:
+                body, cut = _cut_after_response(body)
+                arms.append((kind, pipe, body))
+                if cut:
+                    return (*kept, Branch(tuple(arms), ())), True
+            orelse, cut = _cut_after_response(node.orelse)
+            node = Branch(tuple(arms), orelse)
+        elif isinstance(node, Range):
+            body, cut = _cut_after_response(node.body)
+            orelse, cut_else = _cut_after_response(() if cut else node.orelse)
+            node, cut = Range(node.pipe, body, orelse), cut or cut_else
+        else:
+            cut = False
+        kept.append(node)
+        if cut:
+            return tuple(kept), True
+    return tuple(kept), False
+
+
+_RESPONSE = Action(Pipe((), False, (Cmd((Field(("Response",)),), 0),), 0))
+
+
+def render_ollama_prompt(
+    template: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> str:
+    """The prompt for the next assistant turn of `messages`, rendered as Ollama would.
+
+    A template that mentions `.Messages` is rendered once with `System` (every system message,
+    joined by blank lines), `Messages` (consecutive same-role messages merged; records with
+    `Role`, `Content`, `ToolCalls`, ...) and `Tools`. Any other (legacy) template is rendered
+    once per user turn with `System`, `Prompt` and `Response` (`{{ .Response }}` appended if it
+    does not print it) and the results joined; the last turn is cut just after its Response.
+    """
+    tmpl = GoTemplate(template)
+    names = tmpl.identifiers()
+    system, chat = collate(messages)
+    if "messages" in names or "document" in names:
+        data: dict[str, Any] = {"System": system, "Messages": [message_record(m) for m in chat]}
+        data |= {"Tools": tools_value(tools), "Response": "", "Think": False}
+        data |= {"IsThinkSet": False, "Query": "", "Document": "", "Instruction": ""}
+        return tmpl.render(data)
+    nodes = tmpl.nodes if "response" in names else (*tmpl.nodes, _RESPONSE)
+    turns = legacy_turns(chat)
+    parts: list[str] = []
+    for i, (turn_system, prompt, response) in enumerate(turns):
+        data = {"System": turn_system, "Prompt": prompt, "Response": response}
+        data |= {"Think": False, "IsThinkSet": False}
+        last = i == len(turns) - 1
+        parts.append(render_nodes(template, _cut_after_response(nodes)[0] if last else nodes, data))
+    out = "".join(parts)
+    if byte_len(out) > MAX_OUTPUT_BYTES:
+        raise TemplateError(f"template output longer than {MAX_OUTPUT_BYTES} bytes")
+    return out

@@ -1,17 +1,8 @@
-"""Render Ollama-style Go text/template prompt templates (a Modelfile's `TEMPLATE`) safely.
+"""Heron's interpreter for Go text/template: executes what `parse.py` builds.
 
-Heron's own interpreter for the subset of Go's text/template that model templates use: text,
-`{{ pipeline }}` actions with `{{-`/`-}}` whitespace trimming, `{{/* comments */}}`, fields
-(`.A.B`, `$.A`, `$x.A`, `(pipeline).A`), variables (`$x := ...`, `$x = ...`), `if`/`else if`/
-`else`, `with`/`else with`/`else`, `range` (lists, maps in key order, ints; `else`, `break`,
-`continue`), pipes, parenthesised pipelines, literals, and the functions of
-`gotemplate_funcs.FUNCS` plus `and`/`or` (lazy, as Go evaluates them). `define`, `template`
-and `block` are refused at parse time.
-
-Templates come from model files, so they are untrusted: data is reached only through dict keys,
-list indices and `Record` fields, and the source (64 KiB), output (1 MiB), loop iterations
-(100,000 per render), nesting (100) and evaluation steps are capped. Every failure, syntax or
-runtime, is a `TemplateError` (a ValueError) naming the line and column.
+The package docstring (`heron/prompt/gotemplate/__init__.py`) lists the supported syntax and
+the caps. Every failure, syntax or runtime, is a `TemplateError` (a ValueError) naming the line
+and column.
 """
 
 from __future__ import annotations
@@ -20,8 +11,10 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .gotemplate_funcs import (
-    FUNCS,
+from .funcs import FUNCS
+from .nodes import Action, Arg, Branch, Cmd, Field, Func, Lit, Node, Pipe, Range, Sub, Text, Var
+from .parse import error_at, parse
+from .values import (
     MAX_STRING_BYTES,
     OrderedMap,
     Record,
@@ -31,36 +24,6 @@ from .gotemplate_funcs import (
     sprint_value,
     truth,
 )
-from .gotemplate_ollama import collate, legacy_turns, message_record, tools_value
-from .gotemplate_parse import (
-    MAX_DEPTH,
-    Action,
-    Arg,
-    Branch,
-    Cmd,
-    Field,
-    Func,
-    Lit,
-    Node,
-    Pipe,
-    Range,
-    Sub,
-    Text,
-    Var,
-    error_at,
-    parse,
-)
-
-__all__ = [
-    "MAX_DEPTH",
-    "MAX_ITERATIONS",
-    "MAX_OUTPUT_BYTES",
-    "MAX_SOURCE_BYTES",
-    "GoTemplate",
-    "TemplateError",
-    "is_go_template",
-    "render_ollama_prompt",
-]
 
 MAX_SOURCE_BYTES = 64 * 1024
 MAX_OUTPUT_BYTES = MAX_STRING_BYTES
@@ -185,7 +148,7 @@ class _Exec:
         return value
 
     def var(self, name: str, pos: int) -> list[Any]:
-        for entry in reversed(self.vars):
+        for entry in self.vars[::-1]:
             if entry[0] == name:
                 return entry
         raise error_at(self.source, pos, f"undefined variable {name!r}")
@@ -244,7 +207,8 @@ class _Exec:
             raise error_at(self.source, pos, f"error calling {name}: {exc}") from None
 
 
-def _render(source: str, nodes: tuple[Node, ...], data: Any) -> str:
+def render_nodes(source: str, nodes: tuple[Node, ...], data: Any) -> str:
+    """Execute parsed `nodes` of `source` (for error positions) with `data` as dot and `$`."""
     run = _Exec(source, data)
     try:
         run.walk(nodes, data)
@@ -276,96 +240,22 @@ def _names(nodes: Iterable[Node | Pipe | Arg]) -> Iterator[str]:
 class GoTemplate:
     """A parsed Go template; `render` may be called any number of times (it keeps no state)."""
 
-    __slots__ = ("source", "_nodes")
+    __slots__ = ("source", "nodes")
 
     def __init__(self, source: str) -> None:
         if byte_len(source) > MAX_SOURCE_BYTES:
             raise TemplateError(f"template source longer than {MAX_SOURCE_BYTES} bytes")
         self.source = source
-        self._nodes = parse(source)
+        self.nodes = parse(source)
 
     def render(self, data: dict[str, Any]) -> str:
         """Execute with `data` as dot and `$`; missing map keys print as `<no value>`."""
-        return _render(self.source, self._nodes, data)
+        return render_nodes(self.source, self.nodes, data)
 
     def identifiers(self) -> set[str]:
         """Field and variable names the template mentions, lower-cased (`$.Messages` gives
         `$` and `messages`); Ollama picks its data model from these."""
-        return {name.lower() for name in _names(self._nodes)}
-
-
-def _mentions_response(pipe: Pipe) -> bool:
-    for cmd in pipe.cmds:
-        for arg in cmd.args:
-            if isinstance(arg, Field) and "Response" in arg.names:
-                return True
-            if isinstance(arg, Sub) and _mentions_response(arg.pipe):
-                return True
-    return False
-
-
-def _cut_after_response(nodes: tuple[Node, ...]) -> tuple[tuple[Node, ...], bool]:
-    """Drop everything after the first action printing `.Response` (bodies searched in order,
-    conditions not), for the turn being generated; returns (nodes, whether it was found)."""
-    kept: list[Node] = []
-    for node in nodes:
-        if isinstance(node, Action) and _mentions_response(node.pipe):
-            return (*kept, node), True
-        if isinstance(node, Branch):
-            arms: list[tuple[str, Pipe, tuple[Node, ...]]] = []
-            for kind, pipe, body in node.arms:
-                body, cut = _cut_after_response(body)
-                arms.append((kind, pipe, body))
-                if cut:
-                    return (*kept, Branch(tuple(arms), ())), True
-            orelse, cut = _cut_after_response(node.orelse)
-            node = Branch(tuple(arms), orelse)
-        elif isinstance(node, Range):
-            body, cut = _cut_after_response(node.body)
-            orelse, cut_else = _cut_after_response(() if cut else node.orelse)
-            node, cut = Range(node.pipe, body, orelse), cut or cut_else
-        else:
-            cut = False
-        kept.append(node)
-        if cut:
-            return tuple(kept), True
-    return tuple(kept), False
-
-
-_RESPONSE = Action(Pipe((), False, (Cmd((Field(("Response",)),), 0),), 0))
-
-
-def render_ollama_prompt(
-    template: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
-) -> str:
-    """The prompt for the next assistant turn of `messages`, rendered as Ollama would.
-
-    A template that mentions `.Messages` is rendered once with `System` (every system message,
-    joined by blank lines), `Messages` (consecutive same-role messages merged; records with
-    `Role`, `Content`, `ToolCalls`, ...) and `Tools`. Any other (legacy) template is rendered
-    once per user turn with `System`, `Prompt` and `Response` (`{{ .Response }}` appended if it
-    does not print it) and the results joined; the last turn is cut just after its Response.
-    """
-    tmpl = GoTemplate(template)
-    names = tmpl.identifiers()
-    system, chat = collate(messages)
-    if "messages" in names or "document" in names:
-        data: dict[str, Any] = {"System": system, "Messages": [message_record(m) for m in chat]}
-        data |= {"Tools": tools_value(tools), "Response": "", "Think": False}
-        data |= {"IsThinkSet": False, "Query": "", "Document": "", "Instruction": ""}
-        return tmpl.render(data)
-    nodes = tmpl._nodes if "response" in names else (*tmpl._nodes, _RESPONSE)
-    turns = legacy_turns(chat)
-    parts: list[str] = []
-    for i, (turn_system, prompt, response) in enumerate(turns):
-        data = {"System": turn_system, "Prompt": prompt, "Response": response}
-        data |= {"Think": False, "IsThinkSet": False}
-        last = i == len(turns) - 1
-        parts.append(_render(template, _cut_after_response(nodes)[0] if last else nodes, data))
-    out = "".join(parts)
-    if byte_len(out) > MAX_OUTPUT_BYTES:
-        raise TemplateError(f"template output longer than {MAX_OUTPUT_BYTES} bytes")
-    return out
+        return {name.lower() for name in _names(self.nodes)}
 
 
 _ACTION_RE = re.compile(r"\{\{-?(.*?)-?\}\}", re.DOTALL)

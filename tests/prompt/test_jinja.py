@@ -1,4 +1,4 @@
-"""Chat template rendering: sandboxing, limits, errors and the environment templates expect."""
+"""Jinja chat template rendering: sandboxing, limits, errors and the environment templates expect."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ from typing import Any
 
 import pytest
 
-from heron.tokenizer import Tokenizer
-from heron.tokenizer.chat_template import compile_chat_template, render_chat_template
-
-from .helpers import spm_metadata
+from heron.prompt.jinja import compile_chat_template, render_chat_template
 
 MESSAGES = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
 
@@ -115,35 +112,3 @@ def test_tools_and_kwargs_reach_the_template() -> None:
 def test_compiled_once() -> None:
     source = "{{ messages | length }} cached"
     assert compile_chat_template(source) is compile_chat_template(source)
-
-
-def test_model_without_template_is_an_error() -> None:
-    tok = Tokenizer.from_gguf_metadata(spm_metadata())
-    assert tok.chat_template is None
-    with pytest.raises(ValueError, match="no chat template"):
-        tok.apply_chat_template(MESSAGES)
-
-
-def test_named_templates_and_bos() -> None:
-    metadata = spm_metadata(
-        **{
-            "tokenizer.chat_template": "{{ bos_token }}{% for m in messages %}{{ m.content }}"
-            "{% endfor %}",
-            "tokenizer.chat_template.tool_use": "TOOLS{{ tools | length }}",
-        }
-    )
-    tok = Tokenizer.from_gguf_metadata(metadata)
-    assert tok.apply_chat_template(MESSAGES) == "<s>hiyo"
-    assert tok.apply_chat_template(MESSAGES, tools=[{"name": "f"}]) == "TOOLS1"
-    assert tok.apply_chat_template(MESSAGES, template_name="default") == "<s>hiyo"
-    # The template writes bos itself: exactly one bos, not two.
-    ids = tok.encode_chat(MESSAGES)
-    assert ids[0] == 1 and ids.count(1) == 1
-
-
-def test_encode_chat_adds_missing_bos() -> None:
-    metadata = spm_metadata(**{"tokenizer.chat_template": "{{ messages[0].content }}"})
-    tok = Tokenizer.from_gguf_metadata(metadata)
-    assert tok.add_bos_token
-    assert tok.encode_chat(MESSAGES) == tok.encode("hi")
-    assert tok.encode_chat(MESSAGES)[:1] == [1]

@@ -1,0 +1,112 @@
+"""`ChatRenderer`: one model's chat template, rendered over a conversation.
+
+A checkpoint's templates are Jinja (HF `chat_template`, GGUF `tokenizer.chat_template`); a
+Modelfile TEMPLATE replaces the default one and is Jinja or Go template syntax. The renderer
+picks the path once, when it is built, and imports the interpreter it needs on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from heron.tokenizer.tokenizer import DEFAULT_TEMPLATE
+
+if TYPE_CHECKING:
+    from heron.tokenizer import Tokenizer
+
+TOOL_USE_TEMPLATE = "tool_use"
+
+
+class ChatRenderer:
+    """Renders conversations to prompt text (`render`) or prompt ids (`encode`) for one model.
+
+    Built from the model's tokenizer (its chat templates and special tokens) and, optionally,
+    a Modelfile TEMPLATE that replaces the checkpoint's default template. A Go template is
+    parsed here, so a broken one fails when the model loads. Thread-safe: rendering keeps no
+    state.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, template: str | None = None) -> None:
+        self.tokenizer = tokenizer
+        self._templates = tokenizer.chat_templates
+        self._special_tokens = tokenizer.special_tokens
+        self._go_template: str | None = None
+        if template:
+            from heron.prompt.gotemplate import GoTemplate, is_go_template
+
+            if is_go_template(template):
+                GoTemplate(template)  # parse now, so a broken template fails at load
+                self._go_template = template
+            else:
+                self._templates[DEFAULT_TEMPLATE] = template
+
+    @property
+    def template(self) -> str | None:
+        """The source a plain conversation renders with: the Modelfile TEMPLATE if one was
+        given, else the checkpoint's default template; None if the model has none."""
+        return self._go_template or self._templates.get(DEFAULT_TEMPLATE)
+
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """The conversation as prompt text.
+
+        With `tools` and a "tool_use" template, that template is used; `template_name` picks one
+        explicitly. Extra kwargs (e.g. `documents`, `enable_thinking`) become Jinja template
+        variables; a Go template gets Ollama's data (`.System`, `.Messages`, `.Tools`, ...).
+        Raises ValueError if the model has no chat template or the template fails.
+        """
+        name = kwargs.pop("template_name", None)
+        if name is None and self._go_template is not None:
+            from heron.prompt.gotemplate import render_ollama_prompt
+
+            conversation = [dict(m) for m in messages]
+            tool_list = [dict(t) for t in tools] if tools else None
+            return render_ollama_prompt(self._go_template, conversation, tool_list)
+        if name is None:
+            has_tool_template = TOOL_USE_TEMPLATE in self._templates
+            name = TOOL_USE_TEMPLATE if tools and has_tool_template else DEFAULT_TEMPLATE
+        source = self._templates.get(name)
+        if source is None:
+            if not self._templates:
+                raise ValueError(
+                    "this model has no chat template; send a plain-text prompt, or supply a "
+                    "chat template"
+                )
+            raise ValueError(f"no chat template named {name!r}; have {sorted(self._templates)}")
+        from heron.prompt.jinja import render_chat_template
+
+        return render_chat_template(
+            source,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            tools=tools,
+            special_tokens=self._special_tokens,
+            **kwargs,
+        )
+
+    def encode(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> list[int]:
+        """Token ids of the rendered conversation (arguments as for `render`).
+
+        The text is encoded without the tokenizer's bos/eos because templates write bos
+        themselves when they want it. If the model adds bos to plain text but the template
+        did not write it, bos is prepended once, so the prompt never lacks or doubles bos.
+        """
+        text = self.render(messages, add_generation_prompt, tools, **kwargs)
+        tok = self.tokenizer
+        ids = tok.encode(text, add_special_tokens=False)
+        bos = tok.bos_token_id
+        if tok.add_bos_token and bos is not None and ids[:1] != [bos]:
+            ids.insert(0, bos)
+        return ids
