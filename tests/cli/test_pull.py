@@ -34,6 +34,7 @@ def _forget(heron: Heron, model: str) -> None:
     assert f"{model}:latest" not in names(heron("list").stdout)
 
 
+@pytest.mark.network
 def test_pull_then_list(fresh: Heron) -> None:
     _forget(fresh, "smollm2")
     r = fresh("pull", "smollm2")
@@ -58,6 +59,7 @@ def test_pull_failures(fresh: Heron) -> None:
         assert "Traceback" not in r.stderr
 
 
+@pytest.mark.network
 def test_run_pulls_a_missing_model(fresh: Heron) -> None:
     _forget(fresh, "smollm2")
     r = fresh("run", "smollm2", "Hi", "--verbose")

@@ -17,6 +17,8 @@ from heron.store.manifest import MEDIA_MODEL
 from heron.store.pull import pull
 from heron.store.store import ModelStore
 
+pytestmark = pytest.mark.network
+
 SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
