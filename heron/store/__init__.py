@@ -7,14 +7,8 @@ See ``store.py`` for the on-disk layout. Import the pieces from here::
 
 from __future__ import annotations
 
-from heron.store.blobs import (
-    BlobStore,
-    BlobWriter,
-    DigestError,
-    DigestMismatchError,
-    SizeMismatchError,
-    parse_digest,
-)
+from heron.store.blobs import BlobStore, BlobWriter
+from heron.store.files import DigestError, DigestMismatchError, SizeMismatchError, parse_digest
 from heron.store.manifest import Layer, Manifest, ManifestError, parse_manifest
 from heron.store.modelfile import Modelfile, ModelfileError, coerce_parameter, parse_modelfile
 from heron.store.names import InvalidNameError, ModelName, parse_name

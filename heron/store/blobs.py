@@ -1,8 +1,7 @@
 """Content-addressed blobs: ``<root>/sha256-<hex>``, written only through a verifying writer.
 
-A digest is untrusted input (registries, manifests, HTTP paths), so it is parsed against
-``^sha256:[0-9a-f]{64}$`` before it names a file. Bytes never land under their final name until
-they have been hashed and counted::
+A digest is parsed (``files.parse_digest``) before it names a file. Bytes never land under
+their final name until they have been hashed and counted::
 
     writer(expected, size)                      <root>/.partial/sha256-<hex>        (bytes arrive,
       flock <root>/.partial/sha256-<hex>.lock                                        hashed, counted)
@@ -17,12 +16,9 @@ dead process (``kill -9`` mid-pull) and ``cleanup_partials()`` removes it.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import logging
 import os
-import re
 import stat
 import threading
 import time
@@ -30,114 +26,32 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
-__all__ = [
-    "DIGEST_RE",
-    "BlobStore",
-    "BlobWriter",
-    "DigestError",
-    "DigestMismatchError",
-    "SizeMismatchError",
-    "parse_digest",
-]
+from heron.store.files import (
+    DIGEST_RE,
+    DigestMismatchError,
+    SizeMismatchError,
+    copy_into,
+    disk_full,
+    fsync_dir,
+    hash_fd,
+    lock,
+    parse_digest,
+    unlock,
+    write_all,
+)
+
+__all__ = ["BlobStore", "BlobWriter"]
 
 logger = logging.getLogger(__name__)
 
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 PARTIAL_DIR = ".partial"
-CHUNK_BYTES = 1 << 20
-FICLONE = 0x40049409  # _IOW(0x94, 9, int): share extents with another file (btrfs, xfs)
 # A blob just written or imported is not referenced by any manifest until the caller writes one;
 # gc() leaves such blobs alone for this long (or until the manifest is written).
 PIN_SECONDS = 3600.0
 
-
-class DigestError(ValueError):
-    """A digest string is not ``sha256:`` followed by 64 lower-case hex digits."""
-
-
-class DigestMismatchError(ValueError):
-    """Content does not hash to the expected digest; the temporary file is already deleted."""
-
-
-class SizeMismatchError(ValueError):
-    """Content is longer or shorter than its declared size; the temporary file is deleted."""
-
-
-def parse_digest(text: str) -> str:
-    """Validate ``sha256:<64 lower-case hex>`` and return it. Raises ``DigestError``."""
-    if not isinstance(text, str) or len(text) != 71 or DIGEST_RE.fullmatch(text) is None:
-        shown = repr(text[:80]) if isinstance(text, str) else type(text).__name__
-        raise DigestError(f"invalid digest {shown}: expected sha256:<64 lower-case hex digits>")
-    return text
-
-
 # Pins live per blob directory and per process, so two BlobStore objects over one root agree.
 _pins: dict[str, dict[str, float]] = {}
 _pins_lock = threading.Lock()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _lock(path: Path, blocking: bool) -> int | None:
-    """Hold an exclusive flock on ``path`` (created if missing); None if busy and not blocking.
-
-    The holder unlinks the lock file before releasing it, so after acquiring we check that the
-    path still names the locked inode; if not, someone finished meanwhile and we lock afresh.
-    """
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            st = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            os.close(fd)
-            continue
-        held = os.fstat(fd)
-        if (st.st_ino, st.st_dev) == (held.st_ino, held.st_dev):
-            return fd
-        os.close(fd)
-
-
-def _unlock(path: Path, fd: int) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _hash_fd(fd: int) -> tuple[hashlib._Hash, int]:
-    hasher = hashlib.sha256()
-    total = 0
-    while chunk := os.read(fd, CHUNK_BYTES):
-        hasher.update(chunk)
-        total += len(chunk)
-    return hasher, total
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _disk_full(exc: BaseException | None) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class BlobStore:
@@ -169,7 +83,7 @@ class BlobStore:
         except OSError:
             return False
         try:
-            hasher, _ = _hash_fd(fd)
+            hasher, _ = hash_fd(fd)
         finally:
             os.close(fd)
         return "sha256:" + hasher.hexdigest() == digest
@@ -196,7 +110,7 @@ class BlobStore:
         """Remove a blob that gc() found unreferenced, unless a writer holds its lock or it was
         written moments ago by this process and its manifest is still to come."""
         lock_path = self.partial_dir / ("sha256-" + parse_digest(digest)[7:] + ".lock")
-        fd = _lock(lock_path, blocking=False)
+        fd = lock(lock_path, blocking=False)
         if fd is None:
             return False
         try:
@@ -205,7 +119,7 @@ class BlobStore:
             self.path(digest).unlink(missing_ok=True)
             return True
         finally:
-            _unlock(lock_path, fd)
+            unlock(lock_path, fd)
 
     def cleanup_partials(self) -> int:
         """Delete partial files that no live writer holds (left by a killed process), and their
@@ -217,7 +131,7 @@ class BlobStore:
             if name.endswith(".lock"):
                 continue
             lock_path = self.partial_dir / (name + ".lock")
-            fd = _lock(lock_path, blocking=False)
+            fd = lock(lock_path, blocking=False)
             if fd is None:
                 continue  # a live writer
             try:
@@ -226,12 +140,12 @@ class BlobStore:
                     target.unlink(missing_ok=True)
                     count += 1
             finally:
-                _unlock(lock_path, fd)
+                unlock(lock_path, fd)
         for name in entries:  # lock files left without a partial
             if name.endswith(".lock") and name[:-5] not in entries:
-                fd = _lock(self.partial_dir / name, blocking=False)
+                fd = lock(self.partial_dir / name, blocking=False)
                 if fd is not None:
-                    _unlock(self.partial_dir / name, fd)
+                    unlock(self.partial_dir / name, fd)
         if count:
             logger.info("removed %d stale partial file(s) in %s", count, self.partial_dir)
         return count
@@ -266,61 +180,22 @@ class BlobStore:
                 return expected, False
         key = f"tmp-{uuid.uuid4().hex}"
         tmp, lock_path = self.partial_dir / key, self.partial_dir / (key + ".lock")
-        fd = _lock(lock_path, blocking=True)
+        fd = lock(lock_path, blocking=True)
         assert fd is not None
         try:
-            digest = self._place_copy(src, tmp, link)
+            digest = copy_into(src, tmp, link)
             if expected is not None and digest != expected:
                 raise DigestMismatchError(f"{src}: content is {digest}, expected {expected}")
             return digest, self._install(tmp, digest)
         finally:
             tmp.unlink(missing_ok=True)
-            _unlock(lock_path, fd)
-
-    def _place_copy(self, src: Path, tmp: Path, link: bool) -> str:
-        """Put src's bytes at tmp (link, reflink or copy) and return the digest of tmp."""
-        if link:
-            try:
-                os.link(src, tmp)
-            except OSError:
-                pass
-            else:
-                if not stat.S_ISREG(os.lstat(tmp).st_mode):
-                    raise ValueError(f"{src}: not a regular file")
-                fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    hasher, _ = _hash_fd(fd)
-                finally:
-                    os.close(fd)
-                return "sha256:" + hasher.hexdigest()
-        sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if not stat.S_ISREG(os.fstat(sfd).st_mode):
-                raise ValueError(f"{src}: not a regular file")
-            dfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                try:
-                    fcntl.ioctl(dfd, FICLONE, sfd)
-                    hasher, _ = _hash_fd(dfd)
-                except OSError:  # not supported here: copy, hashing as we go
-                    os.ftruncate(dfd, 0)
-                    os.lseek(dfd, 0, os.SEEK_SET)
-                    hasher = hashlib.sha256()
-                    while chunk := os.read(sfd, CHUNK_BYTES):
-                        hasher.update(chunk)
-                        _write_all(dfd, chunk)
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        finally:
-            os.close(sfd)
-        return "sha256:" + hasher.hexdigest()
+            unlock(lock_path, fd)
 
     def _install(self, tmp: Path, digest: str) -> bool:
         """Move a verified temporary file to its final name under the digest's lock; False if
         the blob was already stored (tmp is left for the caller to delete)."""
         lock_path = self.partial_dir / ("sha256-" + digest[7:] + ".lock")
-        fd = _lock(lock_path, blocking=True)
+        fd = lock(lock_path, blocking=True)
         assert fd is not None
         try:
             created = not self.has(digest)
@@ -335,7 +210,7 @@ class BlobStore:
             self._pin(digest)
             return created
         finally:
-            _unlock(lock_path, fd)
+            unlock(lock_path, fd)
 
     def _pin(self, digest: str) -> None:
         with _pins_lock:
@@ -397,7 +272,7 @@ class BlobWriter:
         key = f"sha256-{self.expected[7:]}" if self.expected else f"tmp-{uuid.uuid4().hex}"
         self._partial = store.partial_dir / key
         self._lock_path = store.partial_dir / (key + ".lock")
-        self._lock_fd: int | None = _lock(self._lock_path, blocking=True)
+        self._lock_fd: int | None = lock(self._lock_path, blocking=True)
         try:
             if self.expected is not None and store.has(self.expected):
                 store._pin(self.expected)
@@ -413,7 +288,7 @@ class BlobWriter:
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         self._fd = os.open(self._partial, flags, 0o600)
         if self.resume:
-            self._hasher, self.offset = _hash_fd(self._fd)
+            self._hasher, self.offset = hash_fd(self._fd)
             if self.size is not None and self.offset > self.size:
                 self._restart()
         else:
@@ -433,7 +308,7 @@ class BlobWriter:
             declared = self.size
             self.abort()
             raise SizeMismatchError(f"more than the declared {declared} bytes")
-        _write_all(self._fd, data)
+        write_all(self._fd, data)
         self._hasher.update(data)
         self.offset += len(data)
 
@@ -488,7 +363,7 @@ class BlobWriter:
         self._finished = True
         if self._lock_fd is not None:
             fd, self._lock_fd = self._lock_fd, None
-            _unlock(self._lock_path, fd)
+            unlock(self._lock_path, fd)
 
     def __enter__(self) -> BlobWriter:
         return self
@@ -505,7 +380,7 @@ class BlobWriter:
             exc is not None
             and self.resume
             and not isinstance(exc, (SizeMismatchError, DigestMismatchError))
-            and not _disk_full(exc)
+            and not disk_full(exc)
         )
         if keep:  # leave the partial for a later resume; the lock goes
             self._close_fd()

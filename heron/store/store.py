@@ -23,12 +23,13 @@ import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from heron import env
-from heron.store.blobs import BlobStore, fsync_dir
+from heron.store.blobs import BlobStore
+from heron.store.create import create_model
+from heron.store.files import fsync_dir
 from heron.store.manifest import (
     MEDIA_FILE,
     MEDIA_LICENSE,
@@ -44,6 +45,7 @@ from heron.store.manifest import (
 )
 from heron.store.modelfile import MESSAGE_ROLES, Modelfile, ModelfileError, coerce_parameter
 from heron.store.names import InvalidNameError, ModelName, parse_name
+from heron.store.stored import ModelNotFoundError, StoredModel
 
 __all__ = ["ModelNotFoundError", "ModelStore", "StoredModel"]
 
@@ -51,49 +53,6 @@ logger = logging.getLogger(__name__)
 
 MAX_TEXT_BLOB_BYTES = 4 << 20  # config, params, template, system, license, messages layers
 STALE_BUILD_SECONDS = 3600.0
-
-
-class ModelNotFoundError(LookupError):
-    """No manifest under that name."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredModel:
-    """A model in the store, with its small layers (config, params, texts) already read."""
-
-    name: ModelName
-    manifest: Manifest
-    digest: str  # of the manifest
-    size: int  # bytes of the config and all layers
-    modified_at: float  # manifest file mtime
-    format: str  # "gguf" | "safetensors"
-    parameters: dict[str, Any]  # typed; "stop" is a list
-    template: str | None
-    system: str | None
-    license: list[str]
-    messages: list[dict[str, str]]
-    family: str | None
-    config: dict[str, Any] = field(default_factory=dict)  # the config blob's JSON
-
-    @property
-    def display(self) -> str:
-        return self.name.display
-
-    def to_modelfile(self, from_: str | None = None) -> Modelfile:
-        """The Modelfile that recreates this model (for ``show --modelfile``); FROM is the
-        model's own name unless ``from_`` is given."""
-        params: builtins.list[tuple[str, Any]] = []
-        for key, value in self.parameters.items():
-            values = value if key == "stop" and isinstance(value, builtins.list) else [value]
-            params.extend((key, v) for v in values)
-        return Modelfile(
-            from_=from_ if from_ is not None else self.name.display,
-            parameters=params,
-            template=self.template,
-            system=self.system,
-            license=builtins.list(self.license),
-            messages=[dict(m) for m in self.messages],
-        )
 
 
 class ModelStore:
@@ -405,8 +364,6 @@ class ModelStore:
         files: dict[str, str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Build a model from a Modelfile; see ``heron.store.create.create_model``."""
-        from heron.store.create import create_model
-
         return create_model(self, name, modelfile, base_dir, files)
 
 

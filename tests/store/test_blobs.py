@@ -16,13 +16,8 @@ from pathlib import Path
 import pytest
 
 from heron.store import ModelStore
-from heron.store.blobs import (
-    BlobStore,
-    DigestError,
-    DigestMismatchError,
-    SizeMismatchError,
-    parse_digest,
-)
+from heron.store.blobs import BlobStore
+from heron.store.files import DigestError, DigestMismatchError, SizeMismatchError, parse_digest
 
 DATA = b"heron blob content " * 1000
 
@@ -334,14 +329,14 @@ def test_disk_full_removes_the_partial_even_with_resume(
 ) -> None:
     import errno
 
-    import heron.store.blobs as blobs_module
+    import heron.store.files as files_module
 
     def full(fd: int, data: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     d = digest_of(DATA)
     with pytest.raises(OSError, match="No space"), blobs.writer(d, resume=True) as w:
-        monkeypatch.setattr(blobs_module.os, "write", full)
+        monkeypatch.setattr(files_module.os, "write", full)
         w.write(DATA)
     monkeypatch.undo()
     assert partials(blobs) == [] and blobs.digests() == []

