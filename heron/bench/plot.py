@@ -1,5 +1,6 @@
 """PNG plots of a run: aggregate tok/s against users, and TTFT p50 against users (log y), one
-line per endpoint. matplotlib is imported here only, when plots are written."""
+line per endpoint. matplotlib is imported here only, when plots are written; it comes with the
+``bench`` extra, not with Heron itself."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from heron.bench.metrics import LevelSummary
+from heron.bench.workload import BenchError
+
+NEEDS_MATPLOTLIB = "heron bench --plots needs matplotlib: pip install 'heron[bench]'"
 
 
 def _series(
@@ -28,8 +32,11 @@ def _series(
 
 def write_plots(out_dir: Path, summaries: Sequence[LevelSummary], title: str = "") -> list[Path]:
     """throughput.png and ttft.png into ``out_dir``; returns the paths written (none when no
-    level has data)."""
-    import matplotlib
+    level has data). Raises BenchError if matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise BenchError(f"{NEEDS_MATPLOTLIB} (or pass --no-plots)") from exc
 
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt

@@ -4,12 +4,15 @@ running server at ``HERON_HOST`` (``client.py``), as Ollama's CLI is of its serv
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from heron import __version__, env
 from heron.cli import bench, create, importer, models, run
+
+if TYPE_CHECKING:
+    from heron.server.serve import ServeConfig
 
 app = typer.Typer(
     name="heron",
@@ -37,61 +40,78 @@ def root(
     """Heron: serve and run LLMs, one user or many."""
 
 
+# The options of ``heron serve``, one alias each, so that the command's signature stays short.
+ModelArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="Model to load at startup: a name, GGUF file or HF directory. Without it, "
+        "models load on their first request."
+    ),
+]
+HostOpt = Annotated[
+    str | None, typer.Option(help="Bind address (default 127.0.0.1; env HERON_HOST).")
+]
+PortOpt = Annotated[
+    int | None,
+    typer.Option(help=f"Port (default {env.DEFAULT_PORT}; env HERON_HOST=host:port)."),
+]
+ApiKeyOpt = Annotated[str | None, typer.Option(help="Require this key (env HERON_API_KEY).")]
+InsecureBindOpt = Annotated[
+    bool, typer.Option(help="Allow a non-loopback bind without an API key.")
+]
+CorsOriginsOpt = Annotated[
+    list[str] | None, typer.Option(help="Origins granted CORS (repeat the option).")
+]
+ServedNameOpt = Annotated[str | None, typer.Option(help="Name clients use for the model.")]
+MaxWaitingOpt = Annotated[int, typer.Option(help="Queued requests beyond this get 503.")]
+MaxTokensOpt = Annotated[int, typer.Option(help="Cap on max_tokens of any request.")]
+MaxNOpt = Annotated[int, typer.Option(help="Cap on n (choices per request).")]
+MaxNumSeqsOpt = Annotated[int, typer.Option(help="Sequences per batch.")]
+MaxBatchedTokensOpt = Annotated[int, typer.Option(help="Token budget per step.")]
+KvCacheMemoryOpt = Annotated[int, typer.Option(help="KV cache size in MiB.")]
+QuantizationOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto: 4-bit linears where the model file is 4-bit (lossless), else 8-bit, "
+        "on Heron's CPU kernels; q4_1, q8_0 or int8 for every linear; none: exact fp32."
+    ),
+]
+KvCacheDtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help="KV cache dtype: float32 (default), float16 (half the memory; values "
+        "rounded when written) or bfloat16 (torch attention path)."
+    ),
+]
+ShutdownTimeoutOpt = Annotated[float, typer.Option(help="Seconds to drain on SIGTERM.")]
+MaxLoadedModelsOpt = Annotated[
+    int, typer.Option(help="Models held in memory at once; the idlest one is unloaded.")
+]
+KeepAliveOpt = Annotated[
+    str, typer.Option(help='How long an idle model stays loaded ("5m", "1h", "-1": for ever).')
+]
+
+
 @app.command()
 def serve(
-    model: Annotated[
-        str | None,
-        typer.Argument(
-            help="Model to load at startup: a name, GGUF file or HF directory. Without it, "
-            "models load on their first request."
-        ),
-    ] = None,
-    host: Annotated[
-        str | None, typer.Option(help="Bind address (default 127.0.0.1; env HERON_HOST).")
-    ] = None,
-    port: Annotated[
-        int | None,
-        typer.Option(help=f"Port (default {env.DEFAULT_PORT}; env HERON_HOST=host:port)."),
-    ] = None,
-    api_key: Annotated[
-        str | None, typer.Option(help="Require this key (env HERON_API_KEY).")
-    ] = None,
-    allow_insecure_public_bind: Annotated[
-        bool, typer.Option(help="Allow a non-loopback bind without an API key.")
-    ] = False,
-    cors_origins: Annotated[
-        list[str] | None, typer.Option(help="Origins granted CORS (repeat the option).")
-    ] = None,
-    served_model_name: Annotated[
-        str | None, typer.Option(help="Name clients use for the model.")
-    ] = None,
-    max_waiting: Annotated[int, typer.Option(help="Queued requests beyond this get 503.")] = 256,
-    max_tokens: Annotated[int, typer.Option(help="Cap on max_tokens of any request.")] = 8192,
-    max_n: Annotated[int, typer.Option(help="Cap on n (choices per request).")] = 8,
-    max_num_seqs: Annotated[int, typer.Option(help="Sequences per batch.")] = 64,
-    max_num_batched_tokens: Annotated[int, typer.Option(help="Token budget per step.")] = 2048,
-    kv_cache_memory_mb: Annotated[int, typer.Option(help="KV cache size in MiB.")] = 1024,
-    quantization: Annotated[
-        str,
-        typer.Option(
-            help="auto: 4-bit linears where the model file is 4-bit (lossless), else 8-bit, "
-            "on Heron's CPU kernels; q4_1, q8_0 or int8 for every linear; none: exact fp32."
-        ),
-    ] = "auto",
-    kv_cache_dtype: Annotated[
-        str,
-        typer.Option(
-            help="KV cache dtype: float32 (default), float16 (half the memory; values "
-            "rounded when written) or bfloat16 (torch attention path)."
-        ),
-    ] = "float32",
-    shutdown_timeout: Annotated[float, typer.Option(help="Seconds to drain on SIGTERM.")] = 30.0,
-    max_loaded_models: Annotated[
-        int, typer.Option(help="Models held in memory at once; the idlest one is unloaded.")
-    ] = 3,
-    keep_alive: Annotated[
-        str, typer.Option(help='How long an idle model stays loaded ("5m", "1h", "-1": for ever).')
-    ] = "5m",
+    model: ModelArg = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    api_key: ApiKeyOpt = None,
+    allow_insecure_public_bind: InsecureBindOpt = False,
+    cors_origins: CorsOriginsOpt = None,
+    served_model_name: ServedNameOpt = None,
+    max_waiting: MaxWaitingOpt = 256,
+    max_tokens: MaxTokensOpt = 8192,
+    max_n: MaxNOpt = 8,
+    max_num_seqs: MaxNumSeqsOpt = 64,
+    max_num_batched_tokens: MaxBatchedTokensOpt = 2048,
+    kv_cache_memory_mb: KvCacheMemoryOpt = 1024,
+    quantization: QuantizationOpt = "auto",
+    kv_cache_dtype: KvCacheDtypeOpt = "float32",
+    shutdown_timeout: ShutdownTimeoutOpt = 30.0,
+    max_loaded_models: MaxLoadedModelsOpt = 3,
+    keep_alive: KeepAliveOpt = "5m",
 ) -> None:
     """Serve the OpenAI, Anthropic and Ollama APIs on one port.
 
@@ -101,45 +121,67 @@ def serve(
       HERON_API_KEY         require this key
       HERON_PYPI_INDEX_URL  package index for catalog pulls
     """
-    from heron.config import CacheConfig, EngineConfig, SchedulerConfig
-    from heron.server.serve import InsecureBindError, ServeConfig, run_server
-    from heron.server.state import ServerLimits
+    options = dict(locals())  # every parameter above, by name
+    from heron.server.serve import InsecureBindError, run_server
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        env_host, env_port = env.split_host_port(env.host())
-        cfg = ServeConfig(
-            model=model,
-            host=host or env_host,
-            port=port or env_port,
-            api_key=api_key or env.api_key(),
-            allow_insecure_public_bind=allow_insecure_public_bind,
-            cors_origins=cors_origins or [],
-            served_model_name=served_model_name,
-            shutdown_timeout=shutdown_timeout,
-            max_loaded_models=max_loaded_models,
-            keep_alive=keep_alive,
-            limits=ServerLimits(max_waiting=max_waiting, max_tokens=max_tokens, max_n=max_n),
-            engine=EngineConfig(
-                cache=CacheConfig(
-                    memory_bytes=kv_cache_memory_mb << 20,
-                    dtype=kv_cache_dtype,
-                ),
-                scheduler=SchedulerConfig(
-                    max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs
-                ),
-                quantization=None if quantization == "none" else quantization,
-            ),
-        )
-        status = run_server(cfg)
-    except InsecureBindError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except (ValueError, FileNotFoundError) as exc:
+        status = run_server(_serve_config(**options))
+    except (InsecureBindError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if status:
         raise typer.Exit(status)
+
+
+def _serve_config(
+    *,
+    model: str | None,
+    host: str | None,
+    port: int | None,
+    api_key: str | None,
+    allow_insecure_public_bind: bool,
+    cors_origins: list[str] | None,
+    served_model_name: str | None,
+    max_waiting: int,
+    max_tokens: int,
+    max_n: int,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    kv_cache_memory_mb: int,
+    quantization: str,
+    kv_cache_dtype: str,
+    shutdown_timeout: float,
+    max_loaded_models: int,
+    keep_alive: str,
+) -> ServeConfig:
+    """``heron serve``'s options over the environment's defaults. Raises ValueError on a bad
+    value."""
+    from heron.config import CacheConfig, EngineConfig, SchedulerConfig
+    from heron.server.serve import ServeConfig
+    from heron.server.state import ServerLimits
+
+    env_host, env_port = env.split_host_port(env.host())
+    return ServeConfig(
+        model=model,
+        host=host or env_host,
+        port=port or env_port,
+        api_key=api_key or env.api_key(),
+        allow_insecure_public_bind=allow_insecure_public_bind,
+        cors_origins=cors_origins or [],
+        served_model_name=served_model_name,
+        shutdown_timeout=shutdown_timeout,
+        max_loaded_models=max_loaded_models,
+        keep_alive=keep_alive,
+        limits=ServerLimits(max_waiting=max_waiting, max_tokens=max_tokens, max_n=max_n),
+        engine=EngineConfig(
+            cache=CacheConfig(memory_bytes=kv_cache_memory_mb << 20, dtype=kv_cache_dtype),
+            scheduler=SchedulerConfig(
+                max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs
+            ),
+            quantization=None if quantization == "none" else quantization,
+        ),
+    )
 
 
 app.command()(run.run)

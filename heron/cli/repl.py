@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from heron.cli.chat import chat_body, print_stats, stream_chat
 from heron.cli.client import Client, ServerError
 from heron.cli.models import parameter_lines, summary
-from heron.cli.run import chat_body, print_stats, stream_chat
 
 PROMPT = ">>> "
 CONTINUE = "... "

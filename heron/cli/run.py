@@ -5,50 +5,14 @@ interactive REPL (``repl.py``)."""
 from __future__ import annotations
 
 import sys
-import time
-from dataclasses import dataclass
-from typing import Annotated, Any, TextIO
+from typing import Annotated
 
 import typer
 
+from heron.cli.chat import chat_body, print_stats, stream_chat
 from heron.cli.client import Client, ServerError, cli_errors
-from heron.cli.display import stats_lines
 from heron.cli.launch import ensure_server
 from heron.cli.models import pull_model
-
-
-@dataclass(slots=True)
-class Reply:
-    """One streamed reply: its text, the final NDJSON chunk (statistics) and the time to the
-    first token as the client saw it."""
-
-    text: str
-    final: dict[str, Any] | None
-    ttft_s: float | None
-
-
-def stream_chat(client: Client, body: dict[str, Any], out: TextIO) -> Reply:
-    """POST ``/api/chat`` and write the reply to ``out`` as it streams."""
-    start = time.perf_counter()
-    parts: list[str] = []
-    final: dict[str, Any] | None = None
-    ttft: float | None = None
-    for item in client.stream("/api/chat", body):
-        content = (item.get("message") or {}).get("content") or ""
-        if content:
-            if ttft is None:
-                ttft = time.perf_counter() - start
-            out.write(content)
-            out.flush()
-            parts.append(content)
-        if item.get("done"):
-            final = item
-    return Reply("".join(parts), final, ttft)
-
-
-def print_stats(reply: Reply) -> None:
-    if reply.final is not None:
-        print("\n".join(stats_lines(reply.final, reply.ttft_s)), file=sys.stderr, flush=True)
 
 
 def compose_prompt(argument: str | None, piped: str | None) -> str | None:
@@ -66,17 +30,6 @@ def ensure_model(client: Client, model: str) -> None:
         if exc.status != 404:
             raise
         pull_model(client, model)
-
-
-def chat_body(
-    model: str, messages: list[dict[str, str]], options: dict[str, Any], keepalive: str | None
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
-    if options:
-        body["options"] = options
-    if keepalive is not None:
-        body["keep_alive"] = keepalive
-    return body
 
 
 @cli_errors

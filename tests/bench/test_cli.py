@@ -92,3 +92,29 @@ def test_multi_turn_repeats_and_levels_never_replay_a_conversation(
     openings = [b["messages"][0]["content"] for b in fake.bodies if len(b["messages"]) == 1]
     # 2 levels x 2 repeats x 2 conversations, each opened once with a tag of its own
     assert sorted(openings) == sorted(f"[conversation {n}] {DEFAULT_PROMPT}" for n in range(1, 9))
+
+
+def test_plots_without_matplotlib_say_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import importlib.util
+    import sys
+
+    from heron.bench.plot import write_plots
+    from heron.bench.workload import BenchError
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else find_spec(name, *a),
+    )
+    args = ["bench", "-e", "a=http://127.0.0.1:1", "-o", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "heron bench --plots needs matplotlib: pip install 'heron[bench]'" in result.output
+    assert not list(tmp_path.iterdir())  # refused before measuring anything
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    with pytest.raises(BenchError, match=r"pip install 'heron\[bench\]'"):
+        write_plots(tmp_path, [])

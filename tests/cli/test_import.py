@@ -21,6 +21,8 @@ from heron.prompt.gotemplate import render_ollama_prompt
 from heron.store.store import ModelStore
 from tests.server.conftest import running_server
 
+pytestmark = pytest.mark.slow
+
 CHATML = (
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
     "{{ end }}<|im_start|>assistant\n"

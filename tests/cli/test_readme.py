@@ -14,6 +14,8 @@ import pytest
 
 from tests.server.conftest import free_port
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -9,6 +9,8 @@ import pytest
 from heron import LLM, SamplingParams
 from tests.models.tiny import build
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:

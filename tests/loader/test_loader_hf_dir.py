@@ -12,6 +12,8 @@ import transformers as transformers
 
 from heron.loader.hf_dir import CheckpointError, iter_safetensors_weights, load_hf_checkpoint
 
+pytestmark = pytest.mark.slow
+
 
 def save_tiny(path: Path, dtype: torch.dtype = torch.float32, **overrides: Any) -> dict:
     kwargs: dict[str, Any] = {

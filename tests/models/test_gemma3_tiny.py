@@ -26,6 +26,8 @@ import torch
 from heron import LLM, SamplingParams
 from tests.models.tiny import VOCAB, save_byte_tokenizer
 
+pytestmark = pytest.mark.slow
+
 ATOL = 1e-4
 NEW_TOKENS = 12
 WINDOW = 8

@@ -13,6 +13,8 @@ from heron import LLM, SamplingParams
 from tests.models.parity import check_parity
 from tests.models.tiny import build
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("kind", ["llama3", "mistral", "qwen2", "qwen2-swa"])
 def test_logits_match_transformers(kind: str, tmp_path: Path) -> None:

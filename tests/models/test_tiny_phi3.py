@@ -20,6 +20,8 @@ from heron.loader import load_checkpoint
 from tests.models.parity import ATOL, capture_logits, check_parity, paged_llm
 from tests.models.tiny import PHI3_ORIGINAL_CONTEXT, build, write_gguf
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def phi3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

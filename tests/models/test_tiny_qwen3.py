@@ -13,6 +13,8 @@ from heron.loader import load_checkpoint
 from tests.models.parity import check_parity
 from tests.models.tiny import build, write_gguf
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

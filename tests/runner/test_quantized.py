@@ -15,6 +15,8 @@ from heron.kernels import cpu_kernels
 from heron.packaged import find_packaged_model
 from tests.models.prompts import PROMPTS
 
+pytestmark = pytest.mark.slow
+
 NEAR_TIE = 0.5  # logit units; int8 activation rounding moves SmolLM2's logits by ~0.1
 STEPS = 32
 FAST = {"kv_cache_memory_bytes": 64 << 20, "quantization": "auto"}

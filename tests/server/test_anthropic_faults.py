@@ -17,6 +17,8 @@ import pytest
 
 from tests.server.conftest import ServerProcess, running_server
 
+pytestmark = pytest.mark.slow
+
 KEY = "anthropic-test-key"
 LONG: dict[str, Any] = {
     "model": "smollm2",

@@ -14,6 +14,8 @@ import pytest
 
 from tests.server.conftest import ServerProcess, running_server, start_server
 
+pytestmark = pytest.mark.slow
+
 LONG = {
     "model": "smollm2",
     "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],

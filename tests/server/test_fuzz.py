@@ -14,6 +14,8 @@ from schemathesis.checks import not_a_server_error
 
 from tests.server.conftest import ServerProcess, running_server
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def fuzz_server() -> Iterator[ServerProcess]:

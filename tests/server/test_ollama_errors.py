@@ -15,6 +15,8 @@ import pytest
 
 from tests.server.conftest import ServerProcess, running_server
 
+pytestmark = pytest.mark.slow
+
 GEN = {"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
 CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "stream": False}
 

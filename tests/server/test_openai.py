@@ -15,6 +15,8 @@ from heron import LLM, SamplingParams
 from heron.prompt import ChatRenderer
 from tests.server.conftest import ServerProcess, running_server
 
+pytestmark = pytest.mark.slow
+
 MODEL = "smollm2"
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
 PROMPT = "The capital of France is"

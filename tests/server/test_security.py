@@ -13,6 +13,8 @@ import pytest
 
 from tests.server.conftest import ServerProcess, free_port, running_server
 
+pytestmark = pytest.mark.slow
+
 KEY = "s3cret-key-for-tests"
 CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 

@@ -20,6 +20,8 @@ from heron.store.modelfile import parse_modelfile
 from heron.store.store import ModelStore
 from tests.server.conftest import ServerProcess, running_server
 
+pytestmark = pytest.mark.slow
+
 SYSTEM = "You are a pirate. Answer every question as a pirate would."
 
 

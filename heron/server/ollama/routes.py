@@ -94,10 +94,16 @@ def _required(body: _Body | None) -> _Body:
 
 
 def register(app: FastAPI, state: ServerState) -> None:
-    cards = Cards()
-    service = OllamaService(state)
-    embedding = OllamaEmbeddings(state)
     router = APIRouter(route_class=AnyJSONRoute, tags=["ollama"])
+    _add_model_routes(router, state)
+    _add_generation_routes(router, state)
+    _add_store_routes(router, state)
+    app.include_router(router)
+
+
+def _add_model_routes(router: APIRouter, state: ServerState) -> None:
+    """``/``, ``/api/version``, ``/api/tags``, ``/api/ps`` and ``/api/show``."""
+    cards = Cards()
 
     @router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
     async def root() -> str:
@@ -132,6 +138,12 @@ def register(app: FastAPI, state: ServerState) -> None:
     async def show(body: ShowRequest | None = None) -> ShowResponse:
         """Model details, Modelfile, template and GGUF metadata."""
         return await show_model(state, cards, _required(body))
+
+
+def _add_generation_routes(router: APIRouter, state: ServerState) -> None:
+    """``/api/generate``, ``/api/chat``, ``/api/embed`` and ``/api/embeddings``."""
+    service = OllamaService(state)
+    embedding = OllamaEmbeddings(state)
 
     @router.post(
         "/api/generate",
@@ -168,6 +180,10 @@ def register(app: FastAPI, state: ServerState) -> None:
         """Embed one prompt (the older form of /api/embed)."""
         return await embedding.embeddings(_required(body), request)
 
+
+def _add_store_routes(router: APIRouter, state: ServerState) -> None:
+    """``/api/pull``, ``/api/create``, ``/api/copy``, ``/api/delete`` and ``/api/blobs``."""
+
     @router.post("/api/pull", response_model=StatusResponse, responses=_ndjson("StatusResponse"))
     async def pull(body: PullRequest | None = None) -> Response:
         """Download a model into the store, verified; NDJSON progress unless ``stream`` is
@@ -198,5 +214,3 @@ def register(app: FastAPI, state: ServerState) -> None:
     async def blob_upload(digest: str, request: Request) -> Response:
         """Store the raw body as a blob if its sha256 matches ``digest``."""
         return await manage.blob_upload(state, digest, request)
-
-    app.include_router(router)
