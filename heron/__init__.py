@@ -16,7 +16,7 @@ _EXPORTS = {
     "SamplingParams": "heron.sampling_params",
     "RequestOutput": "heron.outputs",
     "CompletionOutput": "heron.outputs",
-    "Logprob": "heron.request",
+    "Logprob": "heron.outputs",
     "CacheConfig": "heron.config",
     "EngineConfig": "heron.config",
     "ModelConfig": "heron.config",

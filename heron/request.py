@@ -37,15 +37,6 @@ FINISH_REASONS = {
 }
 
 
-@dataclass(slots=True)
-class Logprob:
-    """The log-probability of one token, with its rank in the distribution (1 = most likely)."""
-
-    logprob: float
-    rank: int
-    decoded_token: str | None = None
-
-
 @dataclass(slots=True, eq=False)
 class Request:
     request_id: str
@@ -65,16 +56,13 @@ class Request:
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission
     num_preemptions: int = 0
-    stop_reason: int | str | None = None
-    logprobs: list[dict[int, Logprob]] | None = None
+    stop_reason: int | None = None  # the stop token id that ended it
     generator: torch.Generator | None = None
 
     def __post_init__(self) -> None:
         if not self.prompt_token_ids:
             raise ValueError("the prompt must contain at least one token")
         self.all_token_ids = list(self.prompt_token_ids)
-        if self.sampling_params.logprobs is not None:
-            self.logprobs = []
         if self.sampling_params.seed is not None:
             self.generator = torch.Generator().manual_seed(self.sampling_params.seed)
 

@@ -21,6 +21,13 @@ Imports are resolved as follows:
 Each strongly connected component of more than one module is a cycle. The script prints each
 one with a shortest loop through it and where every import of that loop is (``lazy`` marks an
 import inside a function), and exits 1 if there is any.
+
+Dependencies also point down: the modules below the front doors (``LOWER``: the engine core,
+its process loops, the scheduler, the KV cache, the runner, attention, kernels, layers, models
+and the loader) must not reach the store, the server or the CLI (``FRONT``), directly or
+through anything they import. A model name is resolved to files at the front doors; what
+runs below them takes a resolved path. Each such reach is printed with its import chain, and
+also exits 1.
 """
 
 from __future__ import annotations
@@ -229,6 +236,56 @@ def find_cycles(package_dir: Path) -> tuple[int, list[tuple[list[str], list[Site
     return len(modules), cycles
 
 
+# Relative to the package checked (``PACKAGE.engine.core`` ...), prefixes of module names.
+LOWER = (
+    "engine.core",
+    "engine.embedding_core",
+    "engine.protocol",
+    "scheduler",
+    "kvcache",
+    "runner",
+    "attention",
+    "kernels",
+    "layers",
+    "models",
+    "loader",
+)
+FRONT = ("store", "server", "cli")
+
+
+def _under(module: str, package: str, prefixes: tuple[str, ...]) -> bool:
+    return any(
+        module == f"{package}.{p}" or module.startswith(f"{package}.{p}.") for p in prefixes
+    )
+
+
+def layer_violations(package_dir: Path) -> list[list[str]]:
+    """Import chains from a ``LOWER`` module to a ``FRONT`` one (the shortest per pair of
+    lower module and first front module reached)."""
+    package = package_dir.name
+    modules = module_names(package_dir)
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for site in import_sites(modules):
+        graph[site.source].add(site.target)
+    chains = []
+    for start in sorted(m for m in modules if _under(m, package, LOWER)):
+        parent: dict[str, str | None] = {start: None}
+        queue = deque([start])
+        while queue:
+            node = queue.popleft()
+            if _under(node, package, FRONT):
+                chain = [node]
+                while (prev := parent[chain[-1]]) is not None:
+                    chain.append(prev)
+                chains.append(chain[::-1])
+                continue  # do not walk on through the front module
+            for nxt in sorted(graph[node]):
+                if nxt not in parent:
+                    parent[nxt] = node
+                    queue.append(nxt)
+    return chains
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1 or (argv and argv[0].startswith("-")):
         print(__doc__.split("\n\n")[1], file=sys.stderr)
@@ -244,10 +301,20 @@ def main(argv: list[str]) -> int:
         for s in loop_sites:
             where = f"{s.path.relative_to(root)}:{s.line}"
             print(f"  {s.source} -> {s.target}  ({where}{', lazy' if s.lazy else ''})")
-    if cycles:
-        print(f"{len(cycles)} import cycle(s) in {package_dir.name}", file=sys.stderr)
+    violations = layer_violations(package_dir)
+    for chain in violations:
+        print(f"{chain[0]} reaches {chain[-1]}: {' -> '.join(chain)}")
+    if cycles or violations:
+        print(
+            f"{len(cycles)} import cycle(s), {len(violations)} upward import(s) in "
+            f"{package_dir.name}",
+            file=sys.stderr,
+        )
         return 1
-    print(f"no import cycles among {num_modules} modules of {package_dir.name}")
+    print(
+        f"no import cycles among {num_modules} modules of {package_dir.name}, "
+        "and no upward imports"
+    )
     return 0
 
 

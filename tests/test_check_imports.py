@@ -66,3 +66,23 @@ def test_an_acyclic_package_passes(tmp_path: Path) -> None:
     result = check(package)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no import cycles among 4 modules" in result.stdout
+
+
+def test_the_engine_core_reaching_the_store_fails(tmp_path: Path) -> None:
+    """Dependencies point down: the core resolves nothing by name, even through a helper."""
+    package = write_package(
+        tmp_path,
+        {
+            "engine/__init__.py": "",
+            "engine/core.py": "from pkg.engine import helper\n",
+            "engine/helper.py": "def resolve(name):\n    from pkg.store import find\n",
+            "engine/llm.py": "from pkg.store import find\n",  # a front door may
+            "store.py": "def find(name):\n    return name\n",
+        },
+    )
+    result = check(package)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "pkg.engine.core reaches pkg.store: pkg.engine.core -> pkg.engine.helper" in (
+        result.stdout
+    )
+    assert "pkg.engine.llm reaches" not in result.stdout

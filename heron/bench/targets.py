@@ -56,7 +56,7 @@ def resolve_gguf(model: str, model_file: str | None) -> Path:
         if not path.is_file():
             raise BenchError(f"--model-file {model_file}: no such file")
         return path
-    from heron.engine.llm_engine import resolve_model  # imports torch: only when needed
+    from heron.store.resolve import resolve_model
 
     try:
         path = Path(resolve_model(model))

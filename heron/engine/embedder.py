@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from heron.config import EngineConfig, ModelConfig
-from heron.engine.llm_engine import load_tokenizer, resolve_model
 from heron.layers.linear import Linear
 from heron.layers.pooling import pool
 from heron.loader import CheckpointError, load_checkpoint
@@ -78,19 +77,20 @@ def fit_to_context(ids: list[int], max_len: int, truncate: bool, suffix_len: int
 
 
 class EmbeddingEngine:
-    """Loads an encoder checkpoint (an HF directory) and embeds batches of inputs."""
+    """Loads an encoder checkpoint (an HF directory path, already resolved) and embeds
+    batches of inputs."""
 
-    def __init__(self, model: str, config: EngineConfig | None = None) -> None:
+    def __init__(self, model_path: str, config: EngineConfig | None = None) -> None:
         self.config = config or EngineConfig()
         t0 = time.perf_counter()
-        self.checkpoint = load_checkpoint(resolve_model(model))
+        self.checkpoint = load_checkpoint(model_path)
         self.model_config = self.checkpoint.config
         arch = self.model_config.architecture
         if not is_embedding_architecture(arch):
             raise ValueError(f"{arch!r} is not an embedding model: it does not support embeddings")
         if self.checkpoint.format != "hf":
             raise CheckpointError(f"{arch}: embedding models load from HF checkpoint directories")
-        self.tokenizer = load_tokenizer(self.checkpoint)
+        self.tokenizer = Tokenizer.from_checkpoint(self.checkpoint)
         self.pooling = load_pooling_config(self.checkpoint.path)
         self.max_model_len = embedding_max_len(self.model_config, self.config)
         self.embedding_dim = self.pooling.output_dim(self.model_config.hidden_size)

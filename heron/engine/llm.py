@@ -8,8 +8,9 @@ from typing import Any, TypedDict
 
 from heron.config import CacheConfig, EngineConfig, SchedulerConfig
 from heron.engine.embedder import EmbeddingEngine, is_embedding_checkpoint
-from heron.engine.llm_engine import LLMEngine, resolve_model
+from heron.engine.llm_engine import LLMEngine
 from heron.outputs import RequestOutput
+from heron.prompt import ChatRenderer
 from heron.sampling_params import SamplingParams
 from heron.tokenizer import Tokenizer
 
@@ -71,6 +72,8 @@ class LLM:
             num_threads=num_threads,
             seed=seed,
         )
+        from heron.store.resolve import resolve_model  # LLM(...) is a front door
+
         path = resolve_model(model)
         self._embedder = EmbeddingEngine(path, config) if is_embedding_checkpoint(path) else None
         self._engine = LLMEngine(path, config) if self._embedder is None else None
@@ -106,8 +109,8 @@ class LLM:
     ) -> list[RequestOutput]:
         """Generate for every prompt, batched; outputs come back in prompt order."""
         if isinstance(prompts, str | dict):
-            prompts = [prompts]  # type: ignore[list-item]
-        prompt_list = list(prompts)  # type: ignore[arg-type]
+            prompts = [prompts]
+        prompt_list = list(prompts)
         if isinstance(sampling_params, Sequence):
             if len(sampling_params) != len(prompt_list):
                 raise ValueError("sampling_params must be one object or one per prompt")
@@ -138,10 +141,10 @@ class LLM:
     ) -> list[RequestOutput]:
         """Apply the model's chat template to each conversation, then generate."""
         conversations = messages if messages and isinstance(messages[0], list) else [messages]
-        tok = self.engine.tokenizer
+        renderer = ChatRenderer(self.engine.tokenizer)
         prompts: list[PromptType] = []
         for conv in conversations:
-            ids = tok.encode_chat(
+            ids = renderer.encode(
                 conv,  # type: ignore[arg-type]
                 add_generation_prompt=add_generation_prompt,
                 **(chat_template_kwargs or {}),

@@ -16,8 +16,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from heron import __version__
+from heron.engine.protocol import EngineDeadError, QueueFullError
 from heron.server.common import APIError, error_response, family_of
-from heron.server.protocol import EngineDeadError, QueueFullError
+from heron.server.run import ClientGone
 from heron.server.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,18 @@ def build_app(state: ServerState, families: list[str] | None = None) -> FastAPI:
         title="Heron", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan
     )
     app.state.heron = state
+
+    add_error_handlers(app)
+
+    add_operational_routes(app, state)
+    for name in list(API_FAMILIES) if families is None else families:
+        module = importlib.import_module(API_FAMILIES[name])
+        module.register(app, state)
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error, wherever it is raised, answers in the shape of the path's API family."""
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -77,6 +90,10 @@ def build_app(state: ServerState, families: list[str] | None = None) -> FastAPI:
         err = APIError(500, "internal server error", "server_error")
         return error_response(family_of(request.url.path), err)
 
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # the client went away; nobody reads this
+
     @app.exception_handler(QueueFullError)
     async def queue_full(request: Request, exc: QueueFullError) -> JSONResponse:
         err = APIError(503, str(exc), "overloaded", headers={"Retry-After": RETRY_AFTER_S})
@@ -85,6 +102,10 @@ def build_app(state: ServerState, families: list[str] | None = None) -> FastAPI:
     @app.exception_handler(EngineDeadError)
     async def engine_dead(request: Request, exc: EngineDeadError) -> JSONResponse:
         return error_response(family_of(request.url.path), APIError(503, str(exc), "server_error"))
+
+
+def add_operational_routes(app: FastAPI, state: ServerState) -> None:
+    """/health, /ready and /metrics."""
 
     @app.get("/health", include_in_schema=False)
     async def health() -> Response:
@@ -113,11 +134,6 @@ def build_app(state: ServerState, families: list[str] | None = None) -> FastAPI:
     async def metrics() -> Response:
         state.metrics.update_engines(state.models.engine_stats())
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
-
-    for name in list(API_FAMILIES) if families is None else families:
-        module = importlib.import_module(API_FAMILIES[name])
-        module.register(app, state)
-    return app
 
 
 class DrainGuard:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from heron.server.protocol import EngineStats
+from heron.engine.protocol import EngineStats
 
 _LATENCY_BUCKETS = (
     0.005,

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from heron.config import EngineConfig
+from heron.engine.protocol import EngineStats
 from heron.server.common import APIError
-from heron.server.protocol import EngineStats
 
 if TYPE_CHECKING:
-    from heron.server.engine_client import AsyncEngineClient
+    from heron.engine.core_client import AsyncEngineClient
     from heron.store.store import ModelStore, StoredModel
 
 logger = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class ModelManager:
         return loaded
 
     def _start(self, spec: ModelSpec, pinned: bool) -> LoadedModel:
-        from heron.server.engine_client import AsyncEngineClient
+        from heron.engine.core_client import AsyncEngineClient
 
         holder: list[LoadedModel] = []
 

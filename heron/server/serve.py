@@ -14,7 +14,6 @@ from types import FrameType
 import uvicorn
 
 from heron.config import EngineConfig
-from heron.engine.llm_engine import resolve_model
 from heron.env import is_loopback_host
 from heron.server.app import DrainGuard, build_app
 from heron.server.http import http_protocol
@@ -28,6 +27,7 @@ from heron.server.model_manager import (
 )
 from heron.server.security import SecurityMiddleware
 from heron.server.state import ServerLimits, ServerState
+from heron.store.resolve import resolve_model
 from heron.store.store import ModelStore
 
 logger = logging.getLogger(__name__)

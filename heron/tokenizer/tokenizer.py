@@ -7,12 +7,15 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 
 from heron.tokenizer.gguf_vocab import EOT_LIKE_TOKENS, build_gguf_vocab
+
+if TYPE_CHECKING:
+    from heron.loader import Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +101,14 @@ class Tokenizer:
         # Whether plain encoding starts with bos: decides if a rendered prompt must get it.
         plain = backend.encode("", add_special_tokens=True).ids
         self.add_bos_token = bos_token_id is not None and plain[:1] == [bos_token_id]
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint) -> Tokenizer:
+        """The tokenizer a checkpoint carries: its GGUF vocabulary, or an HF directory's
+        tokenizer files."""
+        if ckpt.gguf is not None:
+            return cls.from_gguf_metadata(ckpt.gguf.metadata)
+        return cls.from_hf_dir(ckpt.path)
 
     @classmethod
     def from_gguf_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:

@@ -3,22 +3,28 @@ conversation handed to the chat template, prefill rendering, stop reasons and us
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 from pydantic import ValidationError
 
+from heron.outputs import GenerationDelta
+from heron.prompt import ChatRenderer
+from heron.sampling_params import SamplingParams
 from heron.server.anthropic.protocol import MessageCreateRequest
 from heron.server.anthropic.serving import (
-    MessageRun,
     chat_messages,
     encode_prompt,
     sampling_params,
+    stop_reason,
+    usage,
 )
 from heron.server.common import APIError
 from heron.server.model_manager import LoadedModel, ModelSpec
-from heron.server.protocol import GenerationDelta
+from heron.server.run import GenerationRun
 from heron.server.state import ServerLimits, ServerState
 from heron.tokenizer import Tokenizer
 
@@ -211,37 +217,66 @@ def delta(text: str, n_out: int, finish: str | None = None, stop: Any = None) ->
     ],
 )
 def test_stop_reason_and_usage(finish: str, stop: Any, n_out: int, expected: str) -> None:
-    run = MessageRun(fake_state(), fake_model(), 0.0, 10)
-    run.record(delta("a", 1))
-    run.record(delta("b", n_out, finish, stop))
+    deltas = [delta("a", 1), delta("b", n_out, finish, stop)]
+    model = fake_model()
+
+    async def generate(*_: Any, **__: Any) -> AsyncIterator[GenerationDelta]:
+        for d in deltas:
+            yield d
+
+    model.engine.generate = generate  # type: ignore[method-assign]
+    observed: list[tuple[Any, ...]] = []
+    state = fake_state()
+    state.metrics = cast(Any, SimpleNamespace(observe_request=lambda *a: observed.append(a)))
+
+    async def run_it() -> GenerationRun:
+        run = GenerationRun(state, model, [[1] * 10], SamplingParams(), "r", 0, "messages")
+        await run.collect(cast(Any, StillConnected()))
+        return run
+
+    run = asyncio.run(run_it())
     max_tokens = 8 if expected == "max_tokens" else 100
-    assert run.stop_reason(max_tokens) == expected
-    assert run.text == "ab"
-    assert run.stop_string == (stop if isinstance(stop, str) else None)
-    usage = run.usage()
-    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.output_tokens) == (6, 4, n_out)
+    assert stop_reason(run, max_tokens) == expected
+    assert run.choices[0].output == "ab"
+    assert run.choices[0].stop_string == (stop if isinstance(stop, str) else None)
+    got = usage(run)
+    assert (got.input_tokens, got.cache_read_input_tokens, got.output_tokens) == (6, 4, n_out)
+    assert len(observed) == 1 and observed[0][2] == n_out and observed[0][-1] == finish
+
+
+class StillConnected:
+    """A request whose client never leaves."""
+
+    async def receive(self) -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {}
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
-    from heron.engine.llm_engine import load_tokenizer, resolve_model
     from heron.loader import load_checkpoint
+    from heron.store.resolve import resolve_model
 
-    return load_tokenizer(load_checkpoint(resolve_model("smollm2")))
+    return Tokenizer.from_checkpoint(load_checkpoint(resolve_model("smollm2")))
 
 
-def test_prompt_without_prefill_is_encode_chat(tokenizer: Tokenizer) -> None:
+@pytest.fixture(scope="module")
+def renderer(tokenizer: Tokenizer) -> ChatRenderer:
+    return ChatRenderer(tokenizer)
+
+
+def test_prompt_without_prefill_is_encode_chat(renderer: ChatRenderer) -> None:
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}]
-    assert encode_prompt(tokenizer, messages) == tokenizer.encode_chat(messages)
+    assert encode_prompt(renderer, messages) == renderer.encode(messages)
 
 
-def test_prefill_continues_the_assistant_text(tokenizer: Tokenizer) -> None:
+def test_prefill_continues_the_assistant_text(renderer: ChatRenderer) -> None:
     user = [{"role": "user", "content": "Count to five."}]
-    ids = encode_prompt(tokenizer, [*user, {"role": "assistant", "content": "1, 2,"}])
-    head = tokenizer.apply_chat_template(user, add_generation_prompt=True)
-    assert tokenizer.decode(ids, skip_special_tokens=False) == head + "1, 2,"
+    ids = encode_prompt(renderer, [*user, {"role": "assistant", "content": "1, 2,"}])
+    head = renderer.render(user, add_generation_prompt=True)
+    assert renderer.tokenizer.decode(ids, skip_special_tokens=False) == head + "1, 2,"
     # an empty prefill is the plain generation prompt
-    empty = encode_prompt(tokenizer, [*user, {"role": "assistant", "content": ""}])
-    assert empty == tokenizer.encode_chat(user)
+    empty = encode_prompt(renderer, [*user, {"role": "assistant", "content": ""}])
+    assert empty == renderer.encode(user)
     with pytest.raises(ValueError, match="trailing whitespace"):
-        encode_prompt(tokenizer, [*user, {"role": "assistant", "content": "1, "}])
+        encode_prompt(renderer, [*user, {"role": "assistant", "content": "1, "}])

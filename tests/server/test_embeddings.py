@@ -19,7 +19,18 @@ import openai
 import pytest
 
 from heron import LLM
-from heron.server.embedding_core import EmbeddingCore
+from heron.engine.embedding_core import EmbeddingCore
+from heron.engine.protocol import (
+    AbortRequests,
+    Embeddings,
+    EmbedRequest,
+    EngineCoreRequest,
+    Rejected,
+    Shutdown,
+    decode_from_core,
+    encode,
+)
+from heron.sampling_params import SamplingParams
 from heron.store.pull import pull
 from heron.store.store import ModelStore
 from tests.server.conftest import ServerProcess, running_server
@@ -213,29 +224,34 @@ def test_engine_core_batches_everything_queued() -> None:
     server_end, core_end = Pipe()
     engine = FakeEmbedder()
     core = EmbeddingCore(engine, core_end)  # type: ignore[arg-type]
-    server_end.send(("embed", "a", [[1, 2], [3]]))
-    server_end.send(("embed", "b", [[4, 5, 6]]))
-    server_end.send(("add", "g", [1], {}, 0))
-    server_end.send(("embed", "bad", [[7], []]))
-    server_end.send(("embed", "c", [[8]]))
-    server_end.send(("embed", "gone", [[9]]))
-    server_end.send(("abort", "gone"))
+    for msg in [
+        EmbedRequest("a", [[1, 2], [3]]),
+        EmbedRequest("b", [[4, 5, 6]]),
+        EngineCoreRequest("g", [1], SamplingParams()),
+        EmbedRequest("bad", [[7], []]),
+        EmbedRequest("c", [[8]]),
+        EmbedRequest("gone", [[9]]),
+        AbortRequests(["gone"]),
+    ]:
+        server_end.send_bytes(encode(msg))
     thread = threading.Thread(target=core.loop)
     thread.start()
     replies: dict[str, Any] = {}
     deadline = time.monotonic() + 10
     while len(replies) < 5 and time.monotonic() < deadline:
         if server_end.poll(0.1):
-            msg = server_end.recv()
-            if msg[0] in ("embeddings", "rejected"):
-                replies[msg[1]] = msg
-    server_end.send(("shutdown",))
+            reply = decode_from_core(server_end.recv_bytes())
+            if isinstance(reply, Embeddings | Rejected):
+                replies[reply.request_id] = reply
+    server_end.send_bytes(encode(Shutdown()))
     thread.join(10)
     assert not thread.is_alive()
     assert engine.batches == [[[1, 2], [3], [4, 5, 6], [8]]]  # one batch for every request
-    assert replies["a"] == ("embeddings", "a", [[2.0, 1.0], [1.0, 3.0]])
-    assert replies["b"] == ("embeddings", "b", [[3.0, 4.0]])
-    assert replies["c"] == ("embeddings", "c", [[1.0, 8.0]])
-    assert replies["g"][0] == "rejected" and "does not support generate" in replies["g"][2]
-    assert replies["bad"] == ("rejected", "bad", "an input is empty")
+    assert replies["a"] == Embeddings("a", [[2.0, 1.0], [1.0, 3.0]])
+    assert replies["b"] == Embeddings("b", [[3.0, 4.0]])
+    assert replies["c"] == Embeddings("c", [[1.0, 8.0]])
+    assert (
+        isinstance(replies["g"], Rejected) and "does not support generate" in replies["g"].message
+    )
+    assert replies["bad"] == Rejected("bad", "an input is empty")
     assert "gone" not in replies

@@ -9,9 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from heron.config import EngineConfig
-from heron.engine.llm_engine import load_tokenizer, resolve_model
 from heron.loader import load_checkpoint
-from heron.request import Logprob
+from heron.outputs import Logprob
 from heron.server.common import APIError
 from heron.server.model_manager import ModelManager, spec_from_path
 from heron.server.openai.logprobs import TokenSpeller, chat_logprobs, completion_logprobs
@@ -29,6 +28,7 @@ from heron.server.openai.validation import (
     sampling_params,
 )
 from heron.server.state import ServerLimits, ServerState
+from heron.store.resolve import resolve_model
 from heron.tokenizer import Tokenizer
 
 VOCAB = 49152
@@ -36,7 +36,7 @@ VOCAB = 49152
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
-    return load_tokenizer(load_checkpoint(resolve_model("smollm2")))
+    return Tokenizer.from_checkpoint(load_checkpoint(resolve_model("smollm2")))
 
 
 def state(**limits: int) -> ServerState:

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from heron.server.sampling import EngineFields
+
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "model_context_window_exceeded"]
 
 
@@ -117,8 +119,8 @@ class _Conversation(_Request):
     _system = field_validator("system", mode="before")(_text_content)
 
 
-class MessageCreateRequest(_Conversation):
-    """``POST /v1/messages``."""
+class MessageCreateRequest(_Conversation, EngineFields):
+    """``POST /v1/messages`` (with the engine's fields, from ``EngineFields``)."""
 
     max_tokens: int = Field(ge=1)
     stop_sequences: list[str] | None = None

@@ -13,16 +13,16 @@ An engine failure after the stream has begun ends it with ``event: error``.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any, NoReturn
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from heron.outputs import GenerationDelta
+from heron.prompt import ChatRenderer
 from heron.sampling_params import SamplingParams
 from heron.server.anthropic.protocol import (
     ContentBlockDeltaEvent,
@@ -45,7 +45,7 @@ from heron.server.anthropic.protocol import (
     TextDelta,
     Usage,
 )
-from heron.server.common import APIError, error_body, sse, tokenize, until_disconnected
+from heron.server.common import APIError, error_body, sse, tokenize
 from heron.server.defaults import (
     context_limit,
     load_model,
@@ -53,17 +53,11 @@ from heron.server.defaults import (
     with_model_messages,
 )
 from heron.server.model_manager import LoadedModel
-from heron.server.protocol import (
-    EngineDeadError,
-    EngineRequestError,
-    GenerationDelta,
-    QueueFullError,
-)
+from heron.server.run import STREAM_ERRORS, GenerationRun, stream_error
+from heron.server.sampling import engine_fields
 from heron.server.state import ServerState
-from heron.tokenizer import Tokenizer
 
 DEFAULT_TEMPERATURE = 1.0  # Anthropic's default; 0 is greedy
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 BLOCK_SEPARATOR = "\n"  # between the text blocks of one message
 TURN_SEPARATOR = "\n\n"  # between consecutive messages of the same role, merged into one turn
 _PREFILL_MARK = "<<heron-prefill-end>>"
@@ -113,6 +107,7 @@ def sampling_params(
             seed=defaults.get("seed"),
             max_tokens=body.max_tokens,
             stop=list(stops),
+            **engine_fields(body, model.engine.tokenizer.vocab_size),
         )
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
@@ -142,31 +137,32 @@ def chat_messages(
     return out
 
 
-def encode_prompt(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> list[int]:
+def encode_prompt(renderer: ChatRenderer, messages: list[dict[str, str]]) -> list[int]:
     """Prompt token ids. A final assistant message is a prefill: the reply continues it, so
     the prompt is the conversation rendered up to the end of that message's text.
     Raises ValueError when the chat template cannot render the conversation."""
     if messages[-1]["role"] != "assistant":
-        return tokenizer.encode_chat(messages)
+        return renderer.encode(messages)
     prefill = messages[-1]["content"]
     if prefill != prefill.rstrip():
         raise ValueError("final assistant content cannot end with trailing whitespace")
     marked = [*messages[:-1], {"role": "assistant", "content": prefill + _PREFILL_MARK}]
-    text = tokenizer.apply_chat_template(marked, add_generation_prompt=False)
+    text = renderer.render(marked, add_generation_prompt=False)
     end = text.rfind(_PREFILL_MARK)
     if end < 0:
         raise ValueError("this model's chat template cannot continue a final assistant message")
+    tokenizer = renderer.tokenizer
     ids = tokenizer.encode(text[:end], add_special_tokens=False)
     bos = tokenizer.bos_token_id
     if tokenizer.add_bos_token and bos is not None and ids[:1] != [bos]:
-        ids.insert(0, bos)  # as encode_chat does
+        ids.insert(0, bos)  # as ChatRenderer.encode does
     return ids
 
 
 async def render(model: LoadedModel, body: CountTokensRequest | MessageCreateRequest) -> list[int]:
     messages = with_model_messages(model.spec, chat_messages(body.system, body.messages))
     try:
-        return await tokenize(encode_prompt, messages, model.engine.tokenizer, messages)
+        return await tokenize(encode_prompt, messages, model.engine.renderer, messages)
     except ValueError as exc:
         raise bad_request(str(exc), "messages") from exc
 
@@ -184,109 +180,29 @@ def check_context(model: LoadedModel, num_prompt_tokens: int) -> None:
 
 
 # ------------------------------------------------------------------------------ runs
-class MessageRun:
-    """One engine request: what it has produced so far, and its metrics."""
-
-    def __init__(
-        self, state: ServerState, model: LoadedModel, started: float, num_prompt_tokens: int
-    ) -> None:
-        self.state = state
-        self.model = model
-        self.started = started
-        self.first_at: float | None = None
-        self.last_at = 0.0
-        self.itl: list[float] = []
-        self.parts: list[str] = []
-        self.num_prompt_tokens = num_prompt_tokens
-        self.num_cached_tokens = 0
-        self.num_output_tokens = 0
-        self.finish_reason: str | None = None
-        self.stop_string: str | None = None
-        self.closed = False
-
-    def record(self, delta: GenerationDelta) -> None:
-        if delta.text or delta.token_ids:
-            now = time.monotonic()
-            if self.first_at is None:
-                self.first_at = now
-            else:
-                self.itl.append(now - self.last_at)
-            self.last_at = now
-        self.parts.append(delta.text)
-        self.num_prompt_tokens = delta.num_prompt_tokens
-        self.num_cached_tokens = delta.num_cached_tokens
-        self.num_output_tokens = delta.num_output_tokens
-        if delta.finish_reason is not None:
-            self.finish_reason = delta.finish_reason
-            if isinstance(delta.stop_reason, str):
-                self.stop_string = delta.stop_reason
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    def stop_reason(self, max_tokens: int) -> StopReason | None:
-        if self.finish_reason == "stop":
-            return "stop_sequence" if self.stop_string is not None else "end_turn"
-        if self.finish_reason == "length":
-            # The engine cuts max_tokens to what fits the context.
-            full = (
-                self.num_prompt_tokens + self.num_output_tokens >= self.model.engine.max_model_len
-            )
-            if full and self.num_output_tokens < max_tokens:
-                return "model_context_window_exceeded"
-            return "max_tokens"
-        return None
-
-    def usage(self) -> Usage:
-        return Usage(
-            input_tokens=self.num_prompt_tokens - self.num_cached_tokens,
-            output_tokens=self.num_output_tokens,
-            cache_read_input_tokens=self.num_cached_tokens,
-        )
-
-    def close(self, observe: bool = True) -> None:
-        """Record the request in the metrics, once."""
-        if self.closed:
-            return
-        self.closed = True
-        if observe:
-            ttft = None if self.first_at is None else self.first_at - self.started
-            self.state.metrics.observe_request(
-                self.model.name,
-                self.num_prompt_tokens,
-                self.num_output_tokens,
-                ttft,
-                self.itl,
-                time.monotonic() - self.started,
-                self.finish_reason,
-            )
+def stop_reason(run: GenerationRun, max_tokens: int) -> StopReason | None:
+    choice = run.choices[0]
+    if choice.finish_reason == "stop":
+        return "stop_sequence" if choice.stop_string is not None else "end_turn"
+    if choice.finish_reason == "length":
+        # The engine cuts max_tokens to what fits the context.
+        full = run.num_prompt_tokens + choice.num_output_tokens >= run.model.engine.max_model_len
+        if full and choice.num_output_tokens < max_tokens:
+            return "model_context_window_exceeded"
+        return "max_tokens"
+    return None
 
 
-def _fail(run: MessageRun, exc: BaseException) -> NoReturn:
-    """Close ``run`` and answer an engine failure before any reply was sent: bad input is a
-    400, a failed request a 500; a full queue and a dead engine go to the app's handlers
-    (503). A request the engine refused before running it is not counted in the metrics."""
-    run.close(observe=not isinstance(exc, ValueError | QueueFullError))
-    if isinstance(exc, ValueError):
-        raise bad_request(str(exc), "messages") from exc
-    if isinstance(exc, EngineRequestError):
-        raise APIError(500, str(exc), "server_error") from exc
-    raise exc
+def usage(run: GenerationRun) -> Usage:
+    return Usage(
+        input_tokens=run.num_prompt_tokens - run.num_cached_tokens,
+        output_tokens=run.num_output_tokens,
+        cache_read_input_tokens=run.num_cached_tokens,
+    )
 
 
 def _aborted() -> APIError:
     return APIError(500, "the request was aborted before it finished", "server_error")
-
-
-def _disconnected(run: MessageRun) -> Response:
-    """The client went away and its engine request was aborted. Nobody reads this reply."""
-    run.finish_reason = run.finish_reason or "abort"
-    run.close()
-    current = asyncio.current_task()
-    if current is not None and current.cancelling():
-        raise asyncio.CancelledError  # the handler itself is being cancelled
-    return Response(status_code=499)
 
 
 def _event(event: BaseModel) -> bytes:
@@ -298,22 +214,6 @@ def _error_event(err: APIError) -> bytes:
     return sse(error_body("anthropic", err), event="error")
 
 
-async def _first(stream: AsyncIterator[GenerationDelta]) -> GenerationDelta:
-    return await anext(stream)
-
-
-async def _rest(stream: AsyncIterator[GenerationDelta]) -> list[GenerationDelta]:
-    return [delta async for delta in stream]
-
-
-async def _chain(
-    first: GenerationDelta, rest: AsyncIterator[GenerationDelta]
-) -> AsyncIterator[GenerationDelta]:
-    yield first
-    async for delta in rest:
-        yield delta
-
-
 class AnthropicServing:
     def __init__(self, state: ServerState) -> None:
         self.state = state
@@ -323,7 +223,7 @@ class AnthropicServing:
         return MessageTokensCount(input_tokens=len(await render(model, body)))
 
     async def messages(self, request: Request, body: MessageCreateRequest) -> Response:
-        started = time.monotonic()
+        started = time.perf_counter_ns()
         state = self.state
         model = await get_model(state, body.model)
         params = sampling_params(state, body, model)
@@ -331,54 +231,26 @@ class AnthropicServing:
         check_context(model, len(prompt))
 
         message_id = f"msg_{uuid.uuid4().hex}"
-        run = MessageRun(state, model, started, len(prompt))
-        stream = model.engine.generate(prompt, params, request_id=message_id)
-        try:
-            first = await until_disconnected(request, _first(stream))
-        except asyncio.CancelledError:
-            await _close(stream)
-            return _disconnected(run)
-        except StopAsyncIteration:
-            _fail(run, EngineRequestError("the engine returned no output"))
-        except (ValueError, QueueFullError, EngineRequestError, EngineDeadError) as exc:
-            await _close(stream)
-            _fail(run, exc)
-        run.record(first)
-
+        run = GenerationRun(state, model, [prompt], params, message_id, started, "messages")
+        first = await run.start(request)
         if body.stream:
-            events = self._events(run, message_id, body.max_tokens, first, stream)
-            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-
-        try:
-            if first.finish_reason is None:
-                for delta in await until_disconnected(request, _rest(stream)):
-                    run.record(delta)
-        except asyncio.CancelledError:
-            return _disconnected(run)
-        except (EngineRequestError, EngineDeadError) as exc:
-            _fail(run, exc)
-        finally:
-            await _close(stream)
-        run.close()
+            events = self._events(run, message_id, body.max_tokens, first)
+            return run.respond(events, "text/event-stream")
+        await run.collect(request)
         if run.finish_reason == "abort":
             raise _aborted()
         message = Message(
             id=message_id,
             model=body.model,
-            content=[TextBlock(text=run.text)],
-            stop_reason=run.stop_reason(body.max_tokens),
-            stop_sequence=run.stop_string,
-            usage=run.usage(),
+            content=[TextBlock(text=run.choices[0].output)],
+            stop_reason=stop_reason(run, body.max_tokens),
+            stop_sequence=run.choices[0].stop_string,
+            usage=usage(run),
         )
         return JSONResponse(message.model_dump())
 
     async def _events(
-        self,
-        run: MessageRun,
-        message_id: str,
-        max_tokens: int,
-        first: GenerationDelta,
-        stream: AsyncIterator[GenerationDelta],
+        self, run: GenerationRun, message_id: str, max_tokens: int, first: list[GenerationDelta]
     ) -> AsyncIterator[bytes]:
         start = Message(
             id=message_id,
@@ -392,13 +264,12 @@ class AnthropicServing:
                 cache_read_input_tokens=run.num_cached_tokens,
             ),
         )
+        reason: str | None = None
         try:
             yield _event(MessageStartEvent(message=start))
             yield _event(ContentBlockStartEvent(index=0, content_block=TextBlock(text="")))
             yield _event(PingEvent())
-            async for delta in _chain(first, stream):
-                if delta is not first:
-                    run.record(delta)
+            async for delta in run.stream(first):
                 if delta.text:
                     yield _event(ContentBlockDeltaEvent(index=0, delta=TextDelta(text=delta.text)))
             if run.finish_reason == "abort":
@@ -408,20 +279,15 @@ class AnthropicServing:
             yield _event(
                 MessageDeltaEvent(
                     delta=MessageDelta(
-                        stop_reason=run.stop_reason(max_tokens), stop_sequence=run.stop_string
+                        stop_reason=stop_reason(run, max_tokens),
+                        stop_sequence=run.choices[0].stop_string,
                     ),
                     usage=MessageDeltaUsage(output_tokens=run.num_output_tokens),
                 )
             )
             yield _event(MessageStopEvent())
-        except (EngineRequestError, EngineDeadError) as exc:
-            yield _error_event(APIError(500, str(exc) or type(exc).__name__, "server_error"))
+        except STREAM_ERRORS as exc:
+            reason = "error"
+            yield _error_event(stream_error(exc))
         finally:
-            await _close(stream)
-            run.close()
-
-
-async def _close(stream: AsyncIterator[Any]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
+            run.close(reason)

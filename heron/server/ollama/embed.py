@@ -25,8 +25,8 @@ from heron.server.common import APIError
 from heron.server.embeddings import check_dimensions, embed, tokenize
 from heron.server.model_manager import LoadedModel
 from heron.server.ollama.models import parse_keep_alive
+from heron.server.ollama.options import merged_options
 from heron.server.ollama.protocol import EmbeddingsRequest, EmbedRequest, Options
-from heron.server.ollama.serving import merged_options
 from heron.server.state import ServerState
 
 logger = logging.getLogger(__name__)

@@ -24,6 +24,8 @@ from pydantic import (
     StrictStr,
 )
 
+from heron.server.sampling import EngineFields
+
 
 def _integral(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
@@ -41,9 +43,10 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class Options(BaseModel):
-    """Ollama's ``options``: the sampling keys Heron maps, plus runner and removed keys that
-    clients still send, which are accepted and ignored. Unknown keys land in ``model_extra``."""
+class Options(EngineFields):
+    """Ollama's ``options``: the sampling keys Heron maps, the engine's own (``EngineFields``),
+    plus runner and removed keys that clients still send, which are accepted and ignored.
+    Unknown keys land in ``model_extra``."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -41,8 +41,8 @@ def _inputs(value: EmbeddingInput) -> tuple[list[str] | None, list[list[int]] | 
     if not value or isinstance(value[0], str):
         return [str(v) for v in value], None
     if isinstance(value[0], int):
-        return None, [[int(t) for t in value]]  # type: ignore[arg-type]
-    return None, [list(v) for v in value]  # type: ignore[arg-type]
+        return None, [[int(t) for t in value]]
+    return None, [list(v) for v in value]
 
 
 async def create_embeddings(

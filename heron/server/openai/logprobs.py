@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 from heron import __version__
-from heron.request import Logprob
+from heron.outputs import Logprob
 from heron.server.openai.protocol import (
     ChatChoiceLogprobs,
     CompletionLogprobs,

@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from heron.sampling_params import MAX_LOGPROBS
+from heron.server.sampling import EngineFields
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -61,8 +62,8 @@ class StreamOptions(_Request):
     )
 
 
-class SamplingFields(_Request):
-    """Sampling parameters both endpoints take."""
+class SamplingFields(_Request, EngineFields):
+    """Sampling parameters both endpoints take (with the engine's, from ``EngineFields``)."""
 
     model: str = Field(description="The served model's name (see GET /v1/models).")
     n: int | None = Field(None, ge=1, description="Choices to generate.")
@@ -79,11 +80,6 @@ class SamplingFields(_Request):
     top_k: int | None = Field(None, ge=-1, description="0 or -1 disables.")
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
-    min_tokens: int | None = Field(None, ge=0)
-    ignore_eos: bool | None = None
-    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
-    include_stop_str_in_output: bool | None = None
-    skip_special_tokens: bool | None = None
     # OpenAI fields accepted only in their no-op form
     logit_bias: dict[str, Any] | None = Field(
         None, description="Token id (as a string) -> bias in [-100, 100] added to its logit."

@@ -9,7 +9,6 @@ respond, as one JSON body or as server-sent events.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,9 +17,17 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from heron import __version__
-from heron.server.common import APIError, sse, tokenize, until_disconnected
+from heron.outputs import GenerationDelta
+from heron.server.common import APIError, sse, tokenize
 from heron.server.defaults import context_limit, load_model, sampling_defaults, with_model_messages
 from heron.server.model_manager import LoadedModel, ModelSpec, spec_from_store
+from heron.server.openai.chunks import (
+    dump_chunk,
+    mid_stream_error,
+    nothing_to_send,
+    role_choice,
+    usage,
+)
 from heron.server.openai.logprobs import TokenSpeller, chat_logprobs, completion_logprobs
 from heron.server.openai.protocol import (
     AssistantMessage,
@@ -37,16 +44,6 @@ from heron.server.openai.protocol import (
     ModelList,
     Usage,
 )
-from heron.server.openai.run import (
-    EngineRun,
-    EventStream,
-    chain,
-    disconnected,
-    dump_chunk,
-    fail,
-    mid_stream_error,
-    nothing_to_send,
-)
 from heron.server.openai.validation import (
     bad_request,
     chat_messages,
@@ -56,16 +53,11 @@ from heron.server.openai.validation import (
     resolve_max_tokens,
     sampling_params,
 )
-from heron.server.protocol import (
-    EngineDeadError,
-    EngineRequestError,
-    GenerationDelta,
-)
+from heron.server.run import STREAM_ERRORS, GenerationRun
 from heron.server.state import ServerState
 
 SYSTEM_FINGERPRINT = f"heron-{__version__}"
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DONE = "[DONE]"
 
 
@@ -125,7 +117,7 @@ class OpenAIServing:
 
     # -------------------------------------------------------------------- chat
     async def chat(self, request: Request, body: ChatCompletionRequest) -> Response:
-        started = time.monotonic()
+        started = time.perf_counter_ns()
         state = self.state
         reject_unsupported(body)
         requested = body.max_completion_tokens or body.max_tokens
@@ -136,7 +128,7 @@ class OpenAIServing:
             requested = min(defaults["max_tokens"], state.limits.max_tokens)
         messages = with_model_messages(model.spec, chat_messages(body.messages))
         try:
-            prompt = await tokenize(model.engine.tokenizer.encode_chat, messages, messages)
+            prompt = await tokenize(model.engine.renderer.encode, messages, messages)
         except ValueError as exc:
             raise bad_request(str(exc), "messages") from exc
         max_param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
@@ -152,34 +144,33 @@ class OpenAIServing:
         vocab = model.engine.model_config.vocab_size
         params = sampling_params(body, max_tokens, top, vocab, defaults)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        run = EngineRun(state, model, [prompt], params, request_id, started)
+        run = GenerationRun(state, model, [prompt], params, request_id, started)
         created = int(time.time())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            try:
-                first = await until_disconnected(request, run.start())
-            except asyncio.CancelledError:
-                return disconnected(run)
-            except BaseException as exc:
-                fail(run, exc)
+            first = await run.start(request)
             events = self._chat_events(
                 run, first, body.model, request_id, created, top, include_usage
             )
-            return EventStream(events, run)
-        try:
-            await until_disconnected(request, run.collect())
-        except asyncio.CancelledError:
-            return disconnected(run)
-        except BaseException as exc:
-            fail(run, exc)
-        run.close()
+            return run.respond(events, "text/event-stream")
+        await run.collect(request)
+        return self._chat_response(run, body, request_id, created, top)
+
+    def _chat_response(
+        self,
+        run: GenerationRun,
+        body: ChatCompletionRequest,
+        request_id: str,
+        created: int,
+        top: int | None,
+    ) -> Response:
         choices = [
             ChatCompletionChoice(
                 index=i,
-                message=AssistantMessage(content="".join(c.text)),
+                message=AssistantMessage(content=c.output),
                 logprobs=None
                 if top is None
-                else chat_logprobs(self._speller(model), c.token_ids, c.logprobs, top),
+                else chat_logprobs(self._speller(run.model), c.token_ids, c.logprobs, top),
                 finish_reason=c.finish_reason,
                 stop_reason=c.stop_reason,
             )
@@ -190,14 +181,14 @@ class OpenAIServing:
             created=created,
             model=body.model,
             choices=choices,
-            usage=run.usage(),
+            usage=usage(run),
             system_fingerprint=SYSTEM_FINGERPRINT,
         )
         return JSONResponse(response.model_dump())
 
     async def _chat_events(
         self,
-        run: EngineRun,
+        run: GenerationRun,
         first: list[GenerationDelta],
         model: str,
         request_id: str,
@@ -223,20 +214,8 @@ class OpenAIServing:
         try:
             # The role chunks go out in one write with the first content chunk (one send, not
             # two, on the way to the first token).
-            pending = b"".join(
-                chunk(
-                    [
-                        ChatChunkChoice(
-                            index=i,
-                            delta=ChatDelta(role="assistant", content=""),
-                            logprobs=None,
-                            finish_reason=None,
-                        )
-                    ]
-                )
-                for i in range(len(run.choices))
-            )
-            async for delta in chain(first, run.rest()):
+            pending = b"".join(chunk([role_choice(i)]) for i in range(len(run.choices)))
+            async for delta in run.stream(first):
                 if nothing_to_send(delta, top):
                     continue
                 choice = ChatChunkChoice(
@@ -257,8 +236,8 @@ class OpenAIServing:
                 yield pending
                 pending = b""
             if include_usage:
-                yield chunk([], run.usage())
-        except (EngineRequestError, EngineDeadError, ValueError) as exc:
+                yield chunk([], usage(run))
+        except STREAM_ERRORS as exc:
             reason = "error"
             yield pending + mid_stream_error(exc)
         finally:
@@ -267,7 +246,7 @@ class OpenAIServing:
 
     # ------------------------------------------------------------- completions
     async def completions(self, request: Request, body: CompletionRequest) -> Response:
-        started = time.monotonic()
+        started = time.perf_counter_ns()
         state = self.state
         reject_unsupported(body)
         check_caps(state, body, body.max_tokens)
@@ -296,38 +275,32 @@ class OpenAIServing:
         )
         params = sampling_params(body, max_tokens, body.logprobs, vocab, defaults)
         request_id = f"cmpl-{uuid.uuid4().hex}"
-        run = EngineRun(state, model, prompts, params, request_id, started)
+        run = GenerationRun(state, model, prompts, params, request_id, started)
         created = int(time.time())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            try:
-                first = await until_disconnected(request, run.start())
-            except asyncio.CancelledError:
-                return disconnected(run)
-            except BaseException as exc:
-                fail(run, exc)
+            first = await run.start(request)
             events = self._completion_events(
                 run, first, body.model, request_id, created, body.logprobs, include_usage
             )
-            return EventStream(events, run)
-        try:
-            await until_disconnected(request, run.collect())
-        except asyncio.CancelledError:
-            return disconnected(run)
-        except BaseException as exc:
-            fail(run, exc)
-        run.close()
+            return run.respond(events, "text/event-stream")
+        await run.collect(request)
+        return self._completion_response(run, body, request_id, created)
+
+    def _completion_response(
+        self, run: GenerationRun, body: CompletionRequest, request_id: str, created: int
+    ) -> Response:
         choices = []
         for i, c in enumerate(run.choices):
             logprobs = None
             if body.logprobs is not None:
                 logprobs, _ = completion_logprobs(
-                    self._speller(model), c.token_ids, c.logprobs, body.logprobs, 0
+                    self._speller(run.model), c.token_ids, c.logprobs, body.logprobs, 0
                 )
             choices.append(
                 CompletionChoice(
                     index=i,
-                    text="".join(c.text),
+                    text=c.output,
                     logprobs=logprobs,
                     finish_reason=c.finish_reason,
                     stop_reason=c.stop_reason,
@@ -338,14 +311,14 @@ class OpenAIServing:
             created=created,
             model=body.model,
             choices=choices,
-            usage=run.usage(),
+            usage=usage(run),
             system_fingerprint=SYSTEM_FINGERPRINT,
         )
         return JSONResponse(response.model_dump())
 
     async def _completion_events(
         self,
-        run: EngineRun,
+        run: GenerationRun,
         first: list[GenerationDelta],
         model: str,
         request_id: str,
@@ -369,7 +342,7 @@ class OpenAIServing:
         offsets = [0] * len(run.choices)
         reason: str | None = None
         try:
-            async for delta in chain(first, run.rest()):
+            async for delta in run.stream(first):
                 if nothing_to_send(delta, top):
                     continue
                 logprobs = None
@@ -391,8 +364,8 @@ class OpenAIServing:
                     choice.stop_reason = delta.stop_reason
                 yield chunk([choice])
             if include_usage:
-                yield chunk([], run.usage())
-        except (EngineRequestError, EngineDeadError, ValueError) as exc:
+                yield chunk([], usage(run))
+        except STREAM_ERRORS as exc:
             reason = "error"
             yield mid_stream_error(exc)
         finally:

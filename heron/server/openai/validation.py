@@ -16,6 +16,7 @@ from heron.server.openai.protocol import (
     CompletionRequest,
     SamplingFields,
 )
+from heron.server.sampling import ENGINE_FIELD_NAMES, engine_fields
 from heron.server.state import ServerState
 from heron.tokenizer import Tokenizer
 
@@ -125,24 +126,27 @@ def resolve_max_tokens(
     return requested
 
 
-_SAMPLING_NAMES = frozenset(
-    {
-        "n",
-        "logit_bias",
-        "temperature",
-        "top_k",
-        "top_p",
-        "min_p",
-        "repetition_penalty",
-        "presence_penalty",
-        "frequency_penalty",
-        "seed",
-        "stop",
-        "stop_token_ids",
-        "max_tokens",
-        "min_tokens",
-        "logprobs",
-    }
+_SAMPLING_NAMES = (
+    frozenset(
+        {
+            "n",
+            "logit_bias",
+            "temperature",
+            "top_k",
+            "top_p",
+            "min_p",
+            "repetition_penalty",
+            "presence_penalty",
+            "frequency_penalty",
+            "seed",
+            "stop",
+            "stop_token_ids",
+            "max_tokens",
+            "min_tokens",
+            "logprobs",
+        }
+    )
+    | ENGINE_FIELD_NAMES
 )
 
 
@@ -155,9 +159,6 @@ def sampling_params(
 ) -> SamplingParams:
     """Map the request onto ``SamplingParams`` over the model's Modelfile ``defaults`` (what
     the request leaves unset); its ValueErrors become 400s naming the field."""
-    for token_id in body.stop_token_ids or []:
-        if token_id >= vocab_size:
-            raise bad_request(f"stop_token_ids must be in [0, {vocab_size})", "stop_token_ids")
     # OpenAI seeds are any int64; the engine's are non-negative, so fold negatives over.
     seed = None if body.seed is None else body.seed & INT64_MAX
     given = {
@@ -171,12 +172,8 @@ def sampling_params(
         "frequency_penalty": body.frequency_penalty,
         "seed": seed,
         "stop": [body.stop] if isinstance(body.stop, str) else body.stop,
-        "stop_token_ids": body.stop_token_ids,
-        "include_stop_str_in_output": body.include_stop_str_in_output,
-        "min_tokens": body.min_tokens,
-        "ignore_eos": body.ignore_eos,
-        "skip_special_tokens": body.skip_special_tokens,
         "logit_bias": parse_logit_bias(body.logit_bias),
+        **engine_fields(body, vocab_size),
     }
     kwargs: dict[str, Any] = {k: v for k, v in (defaults or {}).items() if k != "max_tokens"}
     kwargs.update({k: v for k, v in given.items() if v is not None})

@@ -1,23 +1,33 @@
 """The engine-core loop of an embedding model (run by ``run_engine_core``).
 
-Each step takes every "embed" command that has arrived, checks each request on its own (a
+Each step takes every ``EmbedRequest`` that has arrived, checks each request on its own (a
 bad one is rejected without failing the others), and embeds all their inputs together:
 ``EmbeddingEngine.embed_token_ids`` sorts them by length and runs as few padded forwards as
-its token budget allows. Each request then gets its vectors back as ("embeddings", id,
-vectors), lists of Python floats (exactly the float32 values).
+its token budget allows. Each request then gets its vectors back as ``Embeddings``: lists of
+Python floats (exactly the float32 values).
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
-from dataclasses import asdict
 from multiprocessing.connection import Connection
-from typing import Any
 
 from heron import env
 from heron.engine.embedder import EmbeddingEngine
-from heron.server.protocol import EngineStats
+from heron.engine.protocol import (
+    AbortRequests,
+    Embeddings,
+    EmbedRequest,
+    EngineCoreRequest,
+    EngineStats,
+    Failed,
+    FromCore,
+    Rejected,
+    Shutdown,
+    decode_to_core,
+    encode,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,26 +51,30 @@ class EmbeddingCore:
                     return
             try:
                 while self.conn.poll(0):
-                    if not self.handle(self.conn.recv()):
+                    if not self.handle(decode_to_core(self.conn.recv_bytes())):
                         return
                 if self.pending:
                     self.step()
             except (EOFError, OSError):
                 return
 
-    def handle(self, msg: tuple[Any, ...]) -> bool:
-        kind = msg[0]
-        if kind == "embed":
-            _, rid, inputs = msg
+    def send(self, msg: FromCore) -> None:
+        self.conn.send_bytes(encode(msg))
+
+    def handle(self, msg: object) -> bool:
+        """Queue or withdraw a request; False on Shutdown."""
+        if isinstance(msg, EmbedRequest):
+            rid = msg.request_id
             if rid in self.pending:
-                self.conn.send(("rejected", rid, f"request id {rid!r} is already in use"))
+                self.send(Rejected(rid, f"request id {rid!r} is already in use"))
             else:
-                self.pending[rid] = inputs
-        elif kind == "add":
-            self.conn.send(("rejected", msg[1], NOT_GENERATIVE))
-        elif kind == "abort":
-            self.pending.pop(msg[1], None)
-        elif kind == "shutdown":
+                self.pending[rid] = msg.inputs
+        elif isinstance(msg, EngineCoreRequest):
+            self.send(Rejected(msg.request_id, NOT_GENERATIVE))
+        elif isinstance(msg, AbortRequests):
+            for rid in msg.request_ids:
+                self.pending.pop(rid, None)
+        elif isinstance(msg, Shutdown):
             return False
         return True
 
@@ -74,13 +88,13 @@ class EmbeddingCore:
                     raise ValueError("no inputs to embed")
                 self.engine.check_inputs(inputs)
             except Exception as exc:
-                self.conn.send(("rejected", rid, str(exc)))
+                self.send(Rejected(rid, str(exc)))
                 continue
             batch.append((rid, inputs))
         self.pending.clear()
         if not batch:
             return
-        self.conn.send(("stats", asdict(self.stats(len(batch)))))
+        self.send(self.stats(len(batch)))
         try:
             if self.fault_step is not None and self.num_steps == self.fault_step:
                 raise RuntimeError("injected engine fault (HERON_FAULT_INJECT_STEP)")
@@ -88,13 +102,13 @@ class EmbeddingCore:
             vectors = self.engine.embed_token_ids(flat)
         except Exception as exc:
             logger.error("embedding step failed:\n%s", traceback.format_exc())
-            self.conn.send(("failed", [rid for rid, _ in batch], f"engine error: {exc}"))
+            self.send(Failed([rid for rid, _ in batch], f"engine error: {exc}"))
         else:
             start = 0
             for rid, inputs in batch:
-                self.conn.send(("embeddings", rid, vectors[start : start + len(inputs)]))
+                self.send(Embeddings(rid, vectors[start : start + len(inputs)]))
                 start += len(inputs)
-        self.conn.send(("stats", asdict(self.stats(0))))
+        self.send(self.stats(0))
 
     def stats(self, num_running: int) -> EngineStats:
         """Embedding models have no KV cache: requests in the running step and those

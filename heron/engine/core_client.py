@@ -1,98 +1,115 @@
-"""The server side of the engine: starts the engine-core process and streams its outputs.
+"""The HTTP process's side of the engine: starts the engine-core process, submits requests
+and streams their outputs.
 
-A reader thread receives the core's messages and hands each delta to the asyncio queue of
-its request, so the event loop never blocks on the pipe.
+A writer thread sends encoded messages (a full pipe never blocks the event loop); a reader
+thread decodes each step's ``EngineCoreOutputs``, runs the ``OutputProcessor`` on them
+(detokenization, stop strings, fan-in of n > 1) and hands each request's deltas to its
+asyncio queue. Requests that hit a stop string are aborted in the core from there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import itertools
 import multiprocessing as mp
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from queue import SimpleQueue
 from typing import Any
 
 from heron.config import EngineConfig, ModelConfig
+from heron.engine.core import run_engine_core
 from heron.engine.embedder import embedding_max_len
-from heron.engine.llm_engine import load_tokenizer, resolve_model
-from heron.loader import load_checkpoint
-from heron.loader.pooling import load_pooling_config
-from heron.models.registry import is_embedding_architecture
-from heron.request import Logprob
-from heron.runner.model_runner import plan_max_model_len
-from heron.sampling_params import SamplingParams
-from heron.server.engine_core import run_engine_core
-from heron.server.protocol import (
+from heron.engine.output_processor import OutputProcessor
+from heron.engine.protocol import (
+    AbortRequests,
+    Embeddings,
+    EmbedRequest,
+    EngineCoreOutputs,
     EngineDeadError,
     EngineLoadingError,
     EngineRequestError,
     EngineStats,
-    GenerationDelta,
+    Failed,
+    Fatal,
+    LoadModel,
     QueueFullError,
+    Ready,
+    Rejected,
+    Shutdown,
+    ToCore,
+    decode_from_core,
+    encode,
 )
+from heron.loader import load_checkpoint
+from heron.loader.pooling import load_pooling_config
+from heron.models.registry import is_embedding_architecture
+from heron.outputs import GenerationDelta
+from heron.prompt import ChatRenderer
+from heron.runner.model_runner import plan_max_model_len
+from heron.sampling_params import SamplingParams
 from heron.tokenizer import Tokenizer
-
-_DONE = object()
 
 
 class AsyncEngineClient:
     """Submit requests to the engine core and iterate their outputs.
 
-    An embedding model (``is_embedding``) takes ``embed`` and no ``generate``; every other
-    model the reverse. ``generate`` raises ValueError for input the engine rejects (before
-    the first delta), QueueFullError when too many requests wait, EngineRequestError if the
-    engine fails mid-request, EngineDeadError if the core process is gone. Closing the
-    iterator early (client disconnect, cancellation) aborts the request, which frees its KV
-    blocks.
+    ``model_path`` is a resolved checkpoint (the model manager resolves names). An embedding
+    model (``is_embedding``) takes ``embed`` and no ``generate``; every other model the
+    reverse. ``generate`` raises ValueError for input the engine rejects (before the first
+    delta), QueueFullError when too many requests wait, EngineRequestError if the engine
+    fails mid-request, EngineDeadError if the core process is gone. Closing the iterator
+    early (client disconnect, cancellation) aborts the request, which frees its KV blocks.
     """
 
     def __init__(
         self,
-        model: str,
+        model_path: str,
         config: EngineConfig,
         max_waiting: int = 256,
         on_fatal: Callable[[str], None] | None = None,
         chat_template: str | None = None,
     ) -> None:
-        self.model_path = resolve_model(model)
-        checkpoint = load_checkpoint(self.model_path)  # header only: config + tokenizer
+        self.model_path = model_path
+        checkpoint = load_checkpoint(model_path)  # header only: config + tokenizer
         self.model_config: ModelConfig = checkpoint.config
         self.metadata: dict[str, Any] = checkpoint.gguf.metadata if checkpoint.gguf else {}
-        self.tokenizer: Tokenizer = load_tokenizer(checkpoint)
-        if chat_template:  # a Modelfile TEMPLATE replaces the checkpoint's own
-            self.tokenizer.override_chat_template(chat_template)
+        self.tokenizer: Tokenizer = Tokenizer.from_checkpoint(checkpoint)
+        # A Modelfile TEMPLATE replaces the checkpoint's own.
+        self.renderer = ChatRenderer(self.tokenizer, chat_template)
         self.config = config
         self.max_waiting = max_waiting
         self.is_embedding = is_embedding_architecture(self.model_config.architecture)
         self.embedding_dim: int | None = None  # length of each vector, for embedding models
         if self.is_embedding:
             self.max_model_len = embedding_max_len(self.model_config, config)
-            pooling = load_pooling_config(self.model_path)
+            pooling = load_pooling_config(model_path)
             self.embedding_dim = pooling.output_dim(self.model_config.hidden_size)
         else:
             self.max_model_len, _ = plan_max_model_len(self.model_config, config)
         self.ready = False  # set once the engine process has loaded the weights
         self.on_fatal = on_fatal
         self.stats = EngineStats()
+        self.processor = OutputProcessor(self.tokenizer)
         self._ids = itertools.count()
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
+        # Guards ``_queues`` and the processor: the event loop adds and aborts, the reader
+        # thread processes outputs.
         self._lock = threading.Lock()
-        self._outbox: SimpleQueue[tuple[Any, ...]] = SimpleQueue()
+        self._outbox: SimpleQueue[ToCore] = SimpleQueue()
         self._dead: str | None = None
         self._closing = False
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=run_engine_core, args=(self.model_path, config, child), daemon=True
-        )
+        self._proc = ctx.Process(target=run_engine_core, args=(child,), daemon=True)
         self._proc.start()
         child.close()
+        eos = sorted(self.tokenizer.eos_token_ids)
+        self._outbox.put(LoadModel(model_path, config, eos))
         # The weights load in the engine process while the server already answers /health;
-        # /ready and generation answer 503 until the reader sees "ready".
+        # /ready and generation answer 503 until the reader sees Ready.
         self._writer = threading.Thread(target=self._write_loop, name="heron-engine-writer")
         self._writer.daemon = True
         self._writer.start()
@@ -109,6 +126,14 @@ class AsyncEngineClient:
     def alive(self) -> bool:
         return self._dead is None and self._proc.is_alive()
 
+    def _admit(self) -> None:
+        if not self.alive:
+            raise EngineDeadError(self._dead or "the engine process has exited")
+        if not self.ready:
+            raise EngineLoadingError("the model is still loading")
+        if self.stats.num_waiting + self._pending() >= self.max_waiting:
+            raise QueueFullError("server busy: too many requests are waiting")
+
     async def generate(
         self,
         prompt_token_ids: list[int],
@@ -116,21 +141,22 @@ class AsyncEngineClient:
         request_id: str | None = None,
         priority: int = 0,
     ) -> AsyncIterator[GenerationDelta]:
-        if not self.alive:
-            raise EngineDeadError(self._dead or "the engine process has exited")
-        if not self.ready:
-            raise EngineLoadingError("the model is still loading")
-        if self.stats.num_waiting + self._pending() >= self.max_waiting:
-            raise QueueFullError("server busy: too many requests are waiting")
+        """Stream the request's deltas (every choice's, interleaved) until each choice has
+        finished."""
+        self._admit()
         rid = request_id or f"req-{next(self._ids)}"
         queue: asyncio.Queue[Any] = asyncio.Queue()
         with self._lock:
             if rid in self._queues:
                 raise ValueError(f"request id {rid!r} is already in use")
+            engine_requests = self.processor.add_request(
+                rid, None, list(prompt_token_ids), params, priority=priority
+            )
             self._queues[rid] = (asyncio.get_running_loop(), queue)
         finished = False
         try:
-            self._send(("add", rid, list(prompt_token_ids), _params_dict(params), priority))
+            for req in engine_requests:
+                self._send(req)
             remaining = params.n
             while remaining:
                 item = await queue.get()
@@ -144,8 +170,9 @@ class AsyncEngineClient:
         finally:
             with self._lock:
                 self._queues.pop(rid, None)
-            if not finished and self.alive:
-                self._send(("abort", rid))
+                engine_ids = self.processor.abort_request(rid)
+            if engine_ids and not finished and self.alive:
+                self._send(AbortRequests(engine_ids))
 
     async def embed(
         self, inputs: list[list[int]], request_id: str | None = None
@@ -153,12 +180,7 @@ class AsyncEngineClient:
         """One vector per input (token ids fitted to ``max_model_len``), batched in the core
         with every other embed request queued at the same time. Raises like ``generate``;
         cancelling the call withdraws the request if it has not run yet."""
-        if not self.alive:
-            raise EngineDeadError(self._dead or "the engine process has exited")
-        if not self.ready:
-            raise EngineLoadingError("the model is still loading")
-        if self.stats.num_waiting + self._pending() >= self.max_waiting:
-            raise QueueFullError("server busy: too many requests are waiting")
+        self._admit()
         rid = request_id or f"emb-{next(self._ids)}"
         queue: asyncio.Queue[Any] = asyncio.Queue()
         with self._lock:
@@ -167,7 +189,7 @@ class AsyncEngineClient:
             self._queues[rid] = (asyncio.get_running_loop(), queue)
         finished = False
         try:
-            self._send(("embed", rid, [list(ids) for ids in inputs]))
+            self._send(EmbedRequest(rid, [list(ids) for ids in inputs]))
             item = await queue.get()
             finished = True
             if isinstance(item, BaseException):
@@ -178,14 +200,14 @@ class AsyncEngineClient:
             with self._lock:
                 self._queues.pop(rid, None)
             if not finished and self.alive:
-                self._send(("abort", rid))
+                self._send(AbortRequests([rid]))
 
     def _pending(self) -> int:
         # requests submitted but not yet counted by the engine's last stats snapshot
         return max(0, len(self._queues) - self.stats.num_running - self.stats.num_waiting)
 
-    def _send(self, msg: tuple[Any, ...]) -> None:
-        """Queue a command for the writer thread: a full pipe (the engine is mid-step) must
+    def _send(self, msg: ToCore) -> None:
+        """Queue a message for the writer thread: a full pipe (the engine is mid-step) must
         never block the event loop."""
         if self._dead is not None:
             raise EngineDeadError(self._dead)
@@ -195,18 +217,17 @@ class AsyncEngineClient:
         while True:
             msg = self._outbox.get()
             try:
-                self._conn.send(msg)
+                self._conn.send_bytes(encode(msg))
             except (OSError, EOFError):
                 return  # the reader sees the closed pipe and fails every request
-            if msg[0] == "shutdown":
+            if isinstance(msg, Shutdown):
                 return
 
     # -------------------------------------------------------------------- reader
     def _read_loop(self) -> None:
         while True:
             try:
-                msg = self._conn.recv()
-                self._dispatch(msg)
+                self._dispatch(decode_from_core(self._conn.recv_bytes()))
             except Exception as exc:  # EOF, or anything unexpected: the engine is gone
                 self._dead = self._dead or f"the engine process has exited ({exc!r})"
                 self._fail_all(EngineDeadError(self._dead))
@@ -214,29 +235,56 @@ class AsyncEngineClient:
                     self.on_fatal(self._dead)
                 return
 
-    def _dispatch(self, msg: tuple[Any, ...]) -> None:
-        kind = msg[0]
-        if kind == "ready":
-            if msg[1]["max_model_len"] != self.max_model_len:  # both sides plan alike
-                self.max_model_len = min(self.max_model_len, msg[1]["max_model_len"])
-            if "embedding_dim" in msg[1]:
-                self.embedding_dim = msg[1]["embedding_dim"]
+    def _dispatch(self, msg: object) -> None:
+        if isinstance(msg, EngineCoreOutputs):
+            if msg.stats is not None:
+                self.stats = msg.stats
+            self._process(msg)
+        elif isinstance(msg, EngineStats):
+            self.stats = msg
+        elif isinstance(msg, Rejected):
+            self._fail_sequences([msg.request_id], ValueError(msg.message))
+        elif isinstance(msg, Failed):
+            self._fail_sequences(msg.request_ids, EngineRequestError(msg.message))
+        elif isinstance(msg, Embeddings):
+            self._deliver(msg.request_id, msg.vectors)
+        elif isinstance(msg, Ready):
+            # Both sides plan the context alike; keep the smaller if they ever differ.
+            self.max_model_len = min(self.max_model_len, msg.max_model_len)
+            if msg.embedding_dim is not None:
+                self.embedding_dim = msg.embedding_dim
             self.ready = True
-        elif kind == "fatal":
-            self._dead = msg[1]
-        elif kind == "outputs":
-            self.stats = EngineStats(**msg[2])
-            for d in msg[1]:
-                self._deliver(d[0], _delta(d))
-        elif kind == "embeddings":
-            self._deliver(msg[1], msg[2])
-        elif kind == "stats":
-            self.stats = EngineStats(**msg[1])
-        elif kind == "rejected":
-            self._deliver(msg[1], ValueError(msg[2]))
-        elif kind == "failed":
-            for rid in msg[1]:
-                self._deliver(rid, EngineRequestError(msg[2]))
+        elif isinstance(msg, Fatal):
+            self._dead = msg.message
+
+    def _process(self, msg: EngineCoreOutputs) -> None:
+        """Turn one step's token ids into deltas and hand them out; abort in the core what
+        stopped on a stop string."""
+        with self._lock:
+            processed = self.processor.process_outputs(msg.outputs)
+            entries = {rid: self._queues.get(rid) for rid in processed.advanced}
+        if processed.to_abort:
+            with contextlib.suppress(EngineDeadError):
+                self._send(AbortRequests(processed.to_abort))
+        for delta in processed.deltas:
+            entry = entries.get(delta.request_id)
+            if entry is not None:
+                loop, queue = entry
+                with contextlib.suppress(RuntimeError):  # that request's loop has closed
+                    loop.call_soon_threadsafe(queue.put_nowait, delta)
+
+    def _fail_sequences(self, engine_ids: list[str], exc: BaseException) -> None:
+        """Fail the requests these engine sequences belong to (once each), and abort their
+        sibling sequences in the core."""
+        with self._lock:
+            rids = {self.processor.request_of(e) or e for e in engine_ids}
+            siblings = [e for rid in rids for e in self.processor.abort_request(rid)]
+        siblings = [e for e in siblings if e not in engine_ids]
+        if siblings:
+            with contextlib.suppress(EngineDeadError):
+                self._send(AbortRequests(siblings))
+        for rid in rids:
+            self._deliver(rid, exc)
 
     def _deliver(self, rid: str, item: Any) -> None:
         with self._lock:
@@ -250,12 +298,11 @@ class AsyncEngineClient:
         with self._lock:
             entries = list(self._queues.items())
         for _, (loop, queue) in entries:
-            loop.call_soon_threadsafe(queue.put_nowait, exc)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until the weights are loaded (True), the engine died, or the timeout."""
-        import time
-
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.ready and self.alive:
             if deadline is not None and time.monotonic() > deadline:
@@ -265,25 +312,9 @@ class AsyncEngineClient:
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._closing = True
-        try:
-            self._send(("shutdown",))
-        except EngineDeadError:
-            pass
+        with contextlib.suppress(EngineDeadError):
+            self._send(Shutdown())
         self._proc.join(timeout)
         if self._proc.is_alive():
             self._proc.kill()
             self._proc.join()
-
-
-def _params_dict(params: SamplingParams) -> dict[str, Any]:
-    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
-
-
-def _delta(d: tuple[Any, ...]) -> GenerationDelta:
-    rid, index, text, ids, lps, finish, stop_reason, n_prompt, n_cached, n_out = d
-    logprobs = None
-    if lps is not None:
-        logprobs = [{t: Logprob(*v) for t, v in entry.items()} for entry in lps]
-    return GenerationDelta(
-        rid, index, text, ids, logprobs, finish, stop_reason, n_prompt, n_cached, n_out
-    )

@@ -1,0 +1,283 @@
+"""The engine core: the model, the KV cache and the scheduler, stepped in a loop.
+
+``EngineCore`` works in token ids only. It takes ``EngineCoreRequest``s, and each ``step``
+returns, per request that advanced, the new token ids (and their raw logprobs when asked),
+a finish reason and counters: work proportional to the step's new tokens, never to the
+length of an output. It never detokenizes and never matches stop strings; the front end's
+``OutputProcessor`` does, and aborts a request that hit one.
+
+``run_engine_core`` is the engine-core process: it answers ``LoadModel`` with ``Ready`` (or
+``Fatal``), then loops: take every message waiting on the pipe, step, send the outputs.
+An encoder checkpoint (an embedding model) runs ``EmbeddingCore``'s loop instead.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import time
+import traceback
+from collections.abc import Iterable
+from multiprocessing.connection import Connection
+
+from heron import env
+from heron.config import CacheConfig, EngineConfig
+from heron.engine.protocol import (
+    PROTOCOL_VERSION,
+    AbortRequests,
+    EmbedRequest,
+    EngineCoreOutput,
+    EngineCoreOutputs,
+    EngineCoreRequest,
+    EngineStats,
+    Failed,
+    Fatal,
+    LoadModel,
+    Ready,
+    Rejected,
+    Shutdown,
+    TokenLogprobs,
+    decode_to_core,
+    encode,
+)
+from heron.kvcache import KVCacheManager
+from heron.loader import Checkpoint, load_checkpoint
+from heron.request import FINISH_REASONS, Request, RequestStatus
+from heron.runner import ModelRunner
+from heron.runner.model_runner import plan_max_model_len
+from heron.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    """Owns the runner, the KV cache manager and the scheduler of one loaded model."""
+
+    def __init__(
+        self, checkpoint: Checkpoint, config: EngineConfig, eos_token_ids: Iterable[int] = ()
+    ) -> None:
+        t0 = time.perf_counter()
+        self.config = config
+        self.model_config = checkpoint.config
+        self.runner = ModelRunner(self.model_config, checkpoint.weights, config)
+        cache: CacheConfig = config.cache
+        self.kv_manager = KVCacheManager(
+            self.runner.num_blocks, cache.block_size, enable_caching=cache.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(config.scheduler, self.kv_manager)
+        self.max_model_len, wanted = plan_max_model_len(self.model_config, config)
+        if self.max_model_len < wanted:
+            logger.warning(
+                "max_model_len lowered from %d to %d to fit the KV cache and the model",
+                wanted,
+                self.max_model_len,
+            )
+        self.eos_token_ids = frozenset(eos_token_ids) | frozenset(self.model_config.eos_token_ids)
+        logger.info("engine core ready in %.1f s", time.perf_counter() - t0)
+
+    # ---------------------------------------------------------------- requests
+    def add_request(self, request: EngineCoreRequest) -> None:
+        """Validate and queue one sequence. Mutates the scheduler's waiting queue. Raises
+        ValueError for bad input (an empty or over-long prompt, token ids outside the
+        vocabulary, a live id, a priority without the priority policy)."""
+        rid, token_ids, params = (
+            request.request_id,
+            request.prompt_token_ids,
+            request.sampling_params,
+        )
+        vocab = self.model_config.vocab_size
+        if rid in self.scheduler.requests:
+            raise ValueError(f"request id {rid!r} is already in use")
+        if not token_ids:
+            raise ValueError("the prompt is empty")
+        if any(
+            isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in token_ids
+        ):
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+        if any(t >= vocab for t in params.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be in [0, {vocab})")
+        if params.logit_bias and any(t >= vocab for t in params.logit_bias):
+            raise ValueError(f"logit_bias token ids must be in [0, {vocab})")
+        if request.priority != 0 and self.config.scheduler.policy != "priority":
+            raise ValueError("priority is set but the scheduling policy is not 'priority'")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"the prompt has {len(token_ids)} tokens, but this model's context length is "
+                f"{self.max_model_len} (including at least one output token)"
+            )
+        room = self.max_model_len - len(token_ids)
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        parent = self.scheduler.requests.get(request.fork_of) if request.fork_of else None
+        self.scheduler.add_request(
+            Request(
+                request_id=rid,
+                prompt_token_ids=list(token_ids),
+                sampling_params=params,
+                eos_token_ids=self.eos_token_ids,
+                max_tokens=max_tokens,
+                priority=request.priority,
+                arrival_time=request.arrival_time,
+                fork_parent=parent,
+                cache_salt=request.cache_salt.encode() if request.cache_salt else None,
+            )
+        )
+
+    def abort_requests(self, request_ids: Iterable[str]) -> None:
+        """Finish these requests wherever they are; their KV blocks are freed at once.
+        Unknown or finished ids are ignored. Produces no output."""
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+
+    def abort_all(self) -> list[str]:
+        """Abort every live request (after a failed step); returns their ids."""
+        ids = list(self.scheduler.requests)
+        self.abort_requests(ids)
+        return ids
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # -------------------------------------------------------------------- step
+    def step(self) -> list[EngineCoreOutput]:
+        """Schedule, run one batched forward, sample, advance the requests. Returns one
+        output per request that sampled a token this step (a prefill chunk in the middle of
+        a prompt samples nothing), with finish reasons for those that ended."""
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return []
+        rows, sampled = self.runner.execute(sched)
+        tokens: dict[str, int] = {}
+        outputs: list[EngineCoreOutput] = []
+        for row, token, lp in zip(rows, sampled.token_ids, sampled.logprobs, strict=True):
+            req = row.request
+            tokens[req.request_id] = token
+            logprobs = None
+            k = req.sampling_params.logprobs
+            if k is not None and lp is not None:
+                chosen, rank, top_ids, top_vals = lp
+                logprobs = [TokenLogprobs(chosen, rank, top_ids[:k], top_vals[:k])]
+            outputs.append(EngineCoreOutput(req.request_id, [token], logprobs, None, None, 0))
+        self.scheduler.update_from_output(sched, tokens)
+        for out, row in zip(outputs, rows, strict=True):
+            req = row.request
+            out.num_cached_tokens = req.num_cached_tokens
+            if req.is_finished:
+                out.finish_reason = FINISH_REASONS[req.status]
+                if isinstance(req.stop_reason, int):
+                    out.stop_reason = req.stop_reason
+        return outputs
+
+    def stats(self) -> EngineStats:
+        kv = self.kv_manager
+        pool = kv.block_pool
+        return EngineStats(
+            num_running=self.scheduler.num_running,
+            num_waiting=self.scheduler.num_waiting,
+            kv_cache_usage=kv.usage,
+            prefix_cache_queries=pool.prefix_queries,
+            prefix_cache_hits=pool.prefix_hits,
+            num_preemptions=self.scheduler.num_preemptions,
+            num_free_blocks=kv.num_free_blocks,
+            num_blocks=kv.num_blocks,
+        )
+
+
+# ------------------------------------------------------------------------ the process
+def run_engine_core(conn: Connection) -> None:
+    """Process entry point. Waits for ``LoadModel``, loads, answers ``Ready`` or ``Fatal``,
+    then serves until told to shut down or the front end goes away."""
+    # Ctrl-C and SIGTERM reach the whole process group; the server decides when to stop
+    # (after draining) and says so with Shutdown or by closing the pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        msg = decode_to_core(conn.recv_bytes())
+    except (EOFError, OSError):
+        return
+    if not isinstance(msg, LoadModel) or msg.version != PROTOCOL_VERSION:
+        conn.send_bytes(encode(Fatal(f"expected LoadModel version {PROTOCOL_VERSION}")))
+        return
+    from heron.engine.embedder import EmbeddingEngine, is_embedding_checkpoint
+
+    try:
+        if is_embedding_checkpoint(msg.path):
+            embedder = EmbeddingEngine(msg.path, msg.config)
+        else:
+            core = EngineCore(load_checkpoint(msg.path), msg.config, msg.eos_token_ids)
+    except Exception as exc:  # the server reports this and exits
+        conn.send_bytes(encode(Fatal(f"failed to load {msg.path!r}: {exc}")))
+        return
+    if is_embedding_checkpoint(msg.path):
+        from heron.engine.embedding_core import EmbeddingCore
+
+        conn.send_bytes(encode(Ready(embedder.max_model_len, embedder.embedding_dim)))
+        EmbeddingCore(embedder, conn).loop()
+        return
+    conn.send_bytes(encode(Ready(core.max_model_len)))
+    # Everything built so far (the model, its modules) lives as long as the process: keep it
+    # out of the collector's sweeps, so that a full collection between two decode steps
+    # walks only the requests' objects.
+    gc.collect()
+    gc.freeze()
+    EngineCoreProc(core, conn).loop()
+
+
+class EngineCoreProc:
+    """The message loop around an ``EngineCore``: one step whenever requests are live."""
+
+    def __init__(self, core: EngineCore, conn: Connection) -> None:
+        self.core = core
+        self.conn = conn
+        self.num_steps = 0
+        self.fault_step = env.fault_inject_step()
+
+    def loop(self) -> None:
+        core = self.core
+        while True:
+            # Block while idle; otherwise take whatever messages are waiting, then step.
+            try:
+                if not core.has_unfinished_requests():
+                    self.conn.poll(None)
+                handled = 0
+                while self.conn.poll(0):
+                    handled += 1
+                    if not self.handle(decode_to_core(self.conn.recv_bytes())):
+                        return
+                if core.has_unfinished_requests():
+                    self.step()
+                elif handled:
+                    # e.g. the last request was aborted: report the freed cache right away
+                    self.conn.send_bytes(encode(core.stats()))
+            except (EOFError, OSError):
+                return
+
+    def handle(self, msg: object) -> bool:
+        """Apply one message; False on Shutdown."""
+        if isinstance(msg, EngineCoreRequest):
+            try:
+                self.core.add_request(msg)
+            except Exception as exc:  # bad input must never take the engine down
+                self.core.abort_requests([msg.request_id])
+                self.conn.send_bytes(encode(Rejected(msg.request_id, str(exc))))
+        elif isinstance(msg, AbortRequests):
+            self.core.abort_requests(msg.request_ids)
+        elif isinstance(msg, EmbedRequest):
+            message = "this model does not support embeddings"
+            self.conn.send_bytes(encode(Rejected(msg.request_id, message)))
+        elif isinstance(msg, Shutdown):
+            return False
+        return True
+
+    def step(self) -> None:
+        self.num_steps += 1
+        try:
+            if self.fault_step is not None and self.num_steps == self.fault_step:
+                raise RuntimeError("injected engine fault (HERON_FAULT_INJECT_STEP)")
+            outputs = self.core.step()
+        except Exception as exc:
+            # Fail the requests that were in flight, keep the process and the server alive.
+            logger.error("engine step failed:\n%s", traceback.format_exc())
+            ids = self.core.abort_all()
+            self.conn.send_bytes(encode(Failed(ids, f"engine error: {exc}")))
+            return
+        self.conn.send_bytes(encode(EngineCoreOutputs(outputs, self.core.stats())))
