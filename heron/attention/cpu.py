@@ -4,7 +4,7 @@ Every query token attends over the blocks where they lie (no gather, no mask): a
 position p of a sequence is a query over that sequence's first p + 1 cached tokens, whether it
 decodes or belongs to a prefill chunk, since the step's keys and values are written first.
 Steps of up to ``FLAT_MAX_TOKENS`` tokens run that way (and whole decoder layers may then run
-as one kernel call each, see ``heron.models.llama``); longer prefill chunks use the torch
+as one kernel call each, see ``heron.kernels.fused``); longer prefill chunks use the torch
 reference path, whose SDPA is faster for long causal blocks. The cache may be float32 or
 float16 (half the bytes each step reads; values are rounded when written).
 """
@@ -18,10 +18,9 @@ import torch
 
 from heron.attention.base import AttentionBatch
 from heron.attention.torch_ref import TorchAttentionBackend, TorchAttentionMetadata
-from heron.kernels import require_cpu_kernels
+from heron.kernels import CACHE_DTYPES, require_cpu_kernels
 
 FLAT_MAX_TOKENS = 256
-CACHE_DTYPES = (torch.float32, torch.float16)  # what the kernels read and write
 
 
 @dataclass(slots=True)
@@ -53,7 +52,8 @@ def flat_tokens(batch: AttentionBatch) -> FlatTokens:
 
 
 class CpuAttentionBackend(TorchAttentionBackend):
-    # Models may run whole steps through the kernels' fused layer when ``flat`` is set.
+    # Its metadata may carry ``flat``, so whole steps may run through the kernels' fused
+    # layers (``heron.kernels.fused``).
     fused = True
 
     def __init__(self) -> None:

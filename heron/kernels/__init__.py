@@ -16,9 +16,10 @@ import platform
 import sys
 import threading
 from pathlib import Path
-from types import ModuleType
+from typing import Any, Protocol, cast
 
 import torch
+from torch import nn
 
 from heron import env
 
@@ -26,9 +27,71 @@ logger = logging.getLogger(__name__)
 
 _SOURCES = ("quantize.cpp", "quant.cpp", "packed.cpp", "attention.cpp", "ops.cpp", "layer.cpp")
 _HEADERS = ("heron_cpu.h", "vec.h")
+# KV cache dtypes the attention kernels read and write (float16 is rounded when written).
+CACHE_DTYPES = (torch.float32, torch.float16)
 _lock = threading.Lock()
-_module: ModuleType | None = None
+_module: Kernels | None = None
 _tried = False
+
+
+class Kernels(Protocol):
+    """The compiled module as Python sees it (bindings in ``csrc/ops.cpp``). Tensors are
+    float32 unless said otherwise; ``*_`` functions work in place."""
+
+    # Linears on GGUF blocks (``heron.kernels.quant``): x [M, K] -> [M, N].
+    def linear_q4_1(
+        self,
+        x: torch.Tensor,
+        qs: torch.Tensor,
+        d: torch.Tensor,
+        m: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor: ...
+    def linear_q8_0(
+        self, x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor: ...
+    def quantize_q4_1(self, w: torch.Tensor) -> list[torch.Tensor]: ...
+    def quantize_q8_0(self, w: torch.Tensor) -> list[torch.Tensor]: ...
+    def quantize_rows(self, x: torch.Tensor) -> list[torch.Tensor]: ...
+    def pack_q4_1(
+        self, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor
+    ) -> list[torch.Tensor]: ...
+    def pack_q8_0(self, qs: torch.Tensor, d: torch.Tensor) -> list[torch.Tensor]: ...
+    def has_packed(self) -> bool: ...
+    def has_avx2(self) -> bool: ...
+    def has_vnni(self) -> bool: ...
+    # Layer ops.
+    def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor: ...
+    def add_rms_norm_(
+        self, x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, eps: float
+    ) -> torch.Tensor: ...
+    def rope_(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None: ...
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor: ...
+    def cache_write_(
+        self,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slots: torch.Tensor,
+    ) -> None: ...
+    def paged_decode_attention(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        block_table: torch.Tensor,
+        context_lens: torch.Tensor,
+        scale: float,
+        window: int,
+        softcap: float,
+    ) -> torch.Tensor: ...
+
+    # The fused decode layer (``heron.kernels.fused``): classes, so typed loosely here.
+    LinearWeights: Any
+    LayerWeights: Any
+    DecodeStack: Any
+    decode_layer_: Any
 
 
 def _cpu_flags() -> str:
@@ -56,7 +119,7 @@ def _build_key(csrc: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _build() -> ModuleType:
+def _build() -> Kernels:
     from torch.utils import cpp_extension
 
     csrc = Path(__file__).parent / "csrc"
@@ -74,10 +137,10 @@ def _build() -> ModuleType:
             build_directory=str(build_dir),
             verbose=False,
         )
-    return module
+    return cast(Kernels, module)
 
 
-def cpu_kernels() -> ModuleType | None:
+def cpu_kernels() -> Kernels | None:
     """The compiled kernel module, building it on the first call; None when unavailable."""
     global _module, _tried
     with _lock:
@@ -94,7 +157,7 @@ def cpu_kernels() -> ModuleType | None:
         return _module
 
 
-def require_cpu_kernels() -> ModuleType:
+def require_cpu_kernels() -> Kernels:
     """Like ``cpu_kernels`` but raises RuntimeError when they are unavailable."""
     module = cpu_kernels()
     if module is None:
@@ -103,3 +166,11 @@ def require_cpu_kernels() -> ModuleType:
             "(a C++ compiler is required); use quantization=None"
         )
     return module
+
+
+def attach_kernels(model: nn.Module, kernels: Kernels) -> None:
+    """Give ``kernels`` to every module of ``model`` that has an op-by-op kernel path (a
+    ``kernels`` attribute: norms, attention, MLPs). Linears get theirs when quantized."""
+    for module in model.modules():
+        if "kernels" in vars(module):
+            setattr(module, "kernels", kernels)  # noqa: B010

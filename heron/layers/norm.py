@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+from heron.kernels import Kernels
 
 
 class RMSNorm(nn.Module):
@@ -15,7 +17,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
         # Heron's CPU kernels when the runner enables them (fp32 models only): one call
         # instead of five torch ops.
-        self.kernels: ModuleType | None = None
+        self.kernels: Kernels | None = None
+
+    if TYPE_CHECKING:  # nn.Module's __call__ returns Any
+
+        def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # [num_tokens, hidden]; computed in fp32 as the reference does, then cast back.

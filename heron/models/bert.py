@@ -54,7 +54,8 @@ class BertEmbeddings(nn.Module):
         # [batch, seq_len] -> [batch, seq_len, hidden]; positions 0..seq_len-1, token type 0
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
-        return self.norm(x + self.token_type_embeddings.weight[0])
+        out: torch.Tensor = self.norm(x + self.token_type_embeddings.weight[0])
+        return out
 
 
 class BertLayer(nn.Module):
@@ -79,7 +80,8 @@ class BertLayer(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         o = o.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
         x = self.attn_norm(x + self.o_proj(o))
-        return self.ffn_norm(x + self.down_proj(self.act(self.up_proj(x))))
+        out: torch.Tensor = self.ffn_norm(x + self.down_proj(self.act(self.up_proj(x))))
+        return out
 
 
 class BertModel(EmbeddingModel):
@@ -105,7 +107,7 @@ class BertModel(EmbeddingModel):
         self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = self.embeddings(input_ids)  # [batch, seq_len, hidden]
+        x: torch.Tensor = self.embeddings(input_ids)  # [batch, seq_len, hidden]
         mask = attention_mask[:, None, None, :]  # broadcast over heads and queries
         for layer in self.layers:
             x = layer(x, mask)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -90,6 +90,10 @@ def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
 class GemmaRMSNorm(nn.Module):
     """``x / rms(x) * (1 + weight)`` over the last axis; the multiply happens in fp32."""
 
+    if TYPE_CHECKING:  # nn.Module's __call__ returns Any
+
+        def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(dim))
@@ -130,7 +134,7 @@ class Gemma3Attention(nn.Module):
     ) -> torch.Tensor:
         n = x.shape[0]
         qkv = self.qkv_proj(x)  # [num_tokens, q_size + 2 * kv_size]
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k, v = qkv.split_with_sizes([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = self.q_norm(q.view(n, self.num_heads, self.head_dim))
         k = self.k_norm(k.view(n, self.num_kv_heads, self.head_dim))
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

@@ -11,12 +11,15 @@ Hooks, by class:
   sliding window of one layer), ``norm_qk`` (anything applied to q and k before rope).
 - ``LlamaForCausalLM``: ``attention_cls``, ``rotary_dim`` and ``build_rotary`` (rope layout
   and scaling), ``checkpoint_target`` (where a checkpoint tensor lands).
+
+Layers without hooks describe themselves as plain parts (``describe_layers``); the kernels
+may then run each step's layers in one call (``heron.kernels.fused``). Layers with hooks
+always run op by op.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from types import ModuleType
 from typing import Any, cast
 
 import torch
@@ -24,11 +27,12 @@ from torch import nn
 
 from heron.attention import AttentionBackend
 from heron.config import ModelConfig
+from heron.kernels import Kernels
 from heron.layers.activation import check_activation, gated_activation
 from heron.layers.linear import Linear
 from heron.layers.norm import RMSNorm
 from heron.layers.rotary import RotaryEmbedding, apply_rotary
-from heron.models.base import CausalLM
+from heron.models.base import CausalLM, DecoderLayerSpec
 
 
 class LlamaAttention(nn.Module):
@@ -45,7 +49,7 @@ class LlamaAttention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.sliding_window = self.layer_window(config, layer_id)
         self.layer_id = layer_id
-        self.kernels: ModuleType | None = None  # Heron's CPU kernels, set by the runner
+        self.kernels: Kernels | None = None  # Heron's CPU kernels, set by the runner
 
     @staticmethod
     def biases(config: ModelConfig) -> tuple[bool, bool]:
@@ -73,7 +77,7 @@ class LlamaAttention(nn.Module):
     ) -> torch.Tensor:
         n = x.shape[0]
         qkv = self.qkv_proj(x)  # [num_tokens, q_size + 2 * kv_size]
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k, v = qkv.split_with_sizes([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q, k = self.norm_qk(
             q.view(n, self.num_heads, self.head_dim), k.view(n, self.num_kv_heads, self.head_dim)
         )
@@ -97,7 +101,7 @@ class LlamaMLP(nn.Module):
         bias = config.mlp_bias
         self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias)
-        self.kernels: ModuleType | None = None  # set by the runner (float32 on CPU)
+        self.kernels: Kernels | None = None  # set by the runner (float32 on CPU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
@@ -134,58 +138,34 @@ class LlamaDecoderLayer(nn.Module):
         h = self.post_attention_layernorm.add_forward(h, x)  # x += attention output
         return x.add_(self.mlp(h))
 
-
-_KERNEL_KINDS = {None: 0, "q4_1": 1, "q8_0": 2}  # Linear.kind -> decode_layer_'s code
-
-
-def _linear_args(linear: Linear) -> tuple[list[torch.Tensor], int] | None:
-    if linear.kind not in _KERNEL_KINDS:
-        return None
-    tensors: list[torch.Tensor] = list(linear._q) if linear._q else [linear.weight]
-    return tensors, _KERNEL_KINDS[linear.kind]
-
-
-def fused_decode_args(layer: nn.Module) -> tuple[Any, ...] | None:
-    """The per-layer arguments of the kernels' ``decode_layer_`` (everything but the step's
-    inputs), or None when the layer's math is not exactly that of the fused path: another
-    layer or attention class with its own hooks, a non-SiLU MLP or MLP biases, fbgemm
-    linears, or no kernels."""
-    if type(layer) is not LlamaDecoderLayer:
-        return None
-    attn, mlp = layer.self_attn, layer.mlp
-    if type(attn).norm_qk is not LlamaAttention.norm_qk or type(attn).forward is not (
-        LlamaAttention.forward
-    ):
-        return None
-    norms = (layer.input_layernorm, layer.post_attention_layernorm)
-    if any(type(n) is not RMSNorm or n.kernels is None for n in norms) or attn.kernels is None:
-        return None
-    if mlp.act != "silu" or mlp.gate_up_proj.bias is not None or mlp.down_proj.bias is not None:
-        return None
-    linears = [
-        _linear_args(m) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
-    ]
-    if any(a is None for a in linears) or norms[0].eps != norms[1].eps:
-        return None
-    (qkv, qkv_kind), (o, o_kind), (gu, gu_kind), (down, down_kind) = linears  # type: ignore[misc]
-    return (
-        norms[0].weight,
-        norms[1].weight,
-        norms[0].eps,
-        qkv,
-        qkv_kind,
-        attn.qkv_proj.bias,
-        o,
-        o_kind,
-        attn.o_proj.bias,
-        gu,
-        gu_kind,
-        down,
-        down_kind,
-        attn.num_heads,
-        attn.num_kv_heads,
-        attn.head_dim,
-    )
+    def describe(self) -> DecoderLayerSpec | None:
+        """This layer as plain parts, or None when its math has more than those parts: a
+        subclass, or an attention hook such as Qwen3's q/k norms."""
+        attn, mlp = self.self_attn, self.mlp
+        norms = (self.input_layernorm, self.post_attention_layernorm)
+        plain = (
+            type(self) is LlamaDecoderLayer
+            and type(mlp) is LlamaMLP
+            and type(attn).forward is LlamaAttention.forward
+            and type(attn).norm_qk is LlamaAttention.norm_qk
+            and all(type(n) is RMSNorm for n in norms)
+        )
+        if not plain:
+            return None
+        return DecoderLayerSpec(
+            input_norm=self.input_layernorm,
+            qkv_proj=attn.qkv_proj,
+            o_proj=attn.o_proj,
+            post_attention_norm=self.post_attention_layernorm,
+            gate_up_proj=mlp.gate_up_proj,
+            down_proj=mlp.down_proj,
+            act=mlp.act,
+            num_heads=attn.num_heads,
+            num_kv_heads=attn.num_kv_heads,
+            head_dim=attn.head_dim,
+            scale=attn.scale,
+            sliding_window=attn.sliding_window,
+        )
 
 
 class LlamaForCausalLM(CausalLM):
@@ -237,59 +217,17 @@ class LlamaForCausalLM(CausalLM):
     ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary.lookup(positions)  # once per step, shared by every layer
-        fused = getattr(backend, "fused", False) and getattr(metadata, "flat", None) is not None
-        if fused and kv_caches.dtype in (torch.float32, torch.float16):  # what kernels read
-            plan = self._fused_plan()
-            if plan is not None:
-                return self._fused_decode(x, cos, sin, kv_caches, metadata, plan)
+        fused = self.fused  # bound by the runner with the KV cache (heron.kernels.fused)
+        if fused is not None and fused.takes(metadata):
+            fused.run(x, cos, sin, metadata)  # every layer in one call, x in place
+            return self.norm(x)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, kv_caches[i], backend, metadata)
         return self.norm(x)
 
-    def _fused_plan(self) -> list[tuple[Any, ...]] | None:
-        """Per-layer ``decode_layer_`` arguments, built once; None when any layer cannot
-        take the fused path."""
-        plan = getattr(self, "_plan", False)
-        if plan is False:
-            args = [fused_decode_args(layer) for layer in self.layers]
-            plan = None if any(a is None for a in args) else args
-            self._plan = plan
-        return plan  # type: ignore[return-value]
-
-    def _decode_stack(self, kv_caches: torch.Tensor, plan: list[tuple[Any, ...]]) -> Any:
-        """The kernels' ``DecodeStack`` holding every layer's ``plan`` arguments and its cache
-        views, built once per KV cache tensor (so a step is one call from Python)."""
-        key = (kv_caches.data_ptr(), tuple(kv_caches.shape), kv_caches.dtype)
-        cached = getattr(self, "_stack", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        layers = cast(list[LlamaDecoderLayer], list(self.layers))
-        kernels = layers[0].self_attn.kernels
-        assert kernels is not None
-        stack = kernels.DecodeStack()
-        for i, (layer, args) in enumerate(zip(layers, plan, strict=True)):
-            attn = layer.self_attn
-            window = attn.sliding_window or 0
-            stack.add(*args, kv_caches[i, 0], kv_caches[i, 1], attn.scale, window)
-        self._stack = (key, stack)
-        return stack
-
-    def _fused_decode(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        kv_caches: torch.Tensor,
-        metadata: Any,
-        plan: list[tuple[Any, ...]],
-    ) -> torch.Tensor:
-        """Every layer in one call into the kernels; x [num_tokens, hidden]. Each token attends as
-        its own query (``metadata.flat``), so decodes and short prefill chunks mix."""
-        flat = metadata.flat
-        cos2, sin2 = cos.squeeze(1), sin.squeeze(1)  # [num_tokens, rotary_dim // 2]
-        stack = self._decode_stack(kv_caches, plan)
-        stack.run(x, cos2, sin2, metadata.slot_mapping, flat.block_table, flat.context_lens)
-        return self.norm(x)
+    def describe_layers(self) -> list[DecoderLayerSpec] | None:
+        specs = [cast(LlamaDecoderLayer, layer).describe() for layer in self.layers]
+        return None if any(s is None for s in specs) else cast(list[DecoderLayerSpec], specs)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # [num_sampled, vocab]

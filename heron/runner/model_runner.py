@@ -11,15 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import ModuleType
 
 import numpy as np
 import torch
 
 from heron.attention import AttentionBatch, get_attention_backend
 from heron.config import EngineConfig, ModelConfig
-from heron.kernels import cpu_kernels, require_cpu_kernels
-from heron.layers.linear import Linear, choose_kind
+from heron.kernels import CACHE_DTYPES, Kernels, attach_kernels, cpu_kernels, require_cpu_kernels
+from heron.kernels.fused import bind_fused_decoder
+from heron.kernels.quant import auto_kind
+from heron.layers.linear import Linear
 from heron.models import build_model
 from heron.runner.sampler import Sampler, SamplerOutput
 from heron.scheduler.output import ScheduledRequest, SchedulerOutput
@@ -39,7 +40,7 @@ class ModelInputs:
 
 
 def apply_quantization(
-    model: torch.nn.Module, quantization: str | None, kernels: ModuleType | None
+    model: torch.nn.Module, quantization: str | None, kernels: Kernels | None
 ) -> dict[str, int]:
     """Quantize every ``Linear`` of ``model`` in place as ``quantization`` asks (see
     ``EngineConfig.quantization``); returns how many linears got each kind."""
@@ -55,8 +56,7 @@ def apply_quantization(
         kind = quantization
         if quantization == "auto":
             assert kernels is not None
-            divisible = module.in_features % 32 == 0
-            kind = choose_kind(module.weight, kernels) if divisible else "none"
+            kind = auto_kind(module.weight, kernels)
         if kind != "none":
             module.quantize(kind, kernels)
         counts[kind] = counts.get(kind, 0) + 1
@@ -108,7 +108,7 @@ class ModelRunner:
         self.model.eval()
         backend = config.attention_backend
         if backend == "auto":
-            usable = self.kernels is not None and self.kv_dtype in (torch.float32, torch.float16)
+            usable = self.kernels is not None and self.kv_dtype in CACHE_DTYPES
             backend = "cpu" if usable else "torch"
         self.backend = get_attention_backend(backend)
         self.block_size = config.cache.block_size
@@ -124,12 +124,16 @@ class ModelRunner:
             c.head_dim,
             dtype=self.kv_dtype,
         )
+        # The fused decode path holds views of these caches: bind it to each new cache.
+        self.model.fused = bind_fused_decoder(
+            self.model, self.kv_caches, self.backend, self.kernels
+        )
         self.sampler = Sampler(c.vocab_size)
         self.sampler.seed(config.seed)
         # Called with (sampled rows, logits [num_sampled, vocab]) each step; parity tests use it.
         self.logits_hook: Callable[[list[ScheduledRequest], torch.Tensor], None] | None = None
 
-    def _kernels(self, config: EngineConfig) -> ModuleType | None:
+    def _kernels(self, config: EngineConfig) -> Kernels | None:
         """Heron's CPU kernels when this model can use them (float32), attached to every
         layer that has a kernel path; None otherwise."""
         wanted = config.use_kernels and self.dtype == torch.float32
@@ -139,9 +143,7 @@ class ModelRunner:
         kernels = require_cpu_kernels() if needed else cpu_kernels()
         if kernels is None:
             return None
-        for module in self.model.modules():
-            if hasattr(module, "kernels") and not isinstance(module, Linear):
-                setattr(module, "kernels", kernels)  # noqa: B010
+        attach_kernels(self.model, kernels)
         return kernels
 
     def prepare_inputs(self, out: SchedulerOutput) -> ModelInputs:

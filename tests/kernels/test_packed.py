@@ -8,13 +8,13 @@ from types import ModuleType
 import pytest
 import torch
 
-from heron.layers.linear import (
-    Linear,
+from heron.kernels.quant import (
     dequantize_q4_1,
     dequantize_q4_1_x8,
     dequantize_q8_0,
     dequantize_q8_0_x8,
 )
+from heron.layers.linear import Linear
 
 SHAPES = [(8, 32), (40, 96), (96, 576), (48, 1536), (16, 160)]
 
@@ -94,11 +94,11 @@ def test_linear_layers_use_the_packed_layout(packed: ModuleType) -> None:
     layer = Linear(64, 24)
     layer.weight.data.copy_(_weights(24, 64))
     layer.quantize("q4_1", packed)
-    assert layer._q[0].shape == (3, 2, 128)
+    assert layer.qweight[0].shape == (3, 2, 128)
     odd = Linear(64, 20)
     odd.weight.data.copy_(_weights(20, 64))
     odd.quantize("q8_0", packed)
-    assert odd._q[0].shape == (20, 64)  # not a multiple of 8 rows: the plain layout
+    assert odd.qweight[0].shape == (20, 64)  # not a multiple of 8 rows: the plain layout
 
 
 @pytest.mark.parametrize("kind", ["q4_1", "q8_0"])

@@ -8,7 +8,8 @@ from types import ModuleType
 import pytest
 import torch
 
-from heron.layers.linear import Linear, choose_kind, dequantize_q4_1, dequantize_q8_0
+from heron.kernels.quant import choose_kind, dequantize_q4_1, dequantize_q8_0
+from heron.layers.linear import Linear
 
 SHAPES = [(64, 32), (40, 96), (96, 576), (48, 1536), (33, 160)]  # tails of 1..3 blocks
 

@@ -5,6 +5,7 @@
 
 #include <torch/extension.h>
 
+#include <string>
 #include <vector>
 
 namespace heron {
@@ -68,29 +69,57 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
                                   int64_t window, double softcap);
 
 // layer.cpp
-void decode_layer_(at::Tensor& x, const at::Tensor& norm1, const at::Tensor& norm2,
-                   double eps, const std::vector<at::Tensor>& qkv_w, int64_t qkv_kind,
-                   const c10::optional<at::Tensor>& qkv_bias, const std::vector<at::Tensor>& o_w,
-                   int64_t o_kind, const c10::optional<at::Tensor>& o_bias,
-                   const std::vector<at::Tensor>& gate_up_w, int64_t gate_up_kind,
-                   const std::vector<at::Tensor>& down_w, int64_t down_kind, int64_t num_heads,
-                   int64_t num_kv_heads, int64_t head_dim, const at::Tensor& cos,
-                   const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache,
-                   const at::Tensor& slots, const at::Tensor& block_table,
-                   const at::Tensor& context_lens, double scale, int64_t window);
+// How a linear's tensors are laid out: float weight (at::linear), q4_1 (qs, d, m) or q8_0
+// (qs, d), plain or packed 8 rows at a time (the linears tell those apart themselves).
+enum class LinearKind : int64_t { kFloat, kQ4_1, kQ8_0 };
 
-// Every layer's weights, caches and shapes, held once, so that a whole model's decode step is
+struct LinearWeights {
+  LinearKind kind = LinearKind::kFloat;
+  std::vector<at::Tensor> tensors;
+  c10::optional<at::Tensor> bias;
+};
+// kind "f32", "q4_1" or "q8_0"; checks the number of tensors.
+LinearWeights make_linear_weights(const std::string& kind, std::vector<at::Tensor> tensors,
+                                  c10::optional<at::Tensor> bias);
+
+// One decoder layer's weights and shapes, by name: this list is the one place that names
+// them. It declares ``LayerWeights``, its Python attributes and ``field_names``;
+// ``heron.kernels.fused.FusedLayerWeights`` has the same fields and checks them at bind time.
+#define HERON_LAYER_WEIGHTS(X)                                                              \
+  X(at::Tensor, input_norm)       /* [hidden] */                                          \
+  X(double, input_norm_eps)                                                                \
+  X(LinearWeights, qkv)           /* [q_size + 2 * kv_size, hidden]: q, k, then v rows */ \
+  X(LinearWeights, o)             /* [hidden, q_size] */                                  \
+  X(at::Tensor, post_attention_norm) /* [hidden] */                                       \
+  X(double, post_attention_norm_eps)                                                       \
+  X(LinearWeights, gate_up)       /* [2 * inter, hidden]: gate, then up rows */           \
+  X(LinearWeights, down)          /* [hidden, inter] */                                   \
+  X(int64_t, num_heads)                                                                    \
+  X(int64_t, num_kv_heads)                                                                 \
+  X(int64_t, head_dim)                                                                     \
+  X(double, scale)                /* attention score scale */                             \
+  X(int64_t, window)              /* sliding window in tokens, 0 for none */
+
+struct LayerWeights {
+#define HERON_DECLARE_FIELD(type, name) type name{};
+  HERON_LAYER_WEIGHTS(HERON_DECLARE_FIELD)
+#undef HERON_DECLARE_FIELD
+  static const std::vector<std::string>& field_names();
+};
+
+// x [T, hidden] updated in place; caches [num_blocks, block_size, num_kv_heads, head_dim];
+// cos, sin [T, rotary_dim / 2]; slots [T]; block_table [T, max_blocks]; context_lens [T].
+void decode_layer_(at::Tensor& x, const LayerWeights& w, at::Tensor& k_cache,
+                   at::Tensor& v_cache, const at::Tensor& cos, const at::Tensor& sin,
+                   const at::Tensor& slots, const at::Tensor& block_table,
+                   const at::Tensor& context_lens);
+
+// Every layer's weights and cache views, held once, so that a whole model's decode step is
 // one call from Python (``run``) instead of one per layer.
 class DecodeStack {
  public:
-  void add(const at::Tensor& norm1, const at::Tensor& norm2, double eps,
-           const std::vector<at::Tensor>& qkv_w, int64_t qkv_kind,
-           const c10::optional<at::Tensor>& qkv_bias, const std::vector<at::Tensor>& o_w,
-           int64_t o_kind, const c10::optional<at::Tensor>& o_bias,
-           const std::vector<at::Tensor>& gate_up_w, int64_t gate_up_kind,
-           const std::vector<at::Tensor>& down_w, int64_t down_kind, int64_t num_heads,
-           int64_t num_kv_heads, int64_t head_dim, const at::Tensor& k_cache,
-           const at::Tensor& v_cache, double scale, int64_t window);
+  // Checks the layer's shapes against its caches.
+  void add(const LayerWeights& weights, const at::Tensor& k_cache, const at::Tensor& v_cache);
   // x [T, hidden] updated in place through every layer; the rest are the step's inputs.
   void run(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& slots,
            const at::Tensor& block_table, const at::Tensor& context_lens);
@@ -98,22 +127,8 @@ class DecodeStack {
 
  private:
   struct Layer {
-    at::Tensor norm1, norm2;
-    double eps;
-    std::vector<at::Tensor> qkv_w;
-    int64_t qkv_kind;
-    c10::optional<at::Tensor> qkv_bias;
-    std::vector<at::Tensor> o_w;
-    int64_t o_kind;
-    c10::optional<at::Tensor> o_bias;
-    std::vector<at::Tensor> gate_up_w;
-    int64_t gate_up_kind;
-    std::vector<at::Tensor> down_w;
-    int64_t down_kind;
-    int64_t num_heads, num_kv_heads, head_dim;
+    LayerWeights weights;
     at::Tensor k_cache, v_cache;
-    double scale;
-    int64_t window;
   };
   std::vector<Layer> layers_;
 };

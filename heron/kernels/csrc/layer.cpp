@@ -1,74 +1,109 @@
 // One decode step of a Llama-style decoder layer in a single call, for steps where every
-// sequence decodes one token. It chains the same kernels the Python layer calls one by one
-// (norm, q/k/v projection, rotary, cache write, paged attention, output projection, norm,
-// gated SiLU MLP), so the numbers are identical; only the per-op Python overhead goes.
+// query token attends over its own sequence's cached blocks. It chains the same kernels the
+// Python layer calls one by one (norm, q/k/v projection, rotary, cache write, paged
+// attention, output projection, norm, gated SiLU MLP), so the numbers are identical; only
+// the per-op Python overhead goes. The layer's weights arrive as one named ``LayerWeights``
+// (built from ``heron.kernels.fused.FusedLayerWeights``), never as a positional list.
 #include "heron_cpu.h"
 
 namespace heron {
+
+LinearWeights make_linear_weights(const std::string& kind, std::vector<at::Tensor> tensors,
+                                  c10::optional<at::Tensor> bias) {
+  LinearWeights w;
+  size_t expected = 0;
+  if (kind == "f32") {
+    w.kind = LinearKind::kFloat;
+    expected = 1;  // weight [N, K]
+  } else if (kind == "q4_1") {
+    w.kind = LinearKind::kQ4_1;
+    expected = 3;  // qs, d, m
+  } else if (kind == "q8_0") {
+    w.kind = LinearKind::kQ8_0;
+    expected = 2;  // qs, d
+  } else {
+    TORCH_CHECK(false, "unknown linear kind '", kind, "'; known: f32, q4_1, q8_0");
+  }
+  TORCH_CHECK(tensors.size() == expected, "a ", kind, " linear takes ", expected,
+              " tensors, got ", tensors.size());
+  w.tensors = std::move(tensors);
+  w.bias = std::move(bias);
+  return w;
+}
+
+const std::vector<std::string>& LayerWeights::field_names() {
+#define HERON_FIELD_NAME(type, name) #name,
+  static const std::vector<std::string> names = {HERON_LAYER_WEIGHTS(HERON_FIELD_NAME)};
+#undef HERON_FIELD_NAME
+  return names;
+}
+
 namespace {
 
-// kind: 0 float weight (at::linear), 1 q4_1 (qs, d, m), 2 q8_0 (qs, d).
-at::Tensor run_linear(const at::Tensor& x, const std::vector<at::Tensor>& w, int64_t kind,
-                      const c10::optional<at::Tensor>& bias) {
-  if (kind == 1) return linear_q4_1(x, w[0], w[1], w[2], bias);
-  if (kind == 2) return linear_q8_0(x, w[0], w[1], bias);
-  return at::linear(x, w[0], bias);
+at::Tensor run_linear(const at::Tensor& x, const LinearWeights& w) {
+  const std::vector<at::Tensor>& t = w.tensors;
+  switch (w.kind) {
+    case LinearKind::kQ4_1:
+      return linear_q4_1(x, t[0], t[1], t[2], w.bias);
+    case LinearKind::kQ8_0:
+      return linear_q8_0(x, t[0], t[1], w.bias);
+    case LinearKind::kFloat:
+      break;
+  }
+  return at::linear(x, t[0], w.bias);
+}
+
+void check_layer(const LayerWeights& w, const at::Tensor& k_cache, const at::Tensor& v_cache) {
+  TORCH_CHECK(w.num_heads > 0 && w.num_kv_heads > 0 && w.head_dim > 0 &&
+                  w.num_heads % w.num_kv_heads == 0,
+              "bad head counts");
+  TORCH_CHECK(w.input_norm.defined() && w.post_attention_norm.defined(), "norm weights unset");
+  for (const LinearWeights* l : {&w.qkv, &w.o, &w.gate_up, &w.down})
+    TORCH_CHECK(!l->tensors.empty(), "linear weights unset");
+  TORCH_CHECK(w.window >= 0, "window must be >= 0 (0: none)");
+  half_cache(k_cache, v_cache);  // checks dtype and layout
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(2) == w.num_kv_heads &&
+                  k_cache.size(3) == w.head_dim,
+              "cache [num_blocks, block_size, num_kv_heads, head_dim] does not fit the layer");
 }
 
 }  // namespace
 
-void decode_layer_(at::Tensor& x, const at::Tensor& norm1, const at::Tensor& norm2,
-                   double eps, const std::vector<at::Tensor>& qkv_w, int64_t qkv_kind,
-                   const c10::optional<at::Tensor>& qkv_bias, const std::vector<at::Tensor>& o_w,
-                   int64_t o_kind, const c10::optional<at::Tensor>& o_bias,
-                   const std::vector<at::Tensor>& gate_up_w, int64_t gate_up_kind,
-                   const std::vector<at::Tensor>& down_w, int64_t down_kind, int64_t num_heads,
-                   int64_t num_kv_heads, int64_t head_dim, const at::Tensor& cos,
-                   const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache,
+void decode_layer_(at::Tensor& x, const LayerWeights& w, at::Tensor& k_cache,
+                   at::Tensor& v_cache, const at::Tensor& cos, const at::Tensor& sin,
                    const at::Tensor& slots, const at::Tensor& block_table,
-                   const at::Tensor& context_lens, double scale, int64_t window) {
-  // x [B, hidden]: the residual stream, one token per sequence, updated in place.
+                   const at::Tensor& context_lens) {
+  // x [B, hidden]: the residual stream, one row per query token, updated in place.
   const int64_t B = x.size(0);
-  const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
-  at::Tensor h = rms_norm(x, norm1, eps);
-  at::Tensor qkv = run_linear(h, qkv_w, qkv_kind, qkv_bias);  // [B, q_size + 2 * kv_size]
-  at::Tensor q = qkv.narrow(1, 0, q_size).view({B, num_heads, head_dim});
-  at::Tensor k = qkv.narrow(1, q_size, kv_size).view({B, num_kv_heads, head_dim});
-  at::Tensor v = qkv.narrow(1, q_size + kv_size, kv_size).view({B, num_kv_heads, head_dim});
+  const int64_t q_size = w.num_heads * w.head_dim, kv_size = w.num_kv_heads * w.head_dim;
+  at::Tensor h = rms_norm(x, w.input_norm, w.input_norm_eps);
+  at::Tensor qkv = run_linear(h, w.qkv);  // [B, q_size + 2 * kv_size]
+  at::Tensor q = qkv.narrow(1, 0, q_size).view({B, w.num_heads, w.head_dim});
+  at::Tensor k = qkv.narrow(1, q_size, kv_size).view({B, w.num_kv_heads, w.head_dim});
+  at::Tensor v = qkv.narrow(1, q_size + kv_size, kv_size).view({B, w.num_kv_heads, w.head_dim});
   rope_(q, cos, sin);
   rope_(k, cos, sin);
   cache_write_(k, v, k_cache, v_cache, slots);
-  at::Tensor attn = paged_decode_attention(q, k_cache, v_cache, block_table,
-                                           context_lens, scale, window, 0.0);
-  at::Tensor o = run_linear(attn.view({B, q_size}), o_w, o_kind, o_bias);
-  h = add_rms_norm_(o, x, norm2, eps);
-  at::Tensor gu = run_linear(h, gate_up_w, gate_up_kind, c10::nullopt);  // [B, 2 * inter]
-  x.add_(run_linear(silu_mul(gu), down_w, down_kind, c10::nullopt));
+  at::Tensor attn = paged_decode_attention(q, k_cache, v_cache, block_table, context_lens,
+                                           w.scale, w.window, 0.0);
+  at::Tensor o = run_linear(attn.view({B, q_size}), w.o);
+  h = add_rms_norm_(o, x, w.post_attention_norm, w.post_attention_norm_eps);
+  at::Tensor gu = run_linear(h, w.gate_up);  // [B, 2 * inter]
+  x.add_(run_linear(silu_mul(gu), w.down));
 }
 
-void DecodeStack::add(const at::Tensor& norm1, const at::Tensor& norm2, double eps,
-                      const std::vector<at::Tensor>& qkv_w, int64_t qkv_kind,
-                      const c10::optional<at::Tensor>& qkv_bias,
-                      const std::vector<at::Tensor>& o_w, int64_t o_kind,
-                      const c10::optional<at::Tensor>& o_bias,
-                      const std::vector<at::Tensor>& gate_up_w, int64_t gate_up_kind,
-                      const std::vector<at::Tensor>& down_w, int64_t down_kind,
-                      int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
-                      const at::Tensor& k_cache, const at::Tensor& v_cache, double scale,
-                      int64_t window) {
-  layers_.push_back(Layer{norm1, norm2, eps, qkv_w, qkv_kind, qkv_bias, o_w, o_kind, o_bias,
-                          gate_up_w, gate_up_kind, down_w, down_kind, num_heads, num_kv_heads,
-                          head_dim, k_cache, v_cache, scale, window});
+void DecodeStack::add(const LayerWeights& weights, const at::Tensor& k_cache,
+                      const at::Tensor& v_cache) {
+  check_layer(weights, k_cache, v_cache);
+  layers_.push_back(Layer{weights, k_cache, v_cache});
 }
 
 void DecodeStack::run(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                       const at::Tensor& slots, const at::Tensor& block_table,
                       const at::Tensor& context_lens) {
   for (auto& l : layers_)
-    decode_layer_(x, l.norm1, l.norm2, l.eps, l.qkv_w, l.qkv_kind, l.qkv_bias, l.o_w, l.o_kind,
-                  l.o_bias, l.gate_up_w, l.gate_up_kind, l.down_w, l.down_kind, l.num_heads,
-                  l.num_kv_heads, l.head_dim, cos, sin, l.k_cache, l.v_cache, slots,
-                  block_table, context_lens, l.scale, l.window);
+    decode_layer_(x, l.weights, l.k_cache, l.v_cache, cos, sin, slots, block_table,
+                  context_lens);
 }
 
 }  // namespace heron

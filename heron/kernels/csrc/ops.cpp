@@ -210,6 +210,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul", &heron::silu_mul, "silu(gate) * up of a [T, 2 * I] gate_up output");
   m.def("cache_write_", &heron::cache_write_);
   m.def("paged_decode_attention", &heron::paged_decode_attention);
+  pybind11::class_<heron::LinearWeights>(m, "LinearWeights", "one linear of a fused layer")
+      .def(pybind11::init(&heron::make_linear_weights), pybind11::arg("kind"),
+           pybind11::arg("tensors"), pybind11::arg("bias"));
+  pybind11::class_<heron::LayerWeights> layer(m, "LayerWeights", "a fused layer, by name");
+  layer.def(pybind11::init<>()).def_static("field_names", &heron::LayerWeights::field_names);
+#define HERON_BIND_FIELD(type, name) layer.def_readwrite(#name, &heron::LayerWeights::name);
+  HERON_LAYER_WEIGHTS(HERON_BIND_FIELD)
+#undef HERON_BIND_FIELD
   m.def("decode_layer_", &heron::decode_layer_, "one decode step of a Llama-style layer");
   pybind11::class_<heron::DecodeStack>(m, "DecodeStack", "decode_layer_ over held layers")
       .def(pybind11::init<>())
