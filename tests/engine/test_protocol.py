@@ -8,8 +8,8 @@ import pytest
 from heron.config import EngineConfig, SchedulerConfig
 from heron.engine.protocol import (
     AbortRequests,
-    EmbedRequest,
     Embeddings,
+    EmbedRequest,
     EngineCoreOutput,
     EngineCoreOutputs,
     EngineCoreRequest,
