@@ -7,6 +7,6 @@ TEMPLATEs, with Ollama's prompt data. Both load only when a template needs them.
 
 from __future__ import annotations
 
-from heron.prompt.renderer import ChatRenderer
+from heron.prompt.renderer import ChatRenderer, check_template
 
-__all__ = ["ChatRenderer"]
+__all__ = ["ChatRenderer", "check_template"]

@@ -18,6 +18,22 @@ if TYPE_CHECKING:
 TOOL_USE_TEMPLATE = "tool_use"
 
 
+def check_template(source: str) -> None:
+    """Parse a Modelfile TEMPLATE (Go template syntax or Jinja) without rendering it, so a
+    broken one is refused when a model is created rather than failing when it loads.
+
+    Raises ValueError naming the problem (and its line).
+    """
+    from heron.prompt.gotemplate import GoTemplate, is_go_template
+
+    if is_go_template(source):
+        GoTemplate(source)
+        return
+    from heron.prompt.jinja import compile_chat_template
+
+    compile_chat_template(source)
+
+
 class ChatRenderer:
     """Renders conversations to prompt text (`render`) or prompt ids (`encode`) for one model.
 

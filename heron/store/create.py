@@ -85,6 +85,8 @@ def create_model(
     target = parse_name(name)
     if modelfile.adapters:
         raise ModelfileError("ADAPTER is not supported yet: Heron has no LoRA support")
+    if modelfile.template is not None:
+        check_modelfile_template(modelfile.template)
     checked: dict[str, str] = {}
     for file_name, digest in (files or {}).items():
         try:
@@ -92,6 +94,17 @@ def create_model(
         except (ManifestError, DigestError) as e:
             raise CreateError(f"files: {e}") from None
     return _create(store, target, modelfile, base_dir, checked)
+
+
+def check_modelfile_template(template: str) -> None:
+    """Refuse a TEMPLATE that does not parse (Go template syntax or Jinja), naming the problem.
+    Raises ModelfileError."""
+    from heron.prompt import check_template
+
+    try:
+        check_template(template)
+    except ValueError as e:
+        raise ModelfileError(f"TEMPLATE: {e}") from None
 
 
 def _create(

@@ -112,3 +112,89 @@ def test_tools_and_kwargs_reach_the_template() -> None:
 def test_compiled_once() -> None:
     source = "{{ messages | length }} cached"
     assert compile_chat_template(source) is compile_chat_template(source)
+
+
+def _render_bounded(source: str, seconds: float = 20.0) -> BaseException | str | None:
+    """Render in a daemon thread; None if it did not finish within `seconds` (a hang)."""
+    import threading
+
+    result: list[BaseException | str] = []
+
+    def run() -> None:
+        try:
+            result.append(render(source))
+        except BaseException as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return result[0] if result else None
+
+
+def test_silent_nested_loops_stop_on_the_step_budget() -> None:
+    source = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    start = time.monotonic()
+    outcome = _render_bounded(source)
+    assert isinstance(outcome, ValueError), outcome
+    assert "steps" in str(outcome) or "time" in str(outcome)
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ '%0500000000d' % 1 }}",
+        "{{ '%.500000000f' % 1.5 }}",
+        "{{ '%*d' % (500000000, 1) }}",
+        "{{ '%0500000000d'|format(1) }}",
+        "{{ '{:0500000000d}'.format(1) }}",
+        "{{ '{:>{w}}'.format('x', w=500000000) }}",
+        "{{ 'x'|center(500000000) }}",
+        "{{ 'a\nb'|indent(500000000) }}",
+        "{{ 'x'.ljust(500000000) }}",
+        "{{ 'x'.rjust(500000000) }}",
+        "{{ 'x'.center(500000000) }}",
+        "{{ 'x'.zfill(500000000) }}",
+        "{{ ('a' * 1000000).replace('a', 'b' * 1000) }}",
+        "{{ ('a' * 100000)|replace('a', 'b' * 100000) }}",
+        "{{ ('a' * 1000000).join(['x' * 1000] * 1000) }}",
+        "{{ (['x' * 1000000] * 1000)|join('y') }}",
+        "{% set a = 'x' * 1000000 %}{% set b = a ~ a ~ a ~ a ~ a ~ a ~ a ~ a %}"
+        "{% set c = b ~ b ~ b ~ b ~ b ~ b ~ b ~ b %}{{ c|length }}",
+        "{{ [1]|slice(500000000) }}",
+        "{{ ('a ' * 500000)|wordwrap(1, wrapstring='x' * 100000) }}",
+        "{{ {'a': 1}|tojson(indent=500000000) }}",
+        "{{ lipsum(100000000) }}",
+        "{% set n = 10 ** 60 %}{% set n = n * n * n * n * n * n %}{{ n * n * n * n * n * n }}",
+    ],
+)
+def test_wide_formatting_is_refused_before_it_allocates(source: str) -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        outcome = _render_bounded(source)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(outcome, ValueError), outcome
+    assert peak < 64 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_ordinary_formatting_still_works() -> None:
+    source = (
+        "{{ '%05d|%-4s|%.2f' % (7, 'ab', 1.5) }} {{ '%s-%s'|format('a', 'b') }} "
+        "{{ '{:>5}|{:.3f}'.format('x', 2) }} {{ 'ab'|center(6) }}|{{ 'a\nb'|indent(2) }} "
+        "{{ 'x'.ljust(3) }}|{{ ['a', 'b']|join(', ') }} {{ 'aa'|replace('a', 'b') }}"
+    )
+    assert render(source) == "00007|ab  |1.50 a-b     x|2.000   ab  |a\n  b x  |a, b bb"
+
+
+def test_a_real_template_renders_within_the_budget() -> None:
+    source = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    many = [{"role": "user", "content": f"message {i}"} for i in range(2000)]
+    assert render_chat_template(source, many).count("<|im_start|>") == 2001

@@ -290,3 +290,23 @@ def test_to_modelfile_recreates_the_model(
     list(store.create("again", mf))
     again = store.get("again")
     assert again.manifest == orig.manifest
+
+
+@pytest.mark.parametrize(
+    ("template", "match"),
+    [
+        ("{{ if .System }}" * 150 + "x" + "{{ end }}" * 150, "nesting deeper"),
+        ("{{ if .System }}{{ .System }}", "end"),
+        ("{{ .Prompt ", "unterminated|does not parse"),
+        ("{% for m in messages %}{{ m.content }}", "does not parse"),
+    ],
+    ids=["go-nested-150", "go-unterminated-if", "go-unterminated-action", "jinja-unclosed-for"],
+)
+def test_broken_template_is_refused_before_anything_is_stored(
+    store: ModelStore, tiny_gguf: Callable[..., Path], template: str, match: str
+) -> None:
+    gguf = tiny_gguf()
+    modelfile = parse_modelfile(f'FROM {gguf}\nTEMPLATE """{template}"""\n')
+    with pytest.raises(ModelfileError, match=f"TEMPLATE.*({match})"):
+        store.create("broken", modelfile, base_dir=gguf.parent)
+    assert store.list() == []

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from heron.server.common import APIError, ndjson
 from heron.server.ollama.protocol import CopyRequest, CreateRequest, DeleteRequest, PullRequest
 from heron.server.state import ServerState
+from heron.store.create import check_modelfile_template
 from heron.store.files import DigestError, DigestMismatchError, SizeMismatchError, parse_digest
 from heron.store.modelfile import Modelfile, ModelfileError, coerce_parameter
 from heron.store.names import InvalidNameError, parse_name
@@ -148,6 +149,11 @@ async def create(state: ServerState, req: CreateRequest) -> Response:
             parse_digest(digest)
         except DigestError as exc:
             raise APIError(400, f"files.{filename}: {exc}", param="files") from None
+    if modelfile.template is not None:
+        try:
+            await asyncio.to_thread(check_modelfile_template, modelfile.template)
+        except ModelfileError as exc:
+            raise APIError(400, str(exc), param="template") from None
 
     def work(progress: Progress) -> None:
         statuses: Iterator[dict[str, Any]] = store.create(name, modelfile, files=files or None)
