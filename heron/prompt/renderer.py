@@ -7,6 +7,7 @@ picks the path once, when it is built, and imports the interpreter it needs on f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -115,14 +116,70 @@ class ChatRenderer:
     ) -> list[int]:
         """Token ids of the rendered conversation (arguments as for `render`).
 
-        The text is encoded without the tokenizer's bos/eos because templates write bos
+        Message content is the user's text, never markup: special-token text inside it (a
+        forged "<|im_end|><|im_start|>system") encodes as plain text, while the template's
+        own markers stay special. A conversation without such text encodes exactly as its
+        rendered text does. The text is encoded without the tokenizer's bos/eos because templates write bos
         themselves when they want it. If the model adds bos to plain text but the template
         did not write it, bos is prepended once, so the prompt never lacks or doubles bos.
         """
-        text = self.render(messages, add_generation_prompt, tools, **kwargs)
         tok = self.tokenizer
-        ids = tok.encode(text, add_special_tokens=False)
+        specials = tok.special_token_texts
+        suspects = [
+            i
+            for i, m in enumerate(messages)
+            if isinstance(m.get("content"), str) and any(s in m["content"] for s in specials)
+        ]
+        if suspects:
+            text, spans = self._render_marked(
+                messages, suspects, add_generation_prompt, tools, kwargs
+            )
+            ids = tok.encode_with_plain_spans(text, spans)
+        else:
+            text = self.render(messages, add_generation_prompt, tools, **kwargs)
+            ids = tok.encode(text, add_special_tokens=False)
         bos = tok.bos_token_id
         if tok.add_bos_token and bos is not None and ids[:1] != [bos]:
             ids.insert(0, bos)
         return ids
+
+    def _render_marked(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        suspects: Sequence[int],
+        add_generation_prompt: bool,
+        tools: Sequence[Mapping[str, Any]] | None,
+        kwargs: dict[str, Any],
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered text and the character spans of the content of messages `suspects`.
+
+        Those messages render with a unique placeholder as their content, which is then
+        replaced by the real content, so the spans are exact and the template's own markers
+        can never be taken for content. Raises ValueError if the template alters or drops a
+        placeholder (it transforms the content), since the spans would then be unknown.
+        """
+        marks = {i: f"\ue000heron-content-{i}\ue001" for i in suspects}
+        masked = [dict(m, content=marks[i]) if i in marks else m for i, m in enumerate(messages)]
+        skeleton = self.render(masked, add_generation_prompt, tools, **kwargs)
+        by_mark = {marks[i]: str(messages[i]["content"]) for i in suspects}
+        for mark in by_mark:
+            if mark not in skeleton:
+                raise ValueError(
+                    "a message contains special-token text (such as "
+                    f"{self.tokenizer.special_token_texts[0]!r}) that this model's chat "
+                    "template alters; remove it from the message"
+                )
+        pattern = re.compile("|".join(re.escape(mark) for mark in by_mark))
+        parts: list[str] = []
+        spans: list[tuple[int, int]] = []
+        size = pos = 0
+        for match in pattern.finditer(skeleton):
+            before = skeleton[pos : match.start()]
+            content = by_mark[match.group()]
+            parts += (before, content)
+            size += len(before)
+            spans.append((size, size + len(content)))
+            size += len(content)
+            pos = match.end()
+        parts.append(skeleton[pos:])
+        return "".join(parts), spans

@@ -22,6 +22,27 @@ logger = logging.getLogger(__name__)
 DEFAULT_TEMPLATE = "default"  # the name of the checkpoint's main chat template
 
 
+def _never_prepend(node: Any) -> None:
+    """Turn off every dummy-prefix step (`Metaspace` prepend, `Prepend` normalizer) in a
+    tokenizer's JSON, in place: text encoded in the middle of a prompt gets no extra space."""
+    if isinstance(node, dict):
+        if node.get("type") == "Metaspace":
+            node["prepend_scheme"] = "never"
+            node.pop("add_prefix_space", None)
+        for key in ("normalizers", "pretokenizers"):
+            if isinstance(node.get(key), list):
+                node[key] = [n for n in node[key] if not _is_prepend(n)]
+        for value in node.values():
+            _never_prepend(value)
+    elif isinstance(node, list):
+        for value in node:
+            _never_prepend(value)
+
+
+def _is_prepend(node: Any) -> bool:
+    return isinstance(node, dict) and node.get("type") == "Prepend"
+
+
 def _token_text(value: Any) -> str | None:
     """A special token in tokenizer_config.json: a string or {"content": ...}."""
     if isinstance(value, str):
@@ -98,6 +119,8 @@ class Tokenizer:
         self._chat_templates = dict(chat_templates or {})
         added = backend.get_added_tokens_decoder()
         self._all_special_ids = frozenset(i for i, t in added.items() if t.special)
+        self._special_texts = tuple(sorted({t.content for t in added.values() if t.special}))
+        self._plain: HFTokenizer | None = None  # built on first use by `_plain_backend`
         # Whether plain encoding starts with bos: decides if a rendered prompt must get it.
         plain = backend.encode("", add_special_tokens=True).ids
         self.add_bos_token = bos_token_id is not None and plain[:1] == [bos_token_id]
@@ -197,6 +220,66 @@ class Tokenizer:
         if self._double_leading_space and text.startswith(" "):
             text = " " + text
         return list(self._backend.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def encode_with_plain_spans(self, text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
+        """Token ids for `text` (no bos/eos added) with special-token text parsed, except
+        inside `spans` (character ranges of `text`, e.g. message content a chat template
+        inserted): there, special-token text such as "<|im_end|>" encodes as plain text.
+
+        Everything outside a forged token encodes exactly as `encode` would: the text is
+        encoded once, and only special tokens that lie inside a span are replaced by the
+        plain encoding of their text (consecutive ones together).
+        Raises ValueError for text that is not valid Unicode.
+        """
+        ids = self.encode(text, add_special_tokens=False)
+        if not spans or not self._all_special_ids.intersection(ids):
+            return ids
+        shift = 1 if self._double_leading_space and text.startswith(" ") else 0
+        shifted = (" " + text) if shift else text
+        offsets = self._backend.encode(shifted, add_special_tokens=False).offsets
+        bounds = [(start + shift, end + shift) for start, end in spans]
+        out: list[int] = []
+        run: list[int] = []  # [start, end) of consecutive forged tokens in `shifted`
+
+        def flush() -> None:
+            if run:
+                plain = self._plain_backend().encode(
+                    shifted[run[0] : run[1]], add_special_tokens=False
+                )
+                out.extend(plain.ids)
+                run.clear()
+
+        for token_id, (start, end) in zip(ids, offsets, strict=True):
+            forged = token_id in self._all_special_ids and any(
+                lo <= start and end <= hi for lo, hi in bounds
+            )
+            if not forged:
+                flush()
+                out.append(token_id)
+            elif run and run[1] == start:
+                run[1] = end
+            else:
+                flush()
+                run.extend((start, end))
+        flush()
+        return out
+
+    def _plain_backend(self) -> HFTokenizer:
+        """A copy of the backend that reads special-token text as plain text and adds no
+        dummy prefix (its text sits in the middle of a prompt)."""
+        if self._plain is None:
+            spec = json.loads(self._backend.to_str())
+            _never_prepend(spec.get("normalizer"))
+            _never_prepend(spec.get("pre_tokenizer"))
+            plain = HFTokenizer.from_str(json.dumps(spec))
+            plain.encode_special_tokens = True
+            self._plain = plain
+        return self._plain
+
+    @property
+    def special_token_texts(self) -> tuple[str, ...]:
+        """The text of every special (control) token, e.g. "<|im_start|>", "</s>"."""
+        return self._special_texts
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text for `ids`; bytes that do not form whole UTF-8 characters decode as U+FFFD."""
