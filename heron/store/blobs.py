@@ -40,7 +40,7 @@ from heron.store.files import (
     write_all,
 )
 
-__all__ = ["BlobStore", "BlobWriter"]
+__all__ = ["BlobBusyError", "BlobStore", "BlobWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ PIN_SECONDS = 3600.0
 # Pins live per blob directory and per process, so two BlobStore objects over one root agree.
 _pins: dict[str, dict[str, float]] = {}
 _pins_lock = threading.Lock()
+
+
+class BlobBusyError(RuntimeError):
+    """Another writer holds the digest's lock (raised by ``writer(..., wait=False)``)."""
 
 
 class BlobStore:
@@ -151,10 +155,16 @@ class BlobStore:
         return count
 
     def writer(
-        self, expected: str | None = None, size: int | None = None, resume: bool = False
+        self,
+        expected: str | None = None,
+        size: int | None = None,
+        resume: bool = False,
+        wait: bool = True,
     ) -> BlobWriter:
-        """A writer for one blob; use as a context manager. See ``BlobWriter``."""
-        return BlobWriter(self, expected, size, resume)
+        """A writer for one blob; use as a context manager. See ``BlobWriter``. With
+        ``wait=False`` a digest another writer holds raises ``BlobBusyError`` at once instead
+        of blocking until that writer finishes."""
+        return BlobWriter(self, expected, size, resume, wait)
 
     def import_file(self, src: Path, expected: str | None = None, link: bool = True) -> str:
         """Place an existing file in the store and return its digest.
@@ -256,7 +266,12 @@ class BlobWriter:
     )
 
     def __init__(
-        self, store: BlobStore, expected: str | None, size: int | None, resume: bool
+        self,
+        store: BlobStore,
+        expected: str | None,
+        size: int | None,
+        resume: bool,
+        wait: bool = True,
     ) -> None:
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
             raise ValueError(f"declared size must be a non-negative integer, got {size!r}")
@@ -272,7 +287,10 @@ class BlobWriter:
         key = f"sha256-{self.expected[7:]}" if self.expected else f"tmp-{uuid.uuid4().hex}"
         self._partial = store.partial_dir / key
         self._lock_path = store.partial_dir / (key + ".lock")
-        self._lock_fd: int | None = lock(self._lock_path, blocking=True)
+        self._lock_fd: int | None = lock(self._lock_path, blocking=wait)
+        if self._lock_fd is None:
+            self._finished = True
+            raise BlobBusyError(f"another writer is storing {self.expected or 'this blob'}")
         try:
             if self.expected is not None and store.has(self.expected):
                 store._pin(self.expected)

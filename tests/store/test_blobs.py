@@ -340,3 +340,18 @@ def test_disk_full_removes_the_partial_even_with_resume(
         w.write(DATA)
     monkeypatch.undo()
     assert partials(blobs) == [] and blobs.digests() == []
+
+
+def test_writer_without_wait_refuses_a_held_digest_at_once(blobs: BlobStore) -> None:
+    from heron.store.blobs import BlobBusyError
+
+    d = digest_of(DATA)
+    with blobs.writer(d, len(DATA)) as first:
+        start = time.monotonic()
+        with pytest.raises(BlobBusyError, match="another writer"):
+            blobs.writer(d, len(DATA), wait=False)
+        assert time.monotonic() - start < 1
+        first.write(DATA)
+        first.commit()
+    with blobs.writer(d, len(DATA), wait=False) as again:
+        assert again.done

@@ -4,7 +4,7 @@
 Store work (hashing, downloads, renames) runs in threads; progress crosses back to the event
 loop through a queue and streams as NDJSON status lines, as Ollama sends them. A client that
 disconnects does not stop a pull: its bytes stay in the store's partial file, and the next
-pull resumes from them.
+pull resumes from them. Blob uploads are coordinated per digest (see ``blob_upload``).
 """
 
 from __future__ import annotations
@@ -13,15 +13,18 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from heron.server.common import APIError, ndjson
 from heron.server.ollama.protocol import CopyRequest, CreateRequest, DeleteRequest, PullRequest
 from heron.server.state import ServerState
+from heron.store.blobs import BlobBusyError, BlobWriter
 from heron.store.create import check_modelfile_template
 from heron.store.files import DigestError, DigestMismatchError, SizeMismatchError, parse_digest
 from heron.store.modelfile import Modelfile, ModelfileError, coerce_parameter
@@ -32,6 +35,12 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], None]
 _END = object()
+
+UPLOAD_IDLE_SECONDS = 10.0  # an upload that sends nothing for this long is dropped (408)
+UPLOAD_WAIT_SECONDS = 20.0  # how long a second upload of a digest waits for the first (409)
+_LOCK_POLL_SECONDS = 0.2
+# Uploads in progress in this process, by (blob directory, digest); set when each ends.
+_uploads: dict[tuple[str, str], asyncio.Event] = {}
 
 
 def _store(state: ServerState) -> ModelStore:
@@ -197,25 +206,82 @@ async def blob_exists(state: ServerState, digest: str) -> Response:
 
 
 async def blob_upload(state: ServerState, digest: str, request: Request) -> Response:
-    """Hash the body to disk as it arrives; store it only if it matches ``digest``."""
+    """Hash the body to disk as it arrives; store it only if it matches ``digest``.
+
+    One upload per digest at a time: a second one waits up to ``UPLOAD_WAIT_SECONDS`` for the
+    first (201 at once if that stored the blob), then gets 409 with ``Retry-After``. An
+    upload that sends nothing for ``UPLOAD_IDLE_SECONDS``, or whose client goes away, is
+    dropped with its partial file. No thread ever waits on the digest's file lock: it is
+    tried without blocking, and the event loop polls.
+    """
     store = _store(state)
     digest = _check_digest(digest)
-    writer = await asyncio.to_thread(store.blobs.writer, digest)
+    key = (str(store.blobs.root), digest)
+    deadline = time.monotonic() + UPLOAD_WAIT_SECONDS
+    while (running := _uploads.get(key)) is not None:  # another upload here: wait for it
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(running.wait(), max(deadline - time.monotonic(), 0))
+        if not running.is_set():
+            raise _busy(digest)
+    finished = _uploads[key] = asyncio.Event()
     try:
-        if writer.done:  # already stored (or another upload of it just finished)
-            writer.abort()
-            return Response(status_code=201)
-        async for chunk in request.stream():
-            if chunk:
-                await asyncio.to_thread(writer.write, chunk)
-        await asyncio.to_thread(writer.commit)
-    except (DigestMismatchError, SizeMismatchError) as exc:
-        raise APIError(400, f"digest mismatch: {exc}", param="digest") from None
-    except OSError as exc:
-        raise APIError(507, f"cannot store the blob: {exc.strerror}", "server_error") from None
+        writer = await _open_writer(store, digest, deadline)
+        if writer is None:
+            return Response(status_code=201)  # stored already (or by the upload we waited on)
+        try:
+            stream = request.stream().__aiter__()
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(anext(stream), UPLOAD_IDLE_SECONDS)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise APIError(
+                        408, f"upload stalled: no data for {UPLOAD_IDLE_SECONDS:g} s"
+                    ) from None
+                if chunk:
+                    await asyncio.to_thread(writer.write, chunk)
+            await asyncio.to_thread(writer.commit)
+        except (DigestMismatchError, SizeMismatchError) as exc:
+            raise APIError(400, f"digest mismatch: {exc}", param="digest") from None
+        except OSError as exc:
+            raise APIError(507, f"cannot store the blob: {exc.strerror}", "server_error") from None
+        except ClientDisconnect:
+            raise APIError(499, "the client closed the connection mid-upload") from None
+        finally:
+            # No-op after a commit. Shielded: a client that left cancels this task, and the
+            # partial file must go all the same.
+            await asyncio.shield(asyncio.to_thread(writer.abort))
     finally:
-        await asyncio.to_thread(writer.abort)  # no-op after a commit
+        finished.set()
+        if _uploads.get(key) is finished:
+            del _uploads[key]
     return Response(status_code=201)
+
+
+async def _open_writer(store: ModelStore, digest: str, deadline: float) -> BlobWriter | None:
+    """The digest's writer, or None if the blob is stored already. Another process's writer
+    of the same digest (a pull) is waited for until ``deadline`` by polling, then 409."""
+    while True:
+        try:
+            writer = await asyncio.to_thread(store.blobs.writer, digest, wait=False)
+        except BlobBusyError:
+            if time.monotonic() >= deadline:
+                raise _busy(digest) from None
+            await asyncio.sleep(_LOCK_POLL_SECONDS)
+            continue
+        if writer.done:
+            writer.abort()
+            return None
+        return writer
+
+
+def _busy(digest: str) -> APIError:
+    return APIError(
+        409,
+        f"another upload of {digest} is in progress; retry",
+        headers={"Retry-After": str(int(UPLOAD_IDLE_SECONDS))},
+    )
 
 
 def _check_digest(digest: str) -> str:
