@@ -146,6 +146,7 @@ class ModelManager:
         load failure ends the server. Kept loaded unless a request's keep_alive says
         otherwise."""
         self.pinned = spec
+        self._check_blobs(spec)
         loaded = self._start(spec, pinned=True)
         self.loaded[spec.name] = loaded
         return loaded
@@ -210,6 +211,7 @@ class ModelManager:
         loaded.claimed_until = time.monotonic() + CLAIM_S
 
     async def _load(self, spec: ModelSpec) -> LoadedModel:
+        await asyncio.to_thread(self._check_blobs, spec)
         await self._make_room(spec.name)
         try:
             loaded = await asyncio.to_thread(self._start, spec, False)
@@ -219,6 +221,23 @@ class ModelManager:
             ) from None
         self.loaded[spec.name] = loaded
         return loaded
+
+    def _check_blobs(self, spec: ModelSpec) -> None:
+        """Refuse a stored model whose blobs changed since they were verified: each is
+        re-hashed only if its file's stamp (size, mtime, inode) changed. Raises APIError 500
+        naming the model and the repair."""
+        if spec.stored is None or self.store is None:
+            return
+        blobs = self.store.blobs
+        bad = [d for d in spec.stored.manifest.digests() if not blobs.check(d)]
+        if bad:
+            raise APIError(
+                500,
+                f"model '{spec.name}' is corrupted: blob {bad[0]} no longer matches its digest "
+                f"(changed or damaged on disk); repair it with `heron pull {spec.name}` (or "
+                "create it again)",
+                "server_error",
+            )
 
     def _start(self, spec: ModelSpec, pinned: bool) -> LoadedModel:
         from heron.engine.core_client import AsyncEngineClient

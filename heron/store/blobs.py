@@ -8,7 +8,10 @@ their final name until they have been hashed and counted::
     commit(): fsync, size == declared, digest == expected,
               chmod 0444, rename -> <root>/sha256-<hex>, fsync <root>
 
-A mismatch deletes the partial file and stores nothing. One writer per digest: the lock file is
+A mismatch deletes the partial file and stores nothing. Each verified blob gets a stamp,
+``<root>/.stamps/sha256-<hex>``: its size, mtime_ns, inode and device when it was last hashed.
+``check()`` trusts a blob whose stamp still matches and re-hashes one whose file changed (a
+byte flipped in place, a file replaced), so a loader never maps bytes that no longer match. One writer per digest: the lock file is
 held with ``fcntl.flock`` for the writer's whole life, so a second writer of the same digest
 blocks, then finds the blob present (``done``). A partial whose lock nobody holds belongs to a
 dead process (``kill -9`` mid-pull) and ``cleanup_partials()`` removes it.
@@ -45,6 +48,7 @@ __all__ = ["BlobBusyError", "BlobStore", "BlobWriter"]
 logger = logging.getLogger(__name__)
 
 PARTIAL_DIR = ".partial"
+STAMP_DIR = ".stamps"
 # A blob just written or imported is not referenced by any manifest until the caller writes one;
 # gc() leaves such blobs alone for this long (or until the manifest is written).
 PIN_SECONDS = 3600.0
@@ -65,6 +69,7 @@ class BlobStore:
         self.root = Path(root)
         self.partial_dir = self.root / PARTIAL_DIR
         self.partial_dir.mkdir(parents=True, exist_ok=True)
+        self.stamp_dir = self.root / STAMP_DIR
 
     def path(self, digest: str) -> Path:
         """``<root>/sha256-<hex>`` for a validated digest (the file may not exist)."""
@@ -87,13 +92,53 @@ class BlobStore:
         except OSError:
             return False
         try:
+            before = os.fstat(fd)
             hasher, _ = hash_fd(fd)
         finally:
             os.close(fd)
-        return "sha256:" + hasher.hexdigest() == digest
+        good = "sha256:" + hasher.hexdigest() == digest
+        if good:
+            self._write_stamp(digest, before)
+        else:
+            self._stamp_path(digest).unlink(missing_ok=True)
+        return good
+
+    def check(self, digest: str) -> bool:
+        """Whether the stored blob still holds its digest's bytes: True at once if the file is
+        unchanged since it was last verified (its stamp matches), else it is re-hashed
+        (``verify``). False if it is missing or corrupted."""
+        try:
+            st = os.lstat(self.path(digest))
+            recorded = self._stamp_path(digest).read_text()
+        except (OSError, UnicodeDecodeError):
+            return self.verify(digest)
+        return recorded == _stamp_text(st) or self.verify(digest)
+
+    def _stamp_path(self, digest: str) -> Path:
+        return self.stamp_dir / ("sha256-" + parse_digest(digest)[7:])
+
+    def _write_stamp(self, digest: str, st: os.stat_result) -> None:
+        """Record ``st`` (the stat of the bytes just verified) as the blob's stamp. Best effort:
+        without a stamp the next ``check`` re-hashes."""
+        path = self._stamp_path(digest)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        try:
+            self.stamp_dir.mkdir(exist_ok=True)
+            tmp.write_text(_stamp_text(st))
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            logger.warning("cannot stamp blob %s: %s", digest, exc)
+
+    def _stamp_final(self, digest: str) -> None:
+        try:
+            self._write_stamp(digest, os.lstat(self.path(digest)))
+        except OSError:
+            pass
 
     def remove(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)
+        self._stamp_path(digest).unlink(missing_ok=True)
         self.unpin([digest])
 
     def digests(self) -> list[str]:
@@ -121,6 +166,7 @@ class BlobStore:
             if self._pinned(digest):
                 return False
             self.path(digest).unlink(missing_ok=True)
+            self._stamp_path(digest).unlink(missing_ok=True)
             return True
         finally:
             unlock(lock_path, fd)
@@ -217,6 +263,7 @@ class BlobStore:
                     pass
                 os.replace(tmp, self.path(digest))
                 fsync_dir(self.root)
+                self._stamp_final(digest)
             self._pin(digest)
             return created
         finally:
@@ -237,6 +284,10 @@ class BlobStore:
         with _pins_lock:
             when = _pins.get(str(self.root), {}).get(digest)
         return when is not None and time.monotonic() - when < PIN_SECONDS
+
+
+def _stamp_text(st: os.stat_result) -> str:
+    return f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {st.st_dev}\n"
 
 
 class BlobWriter:
@@ -354,6 +405,7 @@ class BlobWriter:
                     os.chmod(self._partial, 0o444)
                     os.replace(self._partial, self._store.path(digest))
                     fsync_dir(self._store.root)
+                    self._store._stamp_final(digest)
                 self._store._pin(digest)
             else:
                 self._store._install(self._partial, digest)

@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -355,3 +356,37 @@ def test_writer_without_wait_refuses_a_held_digest_at_once(blobs: BlobStore) -> 
         first.commit()
     with blobs.writer(d, len(DATA), wait=False) as again:
         assert again.done
+
+
+def _flip(path: Path, offset: int) -> None:
+    path.chmod(0o644)
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_check_trusts_the_stamp_and_rehashes_when_the_file_changed(
+    blobs: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import heron.store.blobs as blobs_module
+
+    d = digest_of(DATA)
+    with blobs.writer(d, len(DATA)) as w:
+        w.write(DATA)
+        w.commit()
+    hashed: list[int] = []
+    real_hash = blobs_module.hash_fd
+
+    def counting_hash(fd: int) -> tuple[Any, int]:
+        hashed.append(fd)
+        return real_hash(fd)
+
+    monkeypatch.setattr(blobs_module, "hash_fd", counting_hash)
+    assert blobs.check(d) and hashed == []  # stamped at commit: no re-hash
+    _flip(blobs.path(d), len(DATA) // 2)  # same size, new mtime
+    assert not blobs.check(d) and len(hashed) == 1
+    _flip(blobs.path(d), len(DATA) // 2)  # restored: re-hashed, good, stamped again
+    assert blobs.check(d) and len(hashed) == 2
+    assert blobs.check(d) and len(hashed) == 2
