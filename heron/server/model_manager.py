@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,10 @@ DEFAULT_KEEP_ALIVE_S = 300.0  # Ollama's default, 5m
 LOAD_TIMEOUT_S = 300.0  # Ollama's OLLAMA_LOAD_TIMEOUT
 REAP_INTERVAL_S = 0.25
 CLAIM_S = 2.0
+# The command line's model's engine is restarted when it dies after loading, unless it died
+# this many times within the window: then the server gives up (on_fatal).
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 300.0
 
 
 @dataclass(slots=True)
@@ -116,6 +121,9 @@ class ModelManager:
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._embedding_paths: dict[tuple[str, float], bool] = {}
+        self._restarting: set[str] = set()  # pinned models whose dead engine is being replaced
+        self._restart_times: list[float] = []  # monotonic
+        self._closed = False
 
     # ------------------------------------------------------------------ resolution
     def resolve(self, name: str) -> ModelSpec:
@@ -166,6 +174,9 @@ class ModelManager:
             what = "embeddings" if task == "embed" else task
             raise APIError(400, f'"{shown}" does not support {what}', param="model")
         self._ensure_reaper()
+        deadline = time.monotonic() + LOAD_TIMEOUT_S
+        while spec.name in self._restarting and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the pinned model's new engine is about to take over
         loaded = self.loaded.get(spec.name)
         if loaded is None or not loaded.engine.alive:
             if loaded is not None:
@@ -247,7 +258,19 @@ class ModelManager:
         def fatal(message: str) -> None:
             if holder:
                 holder[0].failure = message
-            if pinned and self.on_fatal is not None:
+            if not pinned:
+                return
+            if holder and holder[0].engine.ready and self._may_restart(spec.name):
+                # Died after loading (a crash, `kill -9`): its requests have failed; a new
+                # engine takes over and /ready answers 503 until it is loaded.
+                self._restarting.add(spec.name)
+                threading.Thread(
+                    target=self._restart_pinned,
+                    args=(holder[0], message),
+                    name="heron-engine-restart",
+                    daemon=True,
+                ).start()
+            elif self.on_fatal is not None:
                 self.on_fatal(message)
 
         engine = AsyncEngineClient(
@@ -257,6 +280,36 @@ class ModelManager:
         loaded = LoadedModel(spec, engine, pinned, keep, _expiry(keep))
         holder.append(loaded)
         return loaded
+
+    def _may_restart(self, name: str) -> bool:
+        if self._closed or name in self._restarting:
+            return False
+        now = time.monotonic()
+        self._restart_times = [t for t in self._restart_times if now - t < RESTART_WINDOW_S]
+        if len(self._restart_times) >= MAX_RESTARTS:
+            return False
+        self._restart_times.append(now)
+        return True
+
+    def _restart_pinned(self, old: LoadedModel, reason: str) -> None:
+        """Replace the pinned model's dead engine with a new one (runs in its own thread)."""
+        logger.error("the engine of %s died (%s); restarting it", old.name, reason)
+        try:
+            with contextlib.suppress(Exception):
+                old.engine.shutdown(timeout=5.0)
+            try:
+                new = self._start(old.spec, pinned=True)
+            except Exception as exc:
+                if self.on_fatal is not None:
+                    self.on_fatal(f"cannot restart the engine of {old.name}: {exc}")
+                return
+            new.keep_alive, new.expires_at = old.keep_alive, old.expires_at
+            if self._closed or self.loaded.get(old.name) is not old:
+                new.engine.shutdown()
+                return
+            self.loaded[old.name] = new
+        finally:
+            self._restarting.discard(old.name)
 
     async def _wait_ready(self, loaded: LoadedModel) -> None:
         deadline = time.monotonic() + LOAD_TIMEOUT_S
@@ -327,6 +380,8 @@ class ModelManager:
         for loaded in list(self.loaded.values()):
             if loaded.spec.name in self._loading:
                 continue
+            if loaded.pinned and not loaded.engine.alive:
+                continue  # being restarted (or the server is about to stop)
             if loaded.busy or loaded.claimed_until > time.monotonic():
                 if loaded.busy and loaded.keep_alive > 0:
                     loaded.expires_at = max(loaded.expires_at, _expiry(loaded.keep_alive))
@@ -358,6 +413,7 @@ class ModelManager:
         return [(m.name, id(m.engine), m.engine.stats) for m in self.loaded.values()]
 
     def shutdown(self) -> None:
+        self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
         for loaded in list(self.loaded.values()):
