@@ -87,6 +87,13 @@ ShutdownTimeoutOpt = Annotated[float, typer.Option(help="Seconds to drain on SIG
 MaxLoadedModelsOpt = Annotated[
     int, typer.Option(help="Models held in memory at once; the idlest one is unloaded.")
 ]
+HeaderTimeoutOpt = Annotated[float, typer.Option(help="Seconds a request head may take.")]
+BodyTimeoutOpt = Annotated[
+    float, typer.Option(help="Seconds a request body may stall (slower than 8 KiB/s).")
+]
+MaxConnectionsOpt = Annotated[
+    int, typer.Option(help="Open connections one client address may hold; the next get 429.")
+]
 KeepAliveOpt = Annotated[
     str, typer.Option(help='How long an idle model stays loaded ("5m", "1h", "-1": for ever).')
 ]
@@ -112,6 +119,9 @@ def serve(
     shutdown_timeout: ShutdownTimeoutOpt = 30.0,
     max_loaded_models: MaxLoadedModelsOpt = 3,
     keep_alive: KeepAliveOpt = "5m",
+    header_timeout: HeaderTimeoutOpt = 10.0,
+    body_timeout: BodyTimeoutOpt = 30.0,
+    max_connections_per_client: MaxConnectionsOpt = 128,
 ) -> None:
     """Serve the OpenAI, Anthropic and Ollama APIs on one port.
 
@@ -154,6 +164,9 @@ def _serve_config(
     shutdown_timeout: float,
     max_loaded_models: int,
     keep_alive: str,
+    header_timeout: float,
+    body_timeout: float,
+    max_connections_per_client: int,
 ) -> ServeConfig:
     """``heron serve``'s options over the environment's defaults. Raises ValueError on a bad
     value."""
@@ -173,6 +186,9 @@ def _serve_config(
         shutdown_timeout=shutdown_timeout,
         max_loaded_models=max_loaded_models,
         keep_alive=keep_alive,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        max_connections_per_client=max_connections_per_client,
         limits=ServerLimits(max_waiting=max_waiting, max_tokens=max_tokens, max_n=max_n),
         engine=EngineConfig(
             cache=CacheConfig(memory_bytes=kv_cache_memory_mb << 20, dtype=kv_cache_dtype),

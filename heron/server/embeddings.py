@@ -1,9 +1,14 @@
 """Embedding requests, shared by the OpenAI and Ollama routes.
 
-A request runs as: load the model (a 400 if it is not an embedding model) -> check the
-number of inputs -> tokenize off the event loop and fit each input to the context (cut, or a
-400 when truncation is off) -> check the total tokens -> one ``embed`` call to the model's
-engine process, which batches it with every other embed request queued there.
+A request runs as: check ``dimensions`` and the number of inputs -> load the model (a 400 if
+it is not an embedding model) -> tokenize off the event loop and fit each input to the
+context (cut, or a 400 when truncation is off) -> check the total tokens -> one ``embed``
+call to the model's engine process, which batches it with every other embed request queued
+there.
+
+Tokenizing runs in a thread through the tokenizers library's batch call, which lets go of
+the GIL while it works: its one-text call keeps the GIL, so a thread alone would still hold
+the event loop (a 4 MB input: about 8 s without an answer, even to /health).
 """
 
 from __future__ import annotations
@@ -32,6 +37,18 @@ def embedding_dim(model: LoadedModel) -> int:
     dim = model.engine.embedding_dim
     assert dim is not None, "an embedding model always knows its dimension"
     return dim
+
+
+# No embedding model has more; a larger ``dimensions`` is refused before any model loads.
+MAX_DIMENSIONS = 1 << 16
+
+
+def check_dimensions_range(dimensions: int | None, param: str = "dimensions") -> None:
+    """The cheap check, before the model is loaded: a size some model could have."""
+    if dimensions is not None and not 1 <= dimensions <= MAX_DIMENSIONS:
+        raise APIError(
+            400, f"dimensions must be in [1, {MAX_DIMENSIONS}], got {dimensions}", param=param
+        )
 
 
 def check_dimensions(model: LoadedModel, dimensions: int | None, param: str = "dimensions") -> None:
@@ -63,6 +80,27 @@ def _suffix_len(model: LoadedModel) -> int:
     return n
 
 
+def _leading_space(model: LoadedModel) -> str:
+    """What ``Tokenizer.encode`` puts before a text that starts with a space ("" or " ",
+    which some SentencePiece vocabularies need), found once per model by comparing it with
+    the backend's own encoding."""
+    lead = model.cache.get("embed.leading_space")
+    if lead is None:
+        tokenizer = model.engine.tokenizer
+        ids = tokenizer.encode(" a", add_special_tokens=False)
+        plain = list(tokenizer.backend.encode(" a", add_special_tokens=False).ids)
+        lead = model.cache["embed.leading_space"] = "" if ids == plain else " "
+    assert isinstance(lead, str)
+    return lead
+
+
+def _check_unicode(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates cannot be tokenized
+        raise ValueError(f"text is not valid Unicode: {exc.reason}") from None
+
+
 async def tokenize(
     model: LoadedModel,
     texts: Sequence[str],
@@ -76,9 +114,15 @@ async def tokenize(
     tokenizer = model.engine.tokenizer
     limit = max_len or model.engine.max_model_len
     suffix = _suffix_len(model)
+    lead = _leading_space(model)
 
     def run() -> list[list[int]]:
-        return [fit_to_context(tokenizer.encode(t), limit, truncate, suffix) for t in texts]
+        for t in texts:
+            _check_unicode(t)
+        # Tokenizer.encode's ids: a text with a leading space gets ``lead`` before it.
+        prepared = [lead + t if t.startswith(" ") else t for t in texts]
+        encodings = tokenizer.backend.encode_batch(prepared, add_special_tokens=True)
+        return [fit_to_context(list(e.ids), limit, truncate, suffix) for e in encodings]
 
     try:
         return await asyncio.to_thread(run)

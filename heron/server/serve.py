@@ -16,7 +16,7 @@ import uvicorn
 from heron.config import EngineConfig
 from heron.env import is_loopback_host
 from heron.server.app import DrainGuard, build_app
-from heron.server.http import http_protocol
+from heron.server.http import ConnectionLimits, http_protocol
 from heron.server.metrics import Metrics
 from heron.server.model_manager import (
     ModelManager,
@@ -50,6 +50,9 @@ class ServeConfig:
     max_loaded_models: int = 3
     keep_alive: str = "5m"
     models_dir: str | None = None  # the store; default HERON_MODELS
+    header_timeout: float = 10.0  # seconds for a whole request head
+    body_timeout: float = 30.0  # seconds a request body may stall (see heron/server/http.py)
+    max_connections_per_client: int = 128  # open connections from one client address
     limits: ServerLimits = field(default_factory=ServerLimits)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -60,6 +63,10 @@ class ServeConfig:
             raise ValueError("max_loaded_models must be at least 1")
         if self.shutdown_timeout < 0:
             raise ValueError("shutdown_timeout must be non-negative")
+        if not (self.header_timeout > 0 and self.body_timeout > 0):
+            raise ValueError("--header-timeout and --body-timeout must be positive")
+        if self.max_connections_per_client < 1:
+            raise ValueError("--max-connections-per-client must be at least 1")
         for origin in self.cors_origins:
             if origin == "*" or "://" not in origin:
                 raise ValueError(
@@ -140,7 +147,14 @@ def run_server(cfg: ServeConfig) -> int:
         port=cfg.port,
         log_level="info",
         timeout_graceful_shutdown=math.ceil(cfg.shutdown_timeout),
-        http=http_protocol(cfg.limits.max_header_bytes),
+        http=http_protocol(
+            ConnectionLimits(
+                max_head_bytes=cfg.limits.max_header_bytes,
+                head_timeout_s=cfg.header_timeout,
+                body_timeout_s=cfg.body_timeout,
+                max_per_client=cfg.max_connections_per_client,
+            )
+        ),
         h11_max_incomplete_event_size=cfg.limits.max_header_bytes,
         server_header=False,
     )

@@ -22,7 +22,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from heron.server.common import APIError
-from heron.server.embeddings import check_dimensions, embed, tokenize
+from heron.server.embeddings import check_dimensions, check_dimensions_range, embed, tokenize
 from heron.server.model_manager import LoadedModel
 from heron.server.ollama.models import parse_keep_alive
 from heron.server.ollama.options import merged_options
@@ -62,6 +62,7 @@ class OllamaEmbeddings:
 
     async def embed(self, req: EmbedRequest, request: Request) -> Response:
         t0 = time.perf_counter_ns()
+        check_dimensions_range(req.dimensions)
         keep_alive = parse_keep_alive(req.keep_alive)
         if isinstance(req.input, str):
             texts = [req.input] if req.input else []

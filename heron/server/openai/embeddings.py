@@ -21,6 +21,7 @@ from heron.server.defaults import load_model
 from heron.server.embeddings import (
     check_count,
     check_dimensions,
+    check_dimensions_range,
     check_token_ids,
     embed,
     tokenize,
@@ -48,6 +49,7 @@ def _inputs(value: EmbeddingInput) -> tuple[list[str] | None, list[list[int]] | 
 async def create_embeddings(
     state: ServerState, request: Request, body: EmbeddingRequest, not_found: Callable[[str], str]
 ) -> Response:
+    check_dimensions_range(body.dimensions)
     texts, token_lists = _inputs(body.input)
     check_count(state, len(texts if texts is not None else token_lists or []), "input")
     if texts is not None and "" in texts:

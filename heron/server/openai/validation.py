@@ -33,12 +33,13 @@ def bad_request(message: str, param: str | None = None) -> APIError:
 # ----------------------------------------------------------------------- validation
 def parse_logit_bias(raw: dict[str, Any] | None) -> dict[int, float] | None:
     """OpenAI's ``{"token id": bias}`` -> {id: bias}; None when empty. Raises a 400 for a
-    key that is not a token id or a value that is not a number."""
+    key that is not a token id (ASCII digits only: ``int()`` also reads other scripts' digits)
+    or a value that is not a number."""
     if not raw:
         return None
     out: dict[int, float] = {}
     for key, value in raw.items():
-        if not key.isdigit() or len(key) > 9:
+        if not (key.isascii() and key.isdigit()) or len(key) > 9:
             raise bad_request(f"logit_bias key {key[:40]!r} is not a token id", "logit_bias")
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad_request("logit_bias values must be numbers in [-100, 100]", "logit_bias")
