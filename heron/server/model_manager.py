@@ -154,7 +154,10 @@ class ModelManager:
         load failure ends the server. Kept loaded unless a request's keep_alive says
         otherwise."""
         self.pinned = spec
-        self._check_blobs(spec)
+        try:
+            self._check_stored(spec)
+        except APIError as exc:  # `heron serve` prints it and exits
+            raise ValueError(str(exc)) from None
         loaded = self._start(spec, pinned=True)
         self.loaded[spec.name] = loaded
         return loaded
@@ -222,7 +225,7 @@ class ModelManager:
         loaded.claimed_until = time.monotonic() + CLAIM_S
 
     async def _load(self, spec: ModelSpec) -> LoadedModel:
-        await asyncio.to_thread(self._check_blobs, spec)
+        await asyncio.to_thread(self._check_stored, spec)
         await self._make_room(spec.name)
         try:
             loaded = await asyncio.to_thread(self._start, spec, False)
@@ -232,6 +235,23 @@ class ModelManager:
             ) from None
         self.loaded[spec.name] = loaded
         return loaded
+
+    def _check_stored(self, spec: ModelSpec) -> None:
+        """Before a stored model loads: its blobs (see ``_check_blobs``) and its TEMPLATE,
+        which a model stored before create checked templates may have broken (400)."""
+        self._check_blobs(spec)
+        if spec.template:
+            from heron.prompt import check_template
+
+            try:
+                check_template(spec.template)
+            except ValueError as exc:
+                raise APIError(
+                    400,
+                    f"model '{spec.name}' has a TEMPLATE that does not parse: {exc}; create "
+                    "the model again with a fixed TEMPLATE",
+                    param="model",
+                ) from None
 
     def _check_blobs(self, spec: ModelSpec) -> None:
         """Refuse a stored model whose blobs changed since they were verified: each is

@@ -1,5 +1,5 @@
-"""A stored blob changed after it was verified is found before the model loads, and the
-error names the model and the repair."""
+"""Checks before a stored model loads: a blob changed after it was verified is found (the
+error names the model and the repair), and a stored TEMPLATE that does not parse is a 400."""
 
 from __future__ import annotations
 
@@ -61,3 +61,24 @@ def test_flipped_byte_is_a_clear_error_before_loading(
         asyncio.run(_manager(store, monkeypatch).get("tiny"))
     message = str(err.value)
     assert "tiny" in message and "heron pull tiny" in message and "corrupt" in message
+
+
+def test_stored_broken_template_is_a_400_not_a_load_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model stored before create checked templates (or by another tool) with a TEMPLATE
+    that does not parse: a 400 naming the problem, before any engine starts."""
+    import heron.store.create as create
+
+    monkeypatch.setattr(create, "check_modelfile_template", lambda template: None)
+    store = ModelStore(tmp_path / "models")
+    (tmp_path / "src").mkdir()
+    gguf = write_tiny_gguf(tmp_path / "src" / "model.gguf")
+    nested = "{{ if .System }}" * 150 + "x" + "{{ end }}" * 150
+    text = f'FROM {gguf}\nTEMPLATE """{nested}"""\n'
+    for _ in store.create("tiny", parse_modelfile(text), base_dir=gguf.parent):
+        pass
+    with pytest.raises(APIError) as err:
+        asyncio.run(_manager(store, monkeypatch).get("tiny"))
+    assert err.value.status == 400
+    assert "TEMPLATE" in str(err.value) and "nesting deeper than 100" in str(err.value)
