@@ -65,6 +65,7 @@ class HeadCounter:
         self.in_body = False  # the head is whole, the message not yet
         self.head_begun = False  # a byte of the current head has arrived
         self.body_bytes = 0
+        self.heads_done = 0
         self.messages_done = 0
         self.following = True  # False after an upgrade or a parse error: uvicorn answers those
         self.upgraded = False
@@ -81,6 +82,7 @@ class HeadCounter:
 
     def on_headers_complete(self) -> None:
         self.in_head, self.in_body, self.body_bytes = False, True, 0
+        self.heads_done += 1
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
@@ -124,7 +126,6 @@ class GuardedProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._rejected = False
         self._client: str | None = None  # the address counted in ``clients``; None: refused
-        self._heads_done = 0  # request heads completed on this connection
         self._messages_seen = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
@@ -187,7 +188,6 @@ class GuardedProtocol(asyncio.Protocol):
         if heads.in_body:
             self._cancel_head_timer()
             if self._body_timer is None:
-                self._heads_done += 1
                 self._body_waited_s = 0.0
                 self._body_timer = self._later(self._tick_s, self._body_tick)
             return
@@ -222,7 +222,7 @@ class GuardedProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        if self._heads_done == 0 and self._heads.in_head:
+        if self._heads.heads_done == 0 and self._heads.in_head:
             # Nothing was asked on this connection yet, so nothing else answers on it.
             self._reject(408, b"The request took too long to arrive.")
         else:

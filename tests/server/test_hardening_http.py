@@ -288,3 +288,96 @@ def test_huge_embedding_input_does_not_stall_the_server(embed_server: ServerProc
     assert replies and replies[0].status_code == 400, replies
     assert "context length" in replies[0].json()["error"]["message"]
     assert worst < 0.5, worst
+
+
+# ----------------------------------------------------------------------- the protocol alone
+class FakeTransport:
+    def __init__(self, peer: str = "127.0.0.1") -> None:
+        self.peer, self.written, self.closed, self.reading = peer, b"", False, True
+
+    def get_extra_info(self, name: str) -> object:
+        return (self.peer, 40000) if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+
+class FakeInner:
+    def __init__(self, **kwargs: object) -> None:
+        self.data = b""
+        self.made = self.lost = False
+
+    def connection_made(self, transport: object) -> None:
+        self.made = True
+
+    def connection_lost(self, exc: object) -> None:
+        self.lost = True
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def eof_received(self) -> None:
+        return None
+
+
+def guarded_class(**limits: float) -> type:
+    from heron.server.http import ConnectionLimits, GuardedProtocol
+
+    class Guarded(GuardedProtocol):
+        inner_class = FakeInner
+        clients: dict[str, int] = {}
+
+    Guarded.limits = ConnectionLimits(max_head_bytes=16 << 10, **limits)  # type: ignore[arg-type]
+    return Guarded
+
+
+def test_protocol_clocks() -> None:
+    import asyncio
+
+    async def run() -> None:
+        cls = guarded_class(head_timeout_s=0.3, body_timeout_s=0.4, max_per_client=2)
+        # A complete request stops the head clock; a kept-alive connection that then sends
+        # stray bytes has its clock running again.
+        done, t1 = cls(), FakeTransport()
+        done.connection_made(t1)
+        done.data_received(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        stray, t2 = cls(), FakeTransport()
+        stray.connection_made(t2)
+        stray.data_received(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        stray.data_received(b"\r\n")
+        # The cap: a third connection from the same address is refused; another address is not.
+        refused, t3 = cls(), FakeTransport()
+        refused.connection_made(t3)
+        assert t3.written.startswith(b"HTTP/1.1 429") and not refused._inner.made
+        other, t4 = cls(), FakeTransport("127.0.0.2")
+        other.connection_made(t4)
+        other.data_received(b"POST /api/show HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        t4.reading = False  # uvicorn stopped reading: its app has not taken the body yet
+        silent, t5 = cls(), FakeTransport("127.0.0.3")  # connects and sends nothing
+        silent.connection_made(t5)
+        await asyncio.sleep(0.7)
+        assert not t1.closed and t2.closed and not t4.closed
+        assert t5.written.startswith(b"HTTP/1.1 408")
+        t4.reading = True
+        await asyncio.sleep(0.7)
+        assert t4.closed
+        for p in (done, stray, refused, other, silent):
+            p.connection_lost(None)
+        assert cls.clients == {}
+
+    asyncio.run(run())
