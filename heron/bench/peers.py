@@ -32,7 +32,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,17 +48,33 @@ SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 BUILD_JOBS = 2  # leaves a small machine usable while a peer compiles
 LLAMA_CPP_PYTHON_N_CTX = 2048  # one sequence at a time, so one context serves every request
 
-# Release, tuned for this CPU, one static binary (so the install survives being renamed), and
-# no network during the build: no HTTPS client, no prebuilt web UI download.
+# Release, one static binary (so the install survives being renamed), and no network during
+# the build: no HTTPS client, no prebuilt web UI download. The ISA flags come from
+# ``ggml_isa_args`` at build time.
 # fmt: off
 LLAMA_SERVER_CMAKE_ARGS = (
-    "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF",
+    "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
     "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_APP=OFF",
     "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_OPENSSL=OFF",
 )
 # fmt: on
 # Read by the llama-cpp-python build backend. The multimodal library is not needed for text.
-LLAMA_CPP_PYTHON_CMAKE_ARGS = "-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF"
+LLAMA_CPP_PYTHON_CMAKE_ARGS = "-DLLAVA_BUILD=OFF"
+# ggml's x86 options and the CPU flags (as /proc/cpuinfo names them) each needs.
+GGML_X86_OPTIONS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("GGML_SSE42", frozenset({"sse4_2"})),
+    ("GGML_AVX", frozenset({"avx"})),
+    ("GGML_AVX2", frozenset({"avx2"})),
+    ("GGML_BMI2", frozenset({"bmi2"})),
+    ("GGML_FMA", frozenset({"fma"})),
+    ("GGML_F16C", frozenset({"f16c"})),
+    ("GGML_AVX_VNNI", frozenset({"avx_vnni"})),
+    ("GGML_AVX512", frozenset({"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"})),
+    ("GGML_AVX512_VBMI", frozenset({"avx512vbmi"})),
+    ("GGML_AVX512_VNNI", frozenset({"avx512_vnni"})),
+    ("GGML_AVX512_BF16", frozenset({"avx512_bf16"})),
+)
+GGML_NO_AMX = ("-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF")
 
 _EXECUTABLES = {
     "llama-server": Path("bin/llama-server"),
@@ -184,13 +200,29 @@ def _locked(path: Path, name: str, report: Progress) -> Iterator[None]:
         os.close(fd)  # releases the lock; the lock file stays, so its inode never changes
 
 
+def ggml_isa_args(flags: Iterable[str] | None = None, machine: str | None = None) -> list[str]:
+    """The cmake flags that choose ggml's instruction sets. On x86-64: GGML_NATIVE off and each
+    option on exactly where the CPU (``flags``, default this one's) reports what it needs, AMX
+    always off. ``-march=native`` would build ggml's AMX paths on any CPU that advertises AMX,
+    and hosts that advertise it but refuse its tiles (some VMs) then kill the peer with SIGILL.
+    Elsewhere GGML_NATIVE stays on (no AMX there)."""
+    from heron.kernels import isa  # imports torch: only when a peer is built
+
+    if not isa.is_x86_64(machine):
+        return ["-DGGML_NATIVE=ON"]
+    have = frozenset(isa.cpu_flags() or ()) if flags is None else frozenset(flags)
+    options = [f"-D{name}={'ON' if needs <= have else 'OFF'}" for name, needs in GGML_X86_OPTIONS]
+    return ["-DGGML_NATIVE=OFF", *options, *GGML_NO_AMX]
+
+
 def _build_llama_server(dest: Path, report: Progress) -> None:
     sdist = _download_sdist(dest / "download", report)
     src, build = dest / "src", dest / "build"
     report("extracting vendor/llama.cpp")
     _extract_llama_cpp(sdist, src)
     report("cmake configure")
-    _run(["cmake", "-S", str(src), "-B", str(build), *LLAMA_SERVER_CMAKE_ARGS], dest / "build.log")
+    cmake_args = [*LLAMA_SERVER_CMAKE_ARGS, *ggml_isa_args()]
+    _run(["cmake", "-S", str(src), "-B", str(build), *cmake_args], dest / "build.log")
     report("building 0%")
     _run(
         ["cmake", "--build", str(build), "--target", "llama-server", "-j", str(BUILD_JOBS)],
@@ -200,7 +232,7 @@ def _build_llama_server(dest: Path, report: Progress) -> None:
     (dest / "bin").mkdir()
     shutil.copy2(build / "bin" / "llama-server", dest / "bin" / "llama-server")
     shutil.copy2(src / "LICENSE", dest / "LICENSE")
-    _write_provenance(dest, sdist, {"cmake_args": list(LLAMA_SERVER_CMAKE_ARGS)})
+    _write_provenance(dest, sdist, {"cmake_args": cmake_args})
     for tree in (src, build, dest / "download"):
         shutil.rmtree(tree)
 
@@ -210,10 +242,9 @@ def _build_llama_cpp_python(dest: Path, report: Progress) -> None:
     report("creating venv")
     _run([sys.executable, "-m", "venv", str(dest / "venv")], dest / "build.log")
     report("pip install llama-cpp-python[server] (compiles llama.cpp): 0%")
+    cmake_args = " ".join([LLAMA_CPP_PYTHON_CMAKE_ARGS, *ggml_isa_args()])
     build_env = dict(os.environ)
-    build_env.update(
-        CMAKE_ARGS=LLAMA_CPP_PYTHON_CMAKE_ARGS, CMAKE_BUILD_PARALLEL_LEVEL=str(BUILD_JOBS)
-    )
+    build_env.update(CMAKE_ARGS=cmake_args, CMAKE_BUILD_PARALLEL_LEVEL=str(BUILD_JOBS))
     # The verified sdist, by path; the extras' dependencies come from the index. No wheel cache:
     # a cached wheel would ignore CMAKE_ARGS.
     requirement = f"llama-cpp-python[server] @ {sdist.as_uri()}"
@@ -224,7 +255,7 @@ def _build_llama_cpp_python(dest: Path, report: Progress) -> None:
         env=build_env,
         on_line=_percent_reporter(report, "pip install llama-cpp-python[server]: "),
     )
-    _write_provenance(dest, sdist, {"cmake_args": LLAMA_CPP_PYTHON_CMAKE_ARGS})
+    _write_provenance(dest, sdist, {"cmake_args": cmake_args})
     shutil.rmtree(dest / "download")
 
 

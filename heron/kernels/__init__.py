@@ -1,20 +1,26 @@
-"""Heron's native CPU kernels, compiled on first use with ``torch.utils.cpp_extension``.
+"""Heron's native CPU kernels: built once at install time, one module per ISA level, the best
+level this CPU runs chosen at run time (``heron.kernels.isa``).
 
-Nothing is built at import: ``cpu_kernels()`` compiles ``csrc/*.cpp`` the first time a model
-asks for them (about a minute on two cores) into a cache keyed by the sources, the torch
-version and the CPU's instruction set, and returns the loaded module, or None where no
-compiler is available or the build fails (callers then keep the plain torch path).
-``HERON_KERNELS=0`` turns them off.
+``pip install`` (``setup.py``) compiles ``csrc/*.cpp`` into ``heron.kernels._cpu_scalar``,
+``_cpu_avx2`` and ``_cpu_avx512``; nothing compiles at import or while serving. The first
+``cpu_kernels()`` call imports the chosen level's module (``kernels_isa()`` names it) and logs
+it. Where the install built no kernels (a source install without a compiler at the time) it
+falls back to compiling that one level with ``torch.utils.cpp_extension`` into
+``~/.cache/heron/kernels/<key>``, saying so. Off x86-64 there are no kernels: callers keep the
+plain torch path, as they do with ``HERON_KERNELS=0`` or when that fallback fails.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
+import importlib.util
 import logging
 import platform
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -22,20 +28,23 @@ import torch
 from torch import nn
 
 from heron import env
+from heron.kernels import isa
+from heron.kernels.isa import IsaLevel
 
 logger = logging.getLogger(__name__)
 
-_SOURCES = ("quantize.cpp", "quant.cpp", "packed.cpp", "attention.cpp", "ops.cpp", "layer.cpp")
-_HEADERS = ("heron_cpu.h", "vec.h")
 # KV cache dtypes the attention kernels read and write (float16 is rounded when written).
 CACHE_DTYPES = (torch.float32, torch.float16)
+_CSRC = Path(__file__).parent / "csrc"
 _lock = threading.Lock()
 _module: Kernels | None = None
+_level: IsaLevel | None = None
 _tried = False
+_loaded: dict[str, Kernels] = {}  # by level name: each level is imported (or built) once
 
 
 class Kernels(Protocol):
-    """The compiled module as Python sees it (bindings in ``csrc/ops.cpp``). Tensors are
+    """The compiled module as Python sees it (bindings in ``csrc/bindings.cpp``). Tensors are
     float32 unless said otherwise; ``*_`` functions work in place."""
 
     # Linears on GGUF blocks (``heron.kernels.quant``): x [M, K] -> [M, N].
@@ -94,66 +103,69 @@ class Kernels(Protocol):
     decode_layer_: Any
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def cache_dir() -> Path:
-    """Where built kernels live: ``$HERON_CACHE/kernels`` (``heron.env``)."""
+    """Where kernels built on demand live: ``$HERON_CACHE/kernels`` (``heron.env``)."""
     return env.cache_dir() / "kernels"
 
 
-def _build_key(csrc: Path) -> str:
-    h = hashlib.sha256()
-    for name in (*_SOURCES, *_HEADERS):
-        h.update((csrc / name).read_bytes())
-    h.update(torch.__version__.encode())
-    h.update(sys.version.encode())
-    h.update(_cpu_flags().encode())
-    return h.hexdigest()[:16]
+def kernels_isa() -> str | None:
+    """The ISA level of the kernels ``cpu_kernels()`` loaded (``scalar``, ``avx2`` or
+    ``avx512``); None before that or where it returned None (torch ops)."""
+    return _level.name if _level is not None and _module is not None else None
 
 
-def _build() -> Kernels:
-    from torch.utils import cpp_extension
+def installed_isas() -> tuple[str, ...]:
+    """The levels whose module the install built (present in the package), lowest first."""
+    return tuple(lv.name for lv in isa.LEVELS if _installed(lv))
 
-    csrc = Path(__file__).parent / "csrc"
-    key = _build_key(csrc)
-    build_dir = cache_dir() / key
-    build_dir.mkdir(parents=True, exist_ok=True)
-    # One build per key across processes: engine processes of several models may start at once.
-    with open(build_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        module = cpp_extension.load(
-            name=f"heron_cpu_{key}",
-            sources=[str(csrc / s) for s in _SOURCES],
-            extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-DNDEBUG"],
-            extra_ldflags=["-fopenmp"],
-            build_directory=str(build_dir),
-            verbose=False,
-        )
-    return cast(Kernels, module)
+
+def available_isas() -> tuple[str, ...]:
+    """The levels this CPU runs, lowest first, up to ``HERON_ISA`` when it is set; empty off
+    x86-64. ``load_isa`` gives each one's module."""
+    if not isa.is_x86_64():
+        return ()
+    flags = isa.cpu_flags()
+    top = isa.LEVELS.index(isa.choose(flags, isa.requested(), installed_isas()))
+    return tuple(lv.name for lv in isa.supported(flags) if isa.LEVELS.index(lv) <= top)
+
+
+def load_isa(name: str) -> Kernels:
+    """The kernel module of level ``name``: the installed one, or one compiled now where the
+    install has none. Raises IsaError for a level this CPU cannot run, and the build's error
+    where the fallback compile fails."""
+    chosen = isa.choose(isa.cpu_flags(), name)
+    if name not in _loaded:
+        _loaded[name] = _import_or_build(chosen)
+    return _loaded[name]
 
 
 def cpu_kernels() -> Kernels | None:
-    """The compiled kernel module, building it on the first call; None when unavailable."""
-    global _module, _tried
+    """The kernel module for this CPU, loaded on the first call; None when unavailable (off
+    x86-64, ``HERON_KERNELS=0``, or a fallback build that failed). Raises IsaError when
+    ``HERON_ISA`` names an unknown level or one this CPU cannot run."""
+    global _module, _level, _tried
     with _lock:
         if _tried:
             return _module
-        _tried = True
         if not env.kernels_enabled():
+            _tried = True
             return None
+        if not isa.is_x86_64():
+            _tried = True
+            logger.warning(
+                "Heron's CPU kernels are built for x86-64 only; on %s Heron uses torch ops",
+                platform.machine() or "this machine",
+            )
+            return None
+        _level = isa.choose(isa.cpu_flags(), isa.requested(), installed_isas())
+        _tried = True
         try:
-            _module = _build()
+            _module = load_isa(_level.name)
         except Exception as exc:  # a missing compiler or headers: keep the torch path
             logger.warning("Heron's CPU kernels could not be built (%s); using torch ops", exc)
             _module = None
+            return None
+        logger.info("Heron's CPU kernels: %s", _level.name)
         return _module
 
 
@@ -162,10 +174,69 @@ def require_cpu_kernels() -> Kernels:
     module = cpu_kernels()
     if module is None:
         raise RuntimeError(
-            "this quantization needs Heron's CPU kernels, which could not be built "
-            "(a C++ compiler is required); use quantization=None"
+            "this quantization needs Heron's CPU kernels, which are unavailable here (x86-64 "
+            "only; HERON_KERNELS=0 turns them off); use quantization=None"
         )
     return module
+
+
+def _installed(level: IsaLevel) -> bool:
+    return importlib.util.find_spec(f"{__name__}.{level.module}") is not None
+
+
+def _import_or_build(level: IsaLevel) -> Kernels:
+    if _installed(level):
+        try:
+            return cast(Kernels, importlib.import_module(f"{__name__}.{level.module}"))
+        except ImportError as exc:  # e.g. built against another torch than the one installed
+            logger.warning(
+                "Heron's installed %s kernels do not load (%s); compiling them instead",
+                level.name,
+                exc,
+            )
+    return _build(level)
+
+
+def _build_key(level: IsaLevel) -> str:
+    h = hashlib.sha256()
+    for name in (*isa.SOURCES, *isa.HEADERS):
+        h.update((_CSRC / name).read_bytes())
+    # One build per torch install: two virtual environments never share (or fight over) one.
+    for part in (torch.__version__, torch.__file__, sys.version, *level.cflags):
+        h.update(part.encode())
+    return h.hexdigest()[:16]
+
+
+def _build(level: IsaLevel) -> Kernels:
+    """The fallback: compile ``level`` with ``torch.utils.cpp_extension.load``, once per key."""
+    from torch.utils import cpp_extension
+
+    key = _build_key(level)
+    build_dir = cache_dir() / f"{level.name}-{key}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    logger.warning(
+        "Heron's %s CPU kernels were not built at install time; compiling them into %s "
+        "(once; a minute or two). Reinstall Heron (scripts/setup, or pip install) to build "
+        "them there instead",
+        level.name,
+        build_dir,
+    )
+    started = time.monotonic()
+    # One build per key across processes: engine processes of several models may start at once.
+    with open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        module = cpp_extension.load(
+            name=f"heron_cpu_{level.name}_{key}",
+            sources=[str(_CSRC / s) for s in isa.SOURCES],
+            extra_cflags=[*isa.COMMON_CFLAGS, *level.cflags],
+            extra_ldflags=list(isa.LDFLAGS),
+            build_directory=str(build_dir),
+            verbose=sys.stderr.isatty(),  # ninja's [n/7] steps, for a person watching
+        )
+    logger.warning(
+        "Heron's %s CPU kernels are ready (%.0f s)", level.name, time.monotonic() - started
+    )
+    return cast(Kernels, module)
 
 
 def attach_kernels(model: nn.Module, kernels: Kernels) -> None:

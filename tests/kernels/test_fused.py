@@ -9,7 +9,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from heron.attention import AttentionBatch, get_attention_backend
+from heron.attention import AttentionBackend, AttentionBatch, get_attention_backend
 from heron.config import ModelConfig
 from heron.kernels import attach_kernels
 from heron.kernels.fused import FusedDecoder, FusedLayerWeights, bind_fused_decoder
@@ -60,8 +60,17 @@ def _steps() -> list[tuple[list[int], list[int]]]:
     return [([0, 0], [5, 3]), ([5, 3], [4, 1]), ([9, 4], [1, 1]), ([10, 5], [1, 1])]
 
 
+def _backend(name: str, kernels: ModuleType) -> AttentionBackend:
+    """The named backend, the ``cpu`` one on ``kernels`` (the ISA level under test) rather than
+    on the level ``cpu_kernels()`` chose."""
+    backend = get_attention_backend(name)
+    if hasattr(backend, "kernels"):
+        backend.kernels = kernels
+    return backend
+
+
 def _run(model: CausalLM, kv: torch.Tensor, backend_name: str = "cpu") -> list[torch.Tensor]:
-    backend = get_attention_backend(backend_name)
+    backend = _backend(backend_name, model.layers[0].mlp.kernels)
     tables = [[0, 1, 2, 3], [4, 5, 6, 7]]
     outs = []
     g = torch.Generator().manual_seed(1)
@@ -90,9 +99,8 @@ def _run(model: CausalLM, kv: torch.Tensor, backend_name: str = "cpu") -> list[t
 
 def _fused_and_layered(model: CausalLM, dtype: torch.dtype = torch.float32) -> None:
     kv_fused, kv_layers = _cache(model, dtype), _cache(model, dtype)
-    model.fused = bind_fused_decoder(
-        model, kv_fused, get_attention_backend("cpu"), model.layers[0].mlp.kernels
-    )
+    kernels = model.layers[0].mlp.kernels
+    model.fused = bind_fused_decoder(model, kv_fused, _backend("cpu", kernels), kernels)
     assert isinstance(model.fused, FusedDecoder)
     fused = _run(model, kv_fused)
     model.fused = None
@@ -137,7 +145,7 @@ def test_weights_have_the_kernels_field_names(kernels: ModuleType) -> None:
 
 def test_a_new_cache_is_bound_explicitly(kernels: ModuleType) -> None:
     model = _model(LlamaForCausalLM, kernels)
-    backend = get_attention_backend("cpu")
+    backend = _backend("cpu", kernels)
     first, second = _cache(model), _cache(model)
     model.fused = bind_fused_decoder(model, first, backend, kernels)
     model.fused = bind_fused_decoder(model, second, backend, kernels)
@@ -147,7 +155,7 @@ def test_a_new_cache_is_bound_explicitly(kernels: ModuleType) -> None:
 
 def test_where_the_fused_path_does_not_apply(kernels: ModuleType) -> None:
     llama = _model(LlamaForCausalLM, kernels)
-    cpu, torch_ref = get_attention_backend("cpu"), get_attention_backend("torch")
+    cpu, torch_ref = _backend("cpu", kernels), get_attention_backend("torch")
     assert bind_fused_decoder(llama, _cache(llama), cpu, None) is None  # no kernels
     assert bind_fused_decoder(llama, _cache(llama), torch_ref, kernels) is None
     assert bind_fused_decoder(llama, _cache(llama, torch.bfloat16), cpu, kernels) is None

@@ -22,7 +22,7 @@ SHAPES = [(8, 32), (40, 96), (96, 576), (48, 1536), (16, 160)]
 @pytest.fixture
 def packed(kernels: ModuleType) -> ModuleType:
     if not kernels.has_packed():
-        pytest.skip("this CPU has no AVX-512 VNNI: the packed linears are not built")
+        pytest.skip("no AVX-512 VNNI at this level: the packed linears are not built")
     return kernels
 
 

@@ -1,9 +1,10 @@
 // Heron's CPU kernels: declarations shared by the source files and the Python bindings.
+// Only ATen here, not <torch/extension.h>: every source is compiled once per ISA level
+// (heron/kernels/isa.py), and only the bindings (bindings.cpp) need pybind11.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <c10/util/Half.h>
-
-#include <torch/extension.h>
 
 #include <string>
 #include <vector>

@@ -31,7 +31,8 @@ namespace {
 constexpr int64_t kCols = 8;       // output rows per group
 constexpr int64_t kGroupGrain = 4;  // groups per parallel task, at least
 
-void check_packed(const at::Tensor& qs, int64_t bytes, const std::vector<at::Tensor>& scales) {
+[[maybe_unused]] void check_packed(const at::Tensor& qs, int64_t bytes,
+                                   const std::vector<at::Tensor>& scales) {
   TORCH_CHECK(qs.dim() == 3 && qs.size(2) == bytes && qs.scalar_type() == at::kByte &&
                   qs.is_contiguous(),
               "packed weights must be a contiguous uint8 [G, nb, ", bytes, "] tensor");
