@@ -184,8 +184,24 @@ def _installed(level: IsaLevel) -> bool:
     return importlib.util.find_spec(f"{__name__}.{level.module}") is not None
 
 
+def _stale(level: IsaLevel) -> bool:
+    """In a git checkout (an editable install), whether ``csrc`` changed after ``level``'s module
+    was built: then its numbers are not the sources' any more."""
+    spec = importlib.util.find_spec(f"{__name__}.{level.module}")
+    if spec is None or spec.origin is None or not (_CSRC.parents[2] / ".git").exists():
+        return False
+    built = Path(spec.origin).stat().st_mtime
+    return any((_CSRC / name).stat().st_mtime > built for name in (*isa.SOURCES, *isa.HEADERS))
+
+
 def _import_or_build(level: IsaLevel) -> Kernels:
-    if _installed(level):
+    if _installed(level) and _stale(level):
+        logger.warning(
+            "Heron's installed %s kernels are older than heron/kernels/csrc; compiling the "
+            "sources as they are now. Rerun scripts/setup to rebuild the install",
+            level.name,
+        )
+    elif _installed(level):
         try:
             return cast(Kernels, importlib.import_module(f"{__name__}.{level.module}"))
         except ImportError as exc:  # e.g. built against another torch than the one installed

@@ -18,6 +18,7 @@ from heron.bench.peers import ggml_isa_args
 from heron.kernels import (
     available_isas,
     cpu_kernels,
+    installed_isas,
     isa,
     kernels_isa,
     load_isa,
@@ -264,3 +265,21 @@ def test_float_reductions_agree_to_a_tolerance(levels: dict[str, ModuleType]) ->
             args = (q, k_cache, v_cache, table, lens, 0.125, window, softcap)
             a, b = k.paged_decode_attention(*args), base.paged_decode_attention(*args)
             assert torch.allclose(a, b, atol=1e-5), (name, window)
+
+
+def test_an_editable_install_older_than_its_sources_is_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a checkout, sources edited after the install are compiled as they are (with a
+    warning to rerun scripts/setup) rather than served by the older installed module."""
+    built = [lv for lv in isa.LEVELS if lv.name in installed_isas()]
+    if not built:
+        pytest.skip("no installed kernels")
+    csrc = tmp_path / "repo" / "heron" / "kernels" / "csrc"
+    csrc.mkdir(parents=True)
+    for name in (*isa.SOURCES, *isa.HEADERS):
+        (csrc / name).write_text("// edited after the install\n")
+    monkeypatch.setattr(heron.kernels, "_CSRC", csrc)
+    assert not heron.kernels._stale(built[0])  # not a git checkout: an installed package
+    (tmp_path / "repo" / ".git").mkdir()
+    assert heron.kernels._stale(built[0])
