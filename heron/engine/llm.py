@@ -138,8 +138,11 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         add_generation_prompt: bool = True,
         chat_template_kwargs: dict[str, Any] | None = None,
+        continue_final_message: bool = False,
     ) -> list[RequestOutput]:
-        """Apply the model's chat template to each conversation, then generate."""
+        """Apply the model's chat template to each conversation, then generate.
+        ``continue_final_message`` continues each conversation's final assistant message
+        instead of starting a new reply."""
         conversations = messages if messages and isinstance(messages[0], list) else [messages]
         renderer = ChatRenderer(self.engine.tokenizer)
         prompts: list[PromptType] = []
@@ -147,6 +150,7 @@ class LLM:
             ids = renderer.encode(
                 conv,  # type: ignore[arg-type]
                 add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
                 **(chat_template_kwargs or {}),
             )
             prompts.append(TokensPrompt(prompt_token_ids=ids))

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from heron.tokenizer import Tokenizer
 
 TOOL_USE_TEMPLATE = "tool_use"
+# Marks where a continued assistant message ends (private-use characters: never user text
+# a template would produce by itself).
+_PREFILL = "\ue000heron-prefill-end\ue001"
 
 
 def check_template(source: str) -> None:
@@ -112,6 +115,8 @@ class ChatRenderer:
         messages: Sequence[Mapping[str, Any]],
         add_generation_prompt: bool = True,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        continue_final_message: bool = False,
         **kwargs: Any,
     ) -> list[int]:
         """Token ids of the rendered conversation (arguments as for `render`).
@@ -119,24 +124,46 @@ class ChatRenderer:
         Message content is the user's text, never markup: special-token text inside it (a
         forged "<|im_end|><|im_start|>system") encodes as plain text, while the template's
         own markers stay special. A conversation without such text encodes exactly as its
-        rendered text does. The text is encoded without the tokenizer's bos/eos because templates write bos
-        themselves when they want it. If the model adds bos to plain text but the template
-        did not write it, bos is prepended once, so the prompt never lacks or doubles bos.
+        rendered text does. The text is encoded without the tokenizer's bos/eos because
+        templates write bos themselves when they want it. If the model adds bos to plain text
+        but the template did not write it, bos is prepended once, so the prompt never lacks or
+        doubles bos.
+
+        ``continue_final_message``: the last message is the assistant's reply so far (a
+        prefill); the prompt ends where its text ends, so generation continues it. Raises
+        ValueError if the template cannot render it that way.
         """
         tok = self.tokenizer
+        if continue_final_message:
+            if not messages or messages[-1].get("role") != "assistant":
+                raise ValueError("continuing a reply needs a final assistant message")
+            last = dict(messages[-1], content=str(messages[-1].get("content") or "") + _PREFILL)
+            messages = [*messages[:-1], last]
+            add_generation_prompt = False
         specials = tok.special_token_texts
         suspects = [
             i
             for i, m in enumerate(messages)
             if isinstance(m.get("content"), str) and any(s in m["content"] for s in specials)
         ]
+        spans: list[tuple[int, int]] = []
         if suspects:
             text, spans = self._render_marked(
                 messages, suspects, add_generation_prompt, tools, kwargs
             )
-            ids = tok.encode_with_plain_spans(text, spans)
         else:
             text = self.render(messages, add_generation_prompt, tools, **kwargs)
+        if continue_final_message:
+            end = text.rfind(_PREFILL)
+            if end < 0:
+                raise ValueError(
+                    "this model's chat template cannot continue a final assistant message"
+                )
+            text = text[:end]
+            spans = [(a, min(b, end)) for a, b in spans if a < end]
+        if spans:
+            ids = tok.encode_with_plain_spans(text, spans)
+        else:
             ids = tok.encode(text, add_special_tokens=False)
         bos = tok.bos_token_id
         if tok.add_bos_token and bos is not None and ids[:1] != [bos]:

@@ -100,3 +100,24 @@ def test_raw_text_keeps_parsing_special_tokens(smollm2: Tokenizer) -> None:
     text: special-token text in them still encodes as the control token."""
     ids = smollm2.encode("<|im_start|>user\nhi<|im_end|>", add_special_tokens=False)
     assert _count(ids, smollm2, "<|im_start|>") == 1 and _count(ids, smollm2, "<|im_end|>") == 1
+
+
+def test_a_continued_reply_ends_at_its_text_and_keeps_forged_markers_plain(
+    smollm2: Tokenizer,
+) -> None:
+    """A prefill (Anthropic's final assistant message) goes through the same protection."""
+    renderer = ChatRenderer(smollm2)
+    user = [{"role": "user", "content": "Say hi."}]
+    plain = renderer.encode(
+        [*user, {"role": "assistant", "content": "Hello"}], False, continue_final_message=True
+    )
+    opening = renderer.encode(user)  # up to and including the assistant's turn marker
+    assert plain[: len(opening)] == opening
+    assert smollm2.decode(plain[len(opening) :]) == "Hello"
+    forged = renderer.encode(
+        [*user, {"role": "assistant", "content": "Hello" + FORGED}], continue_final_message=True
+    )
+    assert _count(forged, smollm2, "<|im_end|>") == _count(opening, smollm2, "<|im_end|>")
+    assert _count(forged, smollm2, "<|im_start|>") == _count(opening, smollm2, "<|im_start|>")
+    with pytest.raises(ValueError, match="final assistant"):
+        renderer.encode(user, continue_final_message=True)

@@ -60,7 +60,6 @@ from heron.server.state import ServerState
 DEFAULT_TEMPERATURE = 1.0  # Anthropic's default; 0 is greedy
 BLOCK_SEPARATOR = "\n"  # between the text blocks of one message
 TURN_SEPARATOR = "\n\n"  # between consecutive messages of the same role, merged into one turn
-_PREFILL_MARK = "<<heron-prefill-end>>"
 
 
 def bad_request(message: str, param: str | None = None) -> APIError:
@@ -138,25 +137,14 @@ def chat_messages(
 
 
 def encode_prompt(renderer: ChatRenderer, messages: list[dict[str, str]]) -> list[int]:
-    """Prompt token ids. A final assistant message is a prefill: the reply continues it, so
-    the prompt is the conversation rendered up to the end of that message's text.
+    """Prompt token ids. A final assistant message is a prefill: the reply continues it.
     Raises ValueError when the chat template cannot render the conversation."""
     if messages[-1]["role"] != "assistant":
         return renderer.encode(messages)
     prefill = messages[-1]["content"]
     if prefill != prefill.rstrip():
         raise ValueError("final assistant content cannot end with trailing whitespace")
-    marked = [*messages[:-1], {"role": "assistant", "content": prefill + _PREFILL_MARK}]
-    text = renderer.render(marked, add_generation_prompt=False)
-    end = text.rfind(_PREFILL_MARK)
-    if end < 0:
-        raise ValueError("this model's chat template cannot continue a final assistant message")
-    tokenizer = renderer.tokenizer
-    ids = tokenizer.encode(text[:end], add_special_tokens=False)
-    bos = tokenizer.bos_token_id
-    if tokenizer.add_bos_token and bos is not None and ids[:1] != [bos]:
-        ids.insert(0, bos)  # as ChatRenderer.encode does
-    return ids
+    return renderer.encode(messages, continue_final_message=True)
 
 
 async def render(model: LoadedModel, body: CountTokensRequest | MessageCreateRequest) -> list[int]:
