@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Longer texts are encoded through the backend's batch call (see ``Tokenizer.encode``).
+LONG_TEXT_CHARS = 4096
 DEFAULT_TEMPLATE = "default"  # the name of the checkpoint's main chat template
 
 
@@ -219,6 +221,11 @@ class Tokenizer:
             raise ValueError(f"text is not valid Unicode: {exc.reason}") from None
         if self._double_leading_space and text.startswith(" "):
             text = " " + text
+        if len(text) > LONG_TEXT_CHARS:
+            # The batch call releases the GIL while it works (the single-text one does not), so
+            # a long prompt tokenized on a worker thread leaves the event loop free. Same ids.
+            batch = self._backend.encode_batch([text], add_special_tokens=add_special_tokens)
+            return list(batch[0].ids)
         return list(self._backend.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def encode_with_plain_spans(self, text: str, spans: Sequence[tuple[int, int]]) -> list[int]:

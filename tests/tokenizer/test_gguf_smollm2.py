@@ -134,3 +134,16 @@ def test_pre_tokenizer_splits(pre: str, text: str, pieces: list[str]) -> None:
     steps = [pre_tokenizers.Split(Regex(p), behavior="isolated") for p in PRE_TOKENIZER_SPLITS[pre]]
     got = [p for p, _ in pre_tokenizers.Sequence(steps).pre_tokenize_str(text)]
     assert got == pieces
+
+
+def test_long_texts_encode_alike_through_the_batch_call(smollm2: Tokenizer) -> None:
+    """Past LONG_TEXT_CHARS the encoder takes the backend's batch call (it releases the GIL);
+    the ids are the same as the single-text call's."""
+    from heron.tokenizer.tokenizer import LONG_TEXT_CHARS
+
+    text = " Héron<|im_start|> naïve 🐦 tokens, " * (LONG_TEXT_CHARS // 20)
+    assert len(text) > LONG_TEXT_CHARS
+    shown = " " + text if smollm2._double_leading_space else text
+    for special in (True, False):
+        single = smollm2._backend.encode(shown, add_special_tokens=special).ids
+        assert smollm2.encode(text, add_special_tokens=special) == single
