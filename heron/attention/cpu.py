@@ -1,4 +1,4 @@
-"""Paged attention on Heron's CPU kernels (``heron/kernels/csrc/ops.cpp``).
+"""Paged attention on Heron's CPU kernels (``heron/kernels/csrc/attention.cpp``).
 
 Every query token attends over the blocks where they lie (no gather, no mask): a token at
 position p of a sequence is a query over that sequence's first p + 1 cached tokens, whether it
