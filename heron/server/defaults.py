@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from heron.server.common import APIError
-from heron.server.model_manager import LoadedModel, ModelSpec
+from heron.server.model_spec import LoadedModel, ModelSpec
 from heron.server.state import ServerState
 
 # Modelfile PARAMETER -> SamplingParams field, for the parameters that shape sampling.

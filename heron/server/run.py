@@ -29,7 +29,7 @@ from heron.engine.protocol import EngineDeadError, EngineRequestError, QueueFull
 from heron.outputs import GenerationDelta, Logprob
 from heron.sampling_params import SamplingParams
 from heron.server.common import APIError, until_disconnected
-from heron.server.model_manager import LoadedModel
+from heron.server.model_spec import LoadedModel
 from heron.server.state import ServerState
 
 # Raised from a stream after its first chunk: the families turn these into an error event.

@@ -18,13 +18,8 @@ from heron.env import is_loopback_host
 from heron.server.app import DrainGuard, build_app
 from heron.server.http import ConnectionLimits, http_protocol
 from heron.server.metrics import Metrics
-from heron.server.model_manager import (
-    ModelManager,
-    ModelSpec,
-    parse_duration,
-    spec_from_path,
-    spec_from_store,
-)
+from heron.server.model_manager import ModelManager
+from heron.server.model_spec import ModelSpec, parse_duration, spec_from_path, spec_from_store
 from heron.server.security import SecurityMiddleware
 from heron.server.state import ServerLimits, ServerState
 from heron.store.resolve import resolve_model

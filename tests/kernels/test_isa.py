@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import heron.kernels
-from heron.bench.peers import ggml_isa_args
+from heron.bench.ggml_flags import ggml_isa_args
 from heron.kernels import (
     available_isas,
     cpu_kernels,

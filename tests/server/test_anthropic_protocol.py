@@ -23,7 +23,7 @@ from heron.server.anthropic.serving import (
     usage,
 )
 from heron.server.common import APIError
-from heron.server.model_manager import LoadedModel, ModelSpec
+from heron.server.model_spec import LoadedModel, ModelSpec
 from heron.server.run import GenerationRun
 from heron.server.state import ServerLimits, ServerState
 from heron.tokenizer import Tokenizer

@@ -12,7 +12,8 @@ from heron.config import EngineConfig
 from heron.loader import load_checkpoint
 from heron.outputs import Logprob
 from heron.server.common import APIError
-from heron.server.model_manager import ModelManager, spec_from_path
+from heron.server.model_manager import ModelManager
+from heron.server.model_spec import spec_from_path
 from heron.server.openai.logprobs import TokenSpeller, chat_logprobs, completion_logprobs
 from heron.server.openai.protocol import (
     ChatCompletionChunk,

@@ -52,7 +52,7 @@ from heron.server.defaults import (
     sampling_defaults,
     with_model_messages,
 )
-from heron.server.model_manager import LoadedModel
+from heron.server.model_spec import LoadedModel
 from heron.server.run import STREAM_ERRORS, GenerationRun, stream_error
 from heron.server.sampling import engine_fields
 from heron.server.state import ServerState

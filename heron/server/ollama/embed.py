@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 
 from heron.server.common import APIError
 from heron.server.embeddings import check_dimensions, check_dimensions_range, embed, tokenize
-from heron.server.model_manager import LoadedModel
+from heron.server.model_spec import LoadedModel
 from heron.server.ollama.models import parse_keep_alive
 from heron.server.ollama.options import merged_options
 from heron.server.ollama.protocol import EmbeddingsRequest, EmbedRequest, Options

@@ -20,7 +20,7 @@ from heron.config import EngineConfig
 from heron.loader import Checkpoint, load_checkpoint
 from heron.models.registry import is_embedding_architecture
 from heron.server.common import APIError
-from heron.server.model_manager import ModelSpec, parse_duration, spec_from_store
+from heron.server.model_spec import ModelSpec, parse_duration, spec_from_store
 from heron.server.ollama.protocol import (
     ListModel,
     ListResponse,

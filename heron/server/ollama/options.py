@@ -11,7 +11,7 @@ from typing import Any
 
 from heron.sampling_params import SamplingParams
 from heron.server.common import APIError
-from heron.server.model_manager import LoadedModel
+from heron.server.model_spec import LoadedModel
 from heron.server.ollama.protocol import Options
 from heron.server.sampling import engine_fields
 from heron.server.state import ServerState

@@ -11,7 +11,7 @@ from typing import Any
 from heron.outputs import GenerationDelta
 from heron.outputs import Logprob as EngineLogprob
 from heron.server.common import ndjson
-from heron.server.model_manager import LoadedModel
+from heron.server.model_spec import LoadedModel
 from heron.server.ollama.models import now
 from heron.server.ollama.options import Plan
 from heron.server.ollama.protocol import (

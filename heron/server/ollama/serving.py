@@ -32,7 +32,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from heron.server.common import APIError, tokenize
-from heron.server.model_manager import LoadedModel
+from heron.server.model_spec import LoadedModel
 from heron.server.ollama.models import now, parse_keep_alive
 from heron.server.ollama.options import (
     Plan,

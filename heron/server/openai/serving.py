@@ -20,7 +20,7 @@ from heron import __version__
 from heron.outputs import GenerationDelta
 from heron.server.common import APIError, sse, tokenize
 from heron.server.defaults import context_limit, load_model, sampling_defaults, with_model_messages
-from heron.server.model_manager import LoadedModel, ModelSpec, spec_from_store
+from heron.server.model_spec import LoadedModel, ModelSpec, spec_from_store
 from heron.server.openai.chunks import (
     dump_chunk,
     mid_stream_error,
