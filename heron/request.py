@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -58,6 +59,9 @@ class Request:
     num_preemptions: int = 0
     stop_reason: int | None = None  # the stop token id that ended it
     generator: torch.Generator | None = None
+    # The llguidance matcher of a constrained request (structured outputs), set by the
+    # engine core once its grammar is compiled; None for unconstrained requests.
+    grammar: Any = None
 
     def __post_init__(self) -> None:
         if not self.prompt_token_ids:

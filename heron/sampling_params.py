@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from heron.structured.params import StructuredOutputsParams
+
 # Upper bounds that keep one request from exhausting the engine (see security notes: unbounded
 # n / logprobs were CVEs elsewhere). The server may lower them further.
 MAX_LOGIT_BIAS = 1024
@@ -42,6 +44,8 @@ class SamplingParams:
     skip_special_tokens: bool = True
     # token id -> value added to its logit before sampling (OpenAI's logit_bias; -100 bans)
     logit_bias: dict[int, float] | None = None
+    # Constrain the output to a JSON schema, a regex, a choice or a grammar (vLLM's name).
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

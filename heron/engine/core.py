@@ -19,7 +19,9 @@ import signal
 import time
 import traceback
 from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from multiprocessing.connection import Connection
+from typing import Any
 
 from heron import env
 from heron.config import CacheConfig, EngineConfig
@@ -47,6 +49,8 @@ from heron.request import FINISH_REASONS, Request, RequestStatus
 from heron.runner import ModelRunner
 from heron.runner.model_runner import plan_max_model_len
 from heron.scheduler import Scheduler
+from heron.structured.bitmask import advance
+from heron.structured.compiler import GrammarCompiler
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +59,11 @@ class EngineCore:
     """Owns the runner, the KV cache manager and the scheduler of one loaded model."""
 
     def __init__(
-        self, checkpoint: Checkpoint, config: EngineConfig, eos_token_ids: Iterable[int] = ()
+        self,
+        checkpoint: Checkpoint,
+        config: EngineConfig,
+        eos_token_ids: Iterable[int] = (),
+        tokenizer_json: str | None = None,
     ) -> None:
         t0 = time.perf_counter()
         self.config = config
@@ -74,6 +82,15 @@ class EngineCore:
                 self.max_model_len,
             )
         self.eos_token_ids = frozenset(eos_token_ids) | frozenset(self.model_config.eos_token_ids)
+        # Structured outputs: constraints compile on the compiler's thread; their requests
+        # wait here (not in the scheduler) until their matcher is ready.
+        self.grammars: GrammarCompiler | None = None
+        if tokenizer_json is not None:
+            self.grammars = GrammarCompiler(
+                tokenizer_json, self.model_config.vocab_size, self.eos_token_ids
+            )
+        self.compiling: dict[str, tuple[Request, Future[Any]]] = {}
+        self.rejected: list[Rejected] = []  # constraints that failed to compile
         logger.info("engine core ready in %.1f s", time.perf_counter() - t0)
 
     # ---------------------------------------------------------------- requests
@@ -87,7 +104,7 @@ class EngineCore:
             request.sampling_params,
         )
         vocab = self.model_config.vocab_size
-        if rid in self.scheduler.requests:
+        if rid in self.scheduler.requests or rid in self.compiling:
             raise ValueError(f"request id {rid!r} is already in use")
         if not token_ids:
             raise ValueError("the prompt is empty")
@@ -109,39 +126,74 @@ class EngineCore:
         room = self.max_model_len - len(token_ids)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         parent = self.scheduler.requests.get(request.fork_of) if request.fork_of else None
-        self.scheduler.add_request(
-            Request(
-                request_id=rid,
-                prompt_token_ids=list(token_ids),
-                sampling_params=params,
-                eos_token_ids=self.eos_token_ids,
-                max_tokens=max_tokens,
-                priority=request.priority,
-                arrival_time=request.arrival_time,
-                fork_parent=parent,
-                cache_salt=request.cache_salt.encode() if request.cache_salt else None,
-            )
+        req = Request(
+            request_id=rid,
+            prompt_token_ids=list(token_ids),
+            sampling_params=params,
+            eos_token_ids=self.eos_token_ids,
+            max_tokens=max_tokens,
+            priority=request.priority,
+            arrival_time=request.arrival_time,
+            fork_parent=parent,
+            cache_salt=request.cache_salt.encode() if request.cache_salt else None,
         )
+        if params.structured_outputs is None:
+            self.scheduler.add_request(req)
+            return
+        if self.grammars is None:
+            raise ValueError("this engine was started without a tokenizer: no structured outputs")
+        self.compiling[rid] = (req, self.grammars.submit(params.structured_outputs))
+
+    def _admit_compiled(self) -> None:
+        """Move requests whose grammar has compiled into the scheduler; record those whose
+        grammar failed in ``rejected``. When nothing else can run, waits briefly for a
+        compile instead of spinning."""
+        if not self.compiling:
+            return
+        if not self.scheduler.has_unfinished():
+            wait([f for _, f in self.compiling.values()], 0.05, FIRST_COMPLETED)
+        for rid, (req, future) in list(self.compiling.items()):
+            if not future.done():
+                continue
+            del self.compiling[rid]
+            try:
+                req.grammar = future.result()
+            except Exception as exc:
+                self.rejected.append(Rejected(rid, str(exc)))
+                continue
+            self.scheduler.add_request(req)
+
+    def take_rejected(self) -> list[Rejected]:
+        """The requests refused since the last call (their constraint did not compile)."""
+        rejected, self.rejected = self.rejected, []
+        return rejected
 
     def abort_requests(self, request_ids: Iterable[str]) -> None:
         """Finish these requests wherever they are; their KV blocks are freed at once.
         Unknown or finished ids are ignored. Produces no output."""
+        request_ids = list(request_ids)
+        for rid in request_ids:
+            pending = self.compiling.pop(rid, None)
+            if pending is not None:
+                pending[1].cancel()
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
 
     def abort_all(self) -> list[str]:
         """Abort every live request (after a failed step); returns their ids."""
-        ids = list(self.scheduler.requests)
+        ids = list(self.scheduler.requests) + list(self.compiling)
         self.abort_requests(ids)
         return ids
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or bool(self.compiling)
 
     # -------------------------------------------------------------------- step
     def step(self) -> list[EngineCoreOutput]:
         """Schedule, run one batched forward, sample, advance the requests. Returns one
         output per request that sampled a token this step (a prefill chunk in the middle of
-        a prompt samples nothing), with finish reasons for those that ended."""
+        a prompt samples nothing), with finish reasons for those that ended. A request whose
+        grammar is complete finishes with ``stop``."""
+        self._admit_compiled()
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
@@ -157,7 +209,13 @@ class EngineCore:
                 chosen, rank, top_ids, top_vals = lp
                 logprobs = [TokenLogprobs(chosen, rank, top_ids[:k], top_vals[:k])]
             outputs.append(EngineCoreOutput(req.request_id, [token], logprobs, None, None, 0))
+        complete = advance([row.request for row in rows], sampled.token_ids)
         self.scheduler.update_from_output(sched, tokens)
+        if complete:
+            self.scheduler.finish_requests(
+                [r.request_id for r in complete if not r.is_finished],
+                RequestStatus.FINISHED_STOPPED,
+            )
         for out, row in zip(outputs, rows, strict=True):
             req = row.request
             out.num_cached_tokens = req.num_cached_tokens
@@ -203,7 +261,9 @@ def run_engine_core(conn: Connection) -> None:
         if is_embedding_checkpoint(msg.path):
             embedder = EmbeddingEngine(msg.path, msg.config)
         else:
-            core = EngineCore(load_checkpoint(msg.path), msg.config, msg.eos_token_ids)
+            core = EngineCore(
+                load_checkpoint(msg.path), msg.config, msg.eos_token_ids, msg.tokenizer_json
+            )
     except Exception as exc:  # the server reports this and exits
         conn.send_bytes(encode(Fatal(f"failed to load {msg.path!r}: {exc}")))
         return
@@ -274,6 +334,8 @@ class EngineCoreProc:
             if self.fault_step is not None and self.num_steps == self.fault_step:
                 raise RuntimeError("injected engine fault (HERON_FAULT_INJECT_STEP)")
             outputs = self.core.step()
+            for rejected in self.core.take_rejected():
+                self.conn.send_bytes(encode(rejected))
         except Exception as exc:
             # Fail the requests that were in flight, keep the process and the server alive.
             logger.error("engine step failed:\n%s", traceback.format_exc())

@@ -107,7 +107,7 @@ class AsyncEngineClient:
         self._proc.start()
         child.close()
         eos = sorted(self.tokenizer.eos_token_ids)
-        self._outbox.put(LoadModel(model_path, config, eos))
+        self._outbox.put(LoadModel(model_path, config, eos, self.tokenizer.backend.to_str()))
         # The weights load in the engine process while the server already answers /health;
         # /ready and generation answer 503 until the reader sees Ready.
         self._writer = threading.Thread(target=self._write_loop, name="heron-engine-writer")
@@ -144,6 +144,9 @@ class AsyncEngineClient:
         """Stream the request's deltas (every choice's, interleaved) until each choice has
         finished."""
         self._admit()
+        if params.structured_outputs is not None:
+            # Validation may take milliseconds (llguidance releases the GIL): off the loop.
+            await asyncio.to_thread(params.structured_outputs.check)
         rid = request_id or f"req-{next(self._ids)}"
         queue: asyncio.Queue[Any] = asyncio.Queue()
         with self._lock:

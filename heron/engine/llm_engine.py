@@ -32,7 +32,12 @@ class LLMEngine:
         self.checkpoint = load_checkpoint(model_path)
         self.model_config = self.checkpoint.config
         self.tokenizer = Tokenizer.from_checkpoint(self.checkpoint)
-        self.core = EngineCore(self.checkpoint, self.config, self.tokenizer.eos_token_ids)
+        self.core = EngineCore(
+            self.checkpoint,
+            self.config,
+            self.tokenizer.eos_token_ids,
+            self.tokenizer.backend.to_str(),
+        )
         self.output_processor = OutputProcessor(self.tokenizer)
 
     # the core's parts, for tests and tools that look inside
@@ -69,6 +74,8 @@ class LLMEngine:
         bad input (an empty or over-long prompt, token ids outside the vocabulary, an id that
         collides with a live request)."""
         params = params or SamplingParams()
+        if params.structured_outputs is not None:
+            params.structured_outputs.check()
         if isinstance(prompt, str):
             text: str | None = prompt
             token_ids = self.tokenizer.encode(prompt)
@@ -105,7 +112,11 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one engine step; return the outputs of requests that advanced (cumulative
         text and token ids). Finished requests are reported once, then forgotten."""
-        processed = self.output_processor.process_outputs(self.core.step())
+        outputs = self.core.step()
+        for rejected in self.core.take_rejected():
+            self.abort(self.output_processor.request_of(rejected.request_id) or "")
+            raise ValueError(rejected.message)
+        processed = self.output_processor.process_outputs(outputs)
         if processed.to_abort:  # stopped by a stop string
             self.core.abort_requests(processed.to_abort)
         return [self.output_processor.make_request_output(rid) for rid in processed.advanced]

@@ -27,7 +27,7 @@ from heron.sampling_params import SamplingParams
 
 # Bumped whenever a message changes shape; ``LoadModel`` carries it and the core refuses a
 # front end that speaks another version.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 # ----------------------------------------------------------------- front end -> core
@@ -38,6 +38,8 @@ class LoadModel(msgspec.Struct, tag=True, frozen=True):
     config: EngineConfig
     # EOS ids beyond the model config's: the tokenizer's, which only the front end loads.
     eos_token_ids: list[int]
+    # The tokenizer's HF ``tokenizers`` JSON: the grammar engine needs every token's bytes.
+    tokenizer_json: str | None = None
     version: int = PROTOCOL_VERSION
 
 

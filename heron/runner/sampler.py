@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from heron.request import Request
+from heron.structured.bitmask import GrammarBitmask, GrammarMask, apply
 
 _NEG_INF = float("-inf")
 
@@ -33,6 +34,7 @@ class SamplingBatch:
     bias: list[tuple[int, torch.Tensor, torch.Tensor]]  # (row, token ids, added values)
     generators: list[tuple[int, torch.Generator]]  # seeded rows
     max_logprobs: int  # largest ``logprobs`` asked for, -1 when none
+    grammar: GrammarMask | None = None  # constrained rows' allowed tokens (structured outputs)
 
 
 @dataclass(slots=True)
@@ -46,6 +48,7 @@ class Sampler:
     def __init__(self, vocab_size: int) -> None:
         self.vocab_size = vocab_size
         self.default_generator = torch.Generator()
+        self.grammar_bitmask = GrammarBitmask(vocab_size)
 
     def seed(self, seed: int) -> None:
         self.default_generator.manual_seed(seed)
@@ -109,6 +112,7 @@ class Sampler:
             bias,
             generators,
             max_logprobs,
+            self.grammar_bitmask.fill(requests),
         )
 
     def sample(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
@@ -126,6 +130,8 @@ class Sampler:
             logits[row].index_add_(0, bias_ids, values)
         for row, ids in batch.suppress:
             logits[row, ids] = _NEG_INF
+        if batch.grammar is not None:
+            apply(logits, batch.grammar)
 
         greedy_tokens = logits.argmax(dim=-1)
         if batch.all_greedy:
