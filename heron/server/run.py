@@ -30,6 +30,7 @@ from heron.outputs import GenerationDelta, Logprob
 from heron.sampling_params import SamplingParams
 from heron.server.common import APIError, until_disconnected
 from heron.server.model_spec import LoadedModel
+from heron.server.parsing import Event, OutputParser, ParsedOutput, ParserFactory, ToolCall
 from heron.server.state import ServerState
 
 # Raised from a stream after its first chunk: the families turn these into an error event.
@@ -48,12 +49,41 @@ class Choice:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict[int, Logprob]] = field(default_factory=list)
     num_output_tokens: int = 0
-    finish_reason: str | None = None  # "stop", "length", "abort"
+    finish_reason: str | None = None  # "stop", "length", "abort", "tool_calls"
     stop_reason: int | str | None = None  # the stop string or token id that ended it
+    parser: OutputParser | None = None  # None: the text is all content
+    parsed: ParsedOutput = field(default_factory=ParsedOutput)
+    pending: list[Event] = field(default_factory=list)  # parsed, not yet taken
 
     @property
     def output(self) -> str:
         return "".join(self.text)
+
+    @property
+    def content(self) -> str:
+        return self.output if self.parser is None else "".join(self.parsed.content)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.parsed.reasoning)
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return self.parsed.tool_calls
+
+    def parse(self, delta: GenerationDelta) -> None:
+        """Run ``delta``'s text through the parser (the end flushes it): the events go to
+        ``parsed`` and ``pending``; an output that held tool calls and stopped finishes
+        with "tool_calls" (mutates ``delta.finish_reason``)."""
+        if self.parser is None:
+            return
+        events = self.parser.feed(delta.text) if delta.text else []
+        if delta.finish_reason is not None:
+            events.extend(self.parser.finish())
+        self.parsed.add(events)
+        self.pending.extend(events)
+        if delta.finish_reason == "stop" and self.parsed.tool_calls:
+            delta.finish_reason = "tool_calls"
 
     @property
     def stop_string(self) -> str | None:
@@ -77,6 +107,7 @@ class GenerationRun:
         request_id: str,
         started_ns: int,
         param: str | None = None,
+        parser: ParserFactory | None = None,
     ) -> None:
         self.state = state
         self.model = model
@@ -85,7 +116,10 @@ class GenerationRun:
         self.prompt_lens = [len(p) for p in prompts]
         self.num_prompt_tokens = sum(self.prompt_lens)
         self.num_cached = [0] * len(prompts)
-        self.choices = [Choice() for _ in range(len(prompts) * params.n)]
+        self.choices = [
+            Choice(parser=None if parser is None else parser())
+            for _ in range(len(prompts) * params.n)
+        ]
         self.started_ns = started_ns
         self.submitted_ns = time.perf_counter_ns()
         self.first_token_ns: int | None = None
@@ -119,6 +153,13 @@ class GenerationRun:
     @property
     def finish_reason(self) -> str | None:
         return self.choices[0].finish_reason
+
+    def take_events(self, index: int) -> list[Event]:
+        """The parsed events of choice ``index`` not taken yet (empties its ``pending``);
+        a family with a parser emits these in place of ``delta.text``."""
+        choice = self.choices[index]
+        events, choice.pending = choice.pending, []
+        return events
 
     # --------------------------------------------------------------- streaming
     async def _pump(self, i: int, stream: AsyncIterator[GenerationDelta]) -> None:
@@ -208,6 +249,7 @@ class GenerationRun:
         if delta.logprobs:
             choice.logprobs.extend(delta.logprobs)
         choice.num_output_tokens = delta.num_output_tokens
+        choice.parse(delta)
         if delta.finish_reason is not None:
             choice.finish_reason = delta.finish_reason
             choice.stop_reason = delta.stop_reason
