@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 API_KINDS = ("openai", "ollama")
@@ -97,6 +99,8 @@ class RequestSettings:
     eos_token_ids: tuple[int, ...] = ()
     api_key: str | None = None
     timeout: float = 600.0
+    # Constrain answers to this schema: OpenAI ``response_format``, Ollama ``format``.
+    json_schema: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -109,12 +113,15 @@ class RequestSettings:
     def body(self, api: str, messages: list[dict[str, str]]) -> dict[str, Any]:
         """The JSON request body for ``api`` (always streamed)."""
         if api == "ollama":
-            return {
+            ollama: dict[str, Any] = {
                 "model": self.model,
                 "messages": messages,
                 "stream": True,
                 "options": {"num_predict": self.max_tokens, "temperature": self.temperature},
             }
+            if self.json_schema is not None:
+                ollama["format"] = self.json_schema
+            return ollama
         body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -123,11 +130,29 @@ class RequestSettings:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if self.json_schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "bench", "schema": self.json_schema},
+            }
         if self.suppress_eos:
             body["ignore_eos"] = True
             if self.eos_token_ids:
                 body["logit_bias"] = {str(i): -100 for i in self.eos_token_ids}
         return body
+
+
+def load_schema(path: Path | None) -> dict[str, Any] | None:
+    """The JSON schema in ``path`` (None for None). Raises BenchError if it is not one."""
+    if path is None:
+        return None
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"--json-schema {path}: {exc}") from None
+    if not isinstance(schema, dict):
+        raise BenchError(f"--json-schema {path}: not a JSON object")
+    return schema
 
 
 @dataclass(frozen=True, slots=True)

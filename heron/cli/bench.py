@@ -43,6 +43,7 @@ from heron.bench.workload import (
     RequestSettings,
     Workload,
     build_workload,
+    load_schema,
     parse_endpoint,
     parse_users,
     synth_prompt,
@@ -163,6 +164,10 @@ PeerThreadsOpt = Annotated[int | None, typer.Option(help="Peer threads (default:
 OutOpt = Annotated[
     Path | None, typer.Option("--out", "-o", help="Write results.json, .md and plots here.")
 ]
+JsonSchemaOpt = Annotated[
+    Path | None,
+    typer.Option(help="Constrain every answer to this JSON schema file (structured output)."),
+]
 PlotsOpt = Annotated[bool, typer.Option(help="Write PNG plots with --out.")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 
@@ -198,6 +203,7 @@ class BenchOptions:
     peer_max_slots: int
     peer_ctx_per_slot: int
     peer_threads: int | None
+    json_schema: Path | None
     out: Path | None
     plots: bool
     progress: bool
@@ -231,6 +237,7 @@ def bench(
     peer_max_slots: PeerMaxSlotsOpt = 64,
     peer_ctx_per_slot: PeerCtxPerSlotOpt = 1024,
     peer_threads: PeerThreadsOpt = None,
+    json_schema: JsonSchemaOpt = None,
     out: OutOpt = None,
     plots: PlotsOpt = True,
     progress: ProgressOpt = True,
@@ -294,6 +301,7 @@ def _plan(opts: BenchOptions) -> tuple[Workload, RequestSettings, list[Target]]:
         eos_token_ids=eos_ids,
         api_key=opts.api_key,
         timeout=opts.timeout,
+        json_schema=load_schema(opts.json_schema),
     )
     targets = _targets(opts, peers, model_path)
     names = [t.name for t in targets]

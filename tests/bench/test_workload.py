@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from heron.bench.workload import (
@@ -12,6 +14,7 @@ from heron.bench.workload import (
     RequestSettings,
     build_workload,
     follow_up,
+    load_schema,
     parse_endpoint,
     parse_users,
     run_order,
@@ -122,3 +125,20 @@ def test_follow_up_cycles() -> None:
 def test_endpoint_checks_api() -> None:
     with pytest.raises(BenchError):
         Endpoint("x", "http://h", "grpc")
+
+
+def test_json_schema_constrains_both_apis(tmp_path: Path) -> None:
+    path = tmp_path / "schema.json"
+    path.write_text('{"type": "object", "properties": {"a": {"type": "integer"}}}')
+    schema = load_schema(path)
+    settings = RequestSettings(json_schema=schema)
+    body = settings.body("openai", [{"role": "user", "content": "hi"}])
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "bench", "schema": schema},
+    }
+    assert settings.body("ollama", [])["format"] == schema
+    assert "response_format" not in RequestSettings().body("openai", [])
+    path.write_text("[1, 2]")
+    with pytest.raises(BenchError, match="not a JSON object"):
+        load_schema(path)
