@@ -78,7 +78,8 @@ class ChatRenderer:
 
         With `tools` and a "tool_use" template, that template is used; `template_name` picks one
         explicitly. Extra kwargs (e.g. `documents`, `enable_thinking`) become Jinja template
-        variables; a Go template gets Ollama's data (`.System`, `.Messages`, `.Tools`, ...).
+        variables; a Go template gets Ollama's data (`.System`, `.Messages`, `.Tools`, ...; `.Think`
+        from `enable_thinking`).
         Raises ValueError if the model has no chat template or the template fails.
         """
         name = kwargs.pop("template_name", None)
@@ -87,7 +88,8 @@ class ChatRenderer:
 
             conversation = [dict(m) for m in messages]
             tool_list = [dict(t) for t in tools] if tools else None
-            return render_ollama_prompt(self._go_template, conversation, tool_list)
+            think = kwargs.get("enable_thinking")
+            return render_ollama_prompt(self._go_template, conversation, tool_list, think)
         if name is None:
             has_tool_template = TOOL_USE_TEMPLATE in self._templates
             name = TOOL_USE_TEMPLATE if tools and has_tool_template else DEFAULT_TEMPLATE

@@ -263,7 +263,10 @@ _RESPONSE = Action(Pipe((), False, (Cmd((Field(("Response",)),), 0),), 0))
 
 
 def render_ollama_prompt(
-    template: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    template: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    think: bool | None = None,
 ) -> str:
     """The prompt for the next assistant turn of `messages`, rendered as Ollama would.
 
@@ -272,21 +275,22 @@ def render_ollama_prompt(
     `Role`, `Content`, `ToolCalls`, ...) and `Tools`. Any other (legacy) template is rendered
     once per user turn with `System`, `Prompt` and `Response` (`{{ .Response }}` appended if it
     does not print it) and the results joined; the last turn is cut just after its Response.
+    `think` sets `.Think` (and `.IsThinkSet` when it is not None).
     """
     tmpl = GoTemplate(template)
     names = tmpl.identifiers()
     system, chat = collate(messages)
     if "messages" in names or "document" in names:
         data: dict[str, Any] = {"System": system, "Messages": [message_record(m) for m in chat]}
-        data |= {"Tools": tools_value(tools), "Response": "", "Think": False}
-        data |= {"IsThinkSet": False, "Query": "", "Document": "", "Instruction": ""}
+        data |= {"Tools": tools_value(tools), "Response": "", "Think": bool(think)}
+        data |= {"IsThinkSet": think is not None, "Query": "", "Document": "", "Instruction": ""}
         return tmpl.render(data)
     nodes = tmpl.nodes if "response" in names else (*tmpl.nodes, _RESPONSE)
     turns = legacy_turns(chat)
     parts: list[str] = []
     for i, (turn_system, prompt, response) in enumerate(turns):
         data = {"System": turn_system, "Prompt": prompt, "Response": response}
-        data |= {"Think": False, "IsThinkSet": False}
+        data |= {"Think": bool(think), "IsThinkSet": think is not None}
         last = i == len(turns) - 1
         parts.append(render_nodes(template, _cut_after_response(nodes)[0] if last else nodes, data))
     out = "".join(parts)

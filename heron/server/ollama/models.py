@@ -19,6 +19,7 @@ from typing import Any
 from heron.config import EngineConfig
 from heron.loader import Checkpoint, load_checkpoint
 from heron.models.registry import is_embedding_architecture
+from heron.reasoning import detect
 from heron.server.common import APIError
 from heron.server.model_spec import ModelSpec, parse_duration, spec_from_store
 from heron.server.ollama.protocol import (
@@ -124,6 +125,8 @@ class ModelCard:
         )
         self._digest: str | None = spec.digest
         self.capabilities = ["embedding"] if self.is_embedding else ["completion"]
+        if not self.is_embedding and detect(self.chat_template):
+            self.capabilities.append("thinking")
 
     def _files(self) -> list[str]:
         if os.path.isdir(self.path):

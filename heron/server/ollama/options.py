@@ -13,8 +13,10 @@ from heron.sampling_params import SamplingParams
 from heron.server.common import APIError
 from heron.server.model_spec import LoadedModel
 from heron.server.ollama.protocol import Options
+from heron.server.parsing import ParserFactory
 from heron.server.sampling import engine_fields
 from heron.server.state import ServerState
+from heron.structured import StructuredOutputsParams
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class Plan:
     prompt_ids: list[int]
     t0: int  # perf_counter_ns when the handler started
     return_context: bool = False
+    parser: ParserFactory | None = None  # splits the reply (reasoning from content)
 
 
 def merged_options(options: Options | None, model: LoadedModel) -> Options:
@@ -57,9 +60,14 @@ def merged_options(options: Options | None, model: LoadedModel) -> Options:
 
 
 def sampling_params(
-    options: Options | None, state: ServerState, top_logprobs: int | None, model: LoadedModel
+    options: Options | None,
+    state: ServerState,
+    top_logprobs: int | None,
+    model: LoadedModel,
+    structured: StructuredOutputsParams | None = None,
 ) -> tuple[SamplingParams, int]:
-    """Ollama ``options`` over the model's Modelfile parameters -> SamplingParams (max_tokens
+    """Ollama ``options`` over the model's Modelfile parameters, and the ``format``
+    constraint (``output_format``) -> SamplingParams (max_tokens
     not yet fitted to the prompt) and the context length to enforce. Raises APIError (400)
     for values Heron does not accept."""
     o = merged_options(options, model)
@@ -116,6 +124,7 @@ def sampling_params(
             stop=stop,
             max_tokens=predict,
             logprobs=top_logprobs,
+            structured_outputs=structured,
             **engine_fields(o, model.engine.model_config.vocab_size, "options."),
         )
     except ValueError as exc:
@@ -135,13 +144,35 @@ def top_logprobs_of(logprobs: bool | None, top: int | None, state: ServerState) 
     return None
 
 
-def no_thinking(think: bool | str | None, model: str) -> None:
-    if think is True or (isinstance(think, str) and think):
-        raise APIError(400, f'"{model}" does not support thinking', param="think")
+_THINK_LEVELS = ("low", "medium", "high")
 
 
-def no_format(fmt: str | dict[str, Any] | None) -> None:
-    if fmt is not None and fmt != "":
+def think_choice(think: bool | str | None) -> bool | None:
+    """``think`` as on (True), off (False) or the model's default (None): a level asks for
+    thinking. Raises APIError 400 for any other string."""
+    if isinstance(think, str):
+        if think and think not in _THINK_LEVELS:
+            raise APIError(
+                400,
+                f"invalid think value {think[:40]!r}: use true, false, low, medium or high",
+                param="think",
+            )
+        return True if think else None
+    return think
+
+
+def output_format(fmt: str | dict[str, Any] | None) -> StructuredOutputsParams | None:
+    """Ollama's ``format``: "json" (any JSON object, as Ollama's JSON grammar), a JSON schema
+    object, or "" / null for free text. Raises APIError (400) for any other string; whether a
+    schema compiles is checked by the engine client (its ValueError is the run's 400)."""
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return StructuredOutputsParams(json_object=True)
+    if isinstance(fmt, str):
         raise APIError(
-            400, "format is not supported: structured output is not available", param="format"
+            400,
+            f'invalid format {fmt[:40]!r}: use "json" or a JSON schema object',
+            param="format",
         )
+    return StructuredOutputsParams(json=fmt)

@@ -102,12 +102,12 @@ class GenerateRequest(_Request):
     template: Str | None = None  # 400 unless empty or the model's own template
     context: list[Int] | None = None  # deprecated: token ids prepended to the prompt
     raw: Bool | None = None
-    format: Format = None  # 400 unless empty: structured output is not available
+    format: Format = None  # "json" or a JSON schema: constrains the output
     images: list[Str] | None = None  # 400 unless empty: the model has no vision
     options: Options | None = None
     stream: Bool | None = None  # defaults to true
     keep_alive: KeepAlive = None
-    think: Think = None  # 400 if it asks for thinking
+    think: Think = None  # true/"low"/"medium"/"high": think (400 if the model cannot)
     truncate: Bool | None = None  # accepted; an over-long prompt is always a 400
     shift: Bool | None = None  # accepted; generation stops at the end of the context
     logprobs: Bool | None = None
@@ -276,12 +276,14 @@ class GenerateResponse(_GenerationChunk):
     """One NDJSON line of ``/api/generate`` (or the whole reply with ``stream: false``)."""
 
     response: str = ""
+    thinking: str | None = None  # the model's reasoning, apart from its answer
     context: list[int] | None = None  # prompt + output token ids on the final chunk
 
 
 class ChatMessage(_Response):
     role: str = "assistant"
     content: str = ""
+    thinking: str | None = None  # the model's reasoning, apart from its answer
 
 
 class ChatResponse(_GenerationChunk):

@@ -21,6 +21,7 @@ from heron.server.ollama.protocol import (
     Logprob,
     TopLogprob,
 )
+from heron.server.parsing import TextPart
 from heron.server.run import STREAM_ERRORS, GenerationRun
 
 
@@ -71,25 +72,36 @@ def reply_logprobs(
     return out
 
 
-def chunk(plan: Plan, text: str, logprobs: list[Logprob] | None) -> dict[str, Any]:
+def chunk(
+    plan: Plan, text: str, logprobs: list[Logprob] | None, thinking: str | None = None
+) -> dict[str, Any]:
     body: GenerateResponse | ChatResponse
     if plan.chat:
         body = ChatResponse(
             model=plan.model,
             created_at=now(),
-            message=ChatMessage(content=text),
+            message=ChatMessage(content=text, thinking=thinking),
             done=False,
             logprobs=logprobs,
         )
     else:
         body = GenerateResponse(
-            model=plan.model, created_at=now(), response=text, done=False, logprobs=logprobs
+            model=plan.model,
+            created_at=now(),
+            response=text,
+            thinking=thinking,
+            done=False,
+            logprobs=logprobs,
         )
     return body.dump()
 
 
 def final(
-    run: GenerationRun, plan: Plan, text: str, logprobs: list[Logprob] | None
+    run: GenerationRun,
+    plan: Plan,
+    text: str,
+    logprobs: list[Logprob] | None,
+    thinking: str | None = None,
 ) -> dict[str, Any]:
     """The last object: ``done`` with the reason and Ollama's durations (nanoseconds)."""
     end = time.perf_counter_ns()
@@ -108,13 +120,17 @@ def final(
     }
     body: GenerateResponse | ChatResponse
     if plan.chat:
-        body = ChatResponse(
-            model=plan.model, created_at=now(), message=ChatMessage(content=text), **stats
-        )
+        message = ChatMessage(content=text, thinking=thinking)
+        body = ChatResponse(model=plan.model, created_at=now(), message=message, **stats)
     else:
         context = plan.prompt_ids + run.choices[0].token_ids if plan.return_context else None
         body = GenerateResponse(
-            model=plan.model, created_at=now(), response=text, context=context, **stats
+            model=plan.model,
+            created_at=now(),
+            response=text,
+            thinking=thinking,
+            context=context,
+            **stats,
         )
     return body.dump()
 
@@ -128,15 +144,28 @@ async def ndjson_events(
     try:
         async for delta in run.stream(first):
             logprobs = reply_logprobs(run.model, plan, delta.token_ids, delta.logprobs)
+            text, thinking = _texts(run, delta)
             if delta.finish_reason is not None:
-                if delta.text:
-                    yield ndjson(chunk(plan, delta.text, None))
+                if text or thinking:
+                    yield ndjson(chunk(plan, text, None, thinking))
                 yield ndjson(final(run, plan, "", logprobs))
                 return
-            if delta.text or logprobs:
-                yield ndjson(chunk(plan, delta.text, logprobs))
+            if text or thinking or logprobs:
+                yield ndjson(chunk(plan, text, logprobs, thinking))
     except STREAM_ERRORS as exc:
         reason = "error"
         yield ndjson({"error": str(exc)})
     finally:
         run.close(reason)
+
+
+def _texts(run: GenerationRun, delta: GenerationDelta) -> tuple[str, str | None]:
+    """``delta``'s new content and thinking: its text, or the parser's events for it."""
+    if run.choices[delta.index].parser is None:
+        return delta.text, None
+    content: list[str] = []
+    thinking: list[str] = []
+    for event in run.take_events(delta.index):
+        if isinstance(event, TextPart):
+            (content if event.kind == "content" else thinking).append(event.text)
+    return "".join(content), "".join(thinking) or None

@@ -16,8 +16,12 @@ Where Heron differs from Ollama, on purpose:
 - Modelfile ``PARAMETER``s are the model's defaults: server defaults < Modelfile < request
   ``options``. Its ``SYSTEM`` is used when the request brings no system prompt, and its
   ``MESSAGE``s start every chat.
-- ``suffix``, ``images``, ``format``, ``tools``, ``think`` and a ``template`` other than the
-  model's own are 400s. Chat messages' ``thinking`` goes to the chat template, which may use it.
+- ``suffix``, ``images``, ``tools`` and a ``template`` other than the model's own are 400s.
+  ``format`` ("json" or a JSON schema) constrains the output through the grammar engine.
+  Chat messages' ``thinking`` goes to the chat template, which may use it.
+- ``think``: see ``heron/server/thinking.py``. Unset leaves the model's default and still
+  splits its reasoning into ``thinking``; a level ("low", "medium", "high") is ``true``; asking
+  a model whose template does not think is a 400.
 - ``context`` (deprecated) is prepended as token ids, not re-tokenised text.
 - ``prompt_eval_count`` counts every prompt token, including those the prefix cache served.
 """
@@ -36,9 +40,9 @@ from heron.server.model_spec import LoadedModel
 from heron.server.ollama.models import now, parse_keep_alive
 from heron.server.ollama.options import (
     Plan,
-    no_format,
-    no_thinking,
+    output_format,
     sampling_params,
+    think_choice,
     top_logprobs_of,
 )
 from heron.server.ollama.protocol import (
@@ -52,6 +56,7 @@ from heron.server.ollama.protocol import (
 from heron.server.ollama.replies import final, ndjson_events, reply_logprobs
 from heron.server.run import GenerationRun
 from heron.server.state import ServerState
+from heron.server.thinking import Thinking, resolve_thinking
 
 
 # ------------------------------------------------------------------------------ service
@@ -76,13 +81,16 @@ class OllamaService:
         for name, (value, message) in unsupported.items():
             if value:
                 raise APIError(400, f"{message} ({name})", param=name)
-        no_format(req.format)
-        no_thinking(req.think, req.model)
+        structured = output_format(req.format)
+        think = think_choice(req.think)
         if req.raw and (req.template or req.system or req.context):
             raise APIError(400, "raw mode does not support template, system, or context")
+        if req.raw and think:
+            raise APIError(400, "raw mode does not support think", param="think")
         if not req.prompt:
             return await self._load_or_unload(req.model, keep_alive, chat=False)
         model = await self.state.models.get(req.model, keep_alive, task="generate")
+        thinking = resolve_thinking(model, think, "think", req.model)
         tokenizer = model.engine.tokenizer
         if req.template and req.template != (model.engine.renderer.template or ""):
             raise APIError(
@@ -90,7 +98,7 @@ class OllamaService:
                 "template override is not supported: the model's own chat template is used",
                 param="template",
             )
-        params, num_ctx = sampling_params(req.options, self.state, top, model)
+        params, num_ctx = sampling_params(req.options, self.state, top, model, structured)
         messages: list[dict[str, Any]] = []
         system = req.system if req.system is not None else spec.system
         if system:
@@ -101,14 +109,14 @@ class OllamaService:
         if any(not 0 <= t < vocab for t in context):
             raise APIError(400, f"context token ids must be in [0, {vocab})", param="context")
         if req.debug_render_only:
-            text = req.prompt if req.raw else await self._render(model, messages)
+            text = req.prompt if req.raw else await self._render(model, messages, thinking)
             if context:
                 text = tokenizer.decode(context, skip_special_tokens=False) + text
             return self._debug(req.model, text, chat=False)
         if req.raw:
             ids = await tokenize(tokenizer.encode, req.prompt, req.prompt)
         else:
-            ids = await self._encode_chat(model, messages)
+            ids = await self._encode_chat(model, messages, thinking)
         plan = Plan(
             model=req.model,
             chat=False,
@@ -120,6 +128,7 @@ class OllamaService:
             prompt_ids=context + ids,
             return_context=not req.raw,
             t0=t0,
+            parser=None if req.raw else thinking.parser_factory(model, ids),
         )
         return await self._run(model, plan, request)
 
@@ -130,8 +139,8 @@ class OllamaService:
         keep_alive = parse_keep_alive(req.keep_alive)
         if req.tools:
             raise APIError(400, f'"{req.model}" does not support tools (tools)', param="tools")
-        no_format(req.format)
-        no_thinking(req.think, req.model)
+        structured = output_format(req.format)
+        think = think_choice(req.think)
         messages: list[dict[str, Any]] = []
         for i, m in enumerate(req.messages or []):
             if m.images:
@@ -157,13 +166,15 @@ class OllamaService:
         if not messages:
             return await self._load_or_unload(req.model, keep_alive, chat=True)
         model = await self.state.models.get(req.model, keep_alive, task="generate")
-        params, num_ctx = sampling_params(req.options, self.state, top, model)
+        thinking = resolve_thinking(model, think, "think", req.model)
+        params, num_ctx = sampling_params(req.options, self.state, top, model, structured)
         seeded = [dict(m) for m in spec.messages]
         if spec.system and not any(m["role"] == "system" for m in seeded + messages):
             seeded.insert(0, {"role": "system", "content": spec.system})
         messages = seeded + messages
         if req.debug_render_only:
-            return self._debug(req.model, await self._render(model, messages), chat=True)
+            return self._debug(req.model, await self._render(model, messages, thinking), chat=True)
+        ids = await self._encode_chat(model, messages, thinking)
         plan = Plan(
             model=req.model,
             chat=True,
@@ -172,22 +183,29 @@ class OllamaService:
             params=params,
             num_ctx=num_ctx,
             top_logprobs=top,
-            prompt_ids=await self._encode_chat(model, messages),
+            prompt_ids=ids,
             t0=t0,
+            parser=thinking.parser_factory(model, ids),
         )
         return await self._run(model, plan, request)
 
-    async def _render(self, model: LoadedModel, messages: list[dict[str, Any]]) -> str:
+    async def _render(
+        self, model: LoadedModel, messages: list[dict[str, Any]], thinking: Thinking
+    ) -> str:
         renderer = model.engine.renderer
+        kwargs = thinking.template_kwargs
         try:
-            return await tokenize(renderer.render, messages, messages)
+            return await tokenize(lambda: renderer.render(messages, **kwargs), messages)
         except ValueError as exc:
             raise APIError(400, str(exc)) from None
 
-    async def _encode_chat(self, model: LoadedModel, messages: list[dict[str, Any]]) -> list[int]:
+    async def _encode_chat(
+        self, model: LoadedModel, messages: list[dict[str, Any]], thinking: Thinking
+    ) -> list[int]:
         renderer = model.engine.renderer
+        kwargs = thinking.template_kwargs
         try:
-            return await tokenize(renderer.encode, messages, messages)
+            return await tokenize(lambda: renderer.encode(messages, **kwargs), messages)
         except ValueError as exc:
             raise APIError(400, str(exc)) from None
 
@@ -230,11 +248,19 @@ class OllamaService:
         if plan.params.max_tokens is not None:
             plan.params.max_tokens = min(plan.params.max_tokens, plan.num_ctx - n)
         request_id = f"ollama-{uuid.uuid4().hex}"
-        run = GenerationRun(self.state, model, [plan.prompt_ids], plan.params, request_id, plan.t0)
+        run = GenerationRun(
+            self.state,
+            model,
+            [plan.prompt_ids],
+            plan.params,
+            request_id,
+            plan.t0,
+            parser=plan.parser,
+        )
         if plan.stream:
             first = await run.start(request)
             return run.respond(ndjson_events(run, plan, first), "application/x-ndjson")
         await run.collect(request)
         choice = run.choices[0]
         logprobs = reply_logprobs(model, plan, choice.token_ids, choice.logprobs)
-        return JSONResponse(final(run, plan, choice.output, logprobs))
+        return JSONResponse(final(run, plan, choice.content, logprobs, choice.reasoning or None))
