@@ -66,6 +66,12 @@ class Thinking:
         return factory
 
 
+def effort_choice(effort: str | None) -> bool | None:
+    """OpenAI's ``reasoning_effort`` as a choice: "none" turns thinking off, any other level
+    turns it on (the level itself changes nothing: Heron's models have no effort setting)."""
+    return None if effort is None else effort != "none"
+
+
 def resolve_thinking(
     model: LoadedModel, enabled: bool | None, param: str, shown: str | None = None
 ) -> Thinking:

@@ -123,11 +123,9 @@ def test_bad_values_name_the_field(data: dict[str, Any], loc: str, fragment: str
     [
         "tools",
         "tool_choice",
-        "thinking",
         "service_tier",
         "container",
         "mcp_servers",
-        "output_config",
         "context_management",
         "inference_geo",
         "speed",

@@ -1,9 +1,9 @@
 """Pydantic models of Anthropic's Messages API, with Anthropic's field names.
 
 Request models forbid unknown fields, so anything Heron does not implement (``tools``,
-``thinking``, ``service_tier``, ...) is a 400 that names the field rather than being dropped.
-Content blocks other than ``text`` (images, documents, tool use and results, thinking) are
-refused the same way. ``cache_control`` markers are accepted: Heron's prefix cache reuses any
+``service_tier``, ...) is a 400 that names the field rather than being dropped. Content blocks
+other than ``text`` (images, documents, tool use and results) are refused the same way; an
+assistant's ``thinking`` and ``redacted_thinking`` blocks are accepted in the history. ``cache_control`` markers are accepted: Heron's prefix cache reuses any
 repeated prompt prefix on its own, so a marker changes nothing about the result.
 """
 
@@ -53,9 +53,35 @@ class TextBlockParam(_Request):
     )
 
 
-def _text_content(value: Any) -> Any:
+class ThinkingBlockParam(_Request):
+    """A thinking block of an earlier reply (its signature is not checked: Heron's are
+    digests, not proofs)."""
+
+    type: Literal["thinking"]
+    thinking: Text
+    signature: str
+
+
+class RedactedThinkingBlockParam(_Request):
+    type: Literal["redacted_thinking"]
+    data: str
+
+
+_HISTORY_BLOCKS: dict[str, type[BaseModel]] = {
+    "thinking": ThinkingBlockParam,
+    "redacted_thinking": RedactedThinkingBlockParam,
+}
+_NO_BLOCKS: dict[str, type[BaseModel]] = {}
+
+
+def _message_content(value: Any) -> Any:
+    return _text_content(value, _HISTORY_BLOCKS)
+
+
+def _text_content(value: Any, extra: dict[str, type[BaseModel]] = _NO_BLOCKS) -> Any:
     """Check a content list block by block, so that the error names the block and its problem
-    (an unsupported type, or a bad field) instead of only saying that it is not a string."""
+    (an unsupported type, or a bad field) instead of only saying that it is not a string.
+    ``extra``: the block types besides text that are allowed here."""
     if value is None:
         return value
     if isinstance(value, str):
@@ -64,7 +90,7 @@ def _text_content(value: Any) -> Any:
         raise PydanticCustomError("content_type", "must be a string or a list of text blocks")
     for i, block in enumerate(value):
         kind = block.get("type") if isinstance(block, dict) else None
-        if isinstance(kind, str) and kind != "text":
+        if isinstance(kind, str) and kind != "text" and kind not in extra:
             raise PydanticCustomError(
                 "unsupported",
                 "content block {index} has type '{kind}', which is not supported; only text "
@@ -76,7 +102,7 @@ def _text_content(value: Any) -> Any:
                 "unsupported", "content block {index}: citations are not supported", {"index": i}
             )
         try:
-            TextBlockParam.model_validate(block)
+            extra.get(kind, TextBlockParam).model_validate(block)  # type: ignore[arg-type]
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
@@ -88,9 +114,25 @@ def _text_content(value: Any) -> Any:
     return value
 
 
+ContentBlockParam = Annotated[
+    TextBlockParam | ThinkingBlockParam | RedactedThinkingBlockParam, Field(discriminator="type")
+]
+
+
+class ThinkingEnabled(_Request):
+    type: Literal["enabled"]
+    budget_tokens: int = Field(ge=1024, description="Advisory: max_tokens bounds the reply.")
+    display: Literal["summarized"] | None = None
+
+
+class ThinkingOther(_Request):
+    type: Literal["disabled", "adaptive"]
+    display: Literal["summarized"] | None = None
+
+
 class MessageParam(_Request):
     role: Literal["user", "assistant"]
-    content: str | list[TextBlockParam]
+    content: str | list[ContentBlockParam]
 
     @field_validator("role", mode="before")
     @classmethod
@@ -103,7 +145,7 @@ class MessageParam(_Request):
             )
         return value
 
-    _content = field_validator("content", mode="before")(_text_content)
+    _content = field_validator("content", mode="before")(_message_content)
 
 
 class Metadata(_Request):
@@ -119,6 +161,18 @@ class _Conversation(_Request):
     _system = field_validator("system", mode="before")(_text_content)
 
 
+class JSONOutputFormat(_Request):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema", description="The reply's JSON schema.")
+
+
+class OutputConfig(_Request):
+    format: JSONOutputFormat | None = Field(
+        default=None, description="Constrain the reply's text to a JSON schema."
+    )
+    effort: str | None = Field(default=None, description="Not supported: only null.")
+
+
 class MessageCreateRequest(_Conversation, EngineFields):
     """``POST /v1/messages`` (with the engine's fields, from ``EngineFields``)."""
 
@@ -129,6 +183,10 @@ class MessageCreateRequest(_Conversation, EngineFields):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
     top_k: int | None = Field(default=None, ge=0)
     metadata: Metadata | None = None
+    output_config: OutputConfig | None = None
+    thinking: ThinkingEnabled | ThinkingOther | None = Field(
+        default=None, description="Whether a thinking model thinks (unset: its default)."
+    )
 
 
 class CountTokensRequest(_Conversation):
@@ -139,6 +197,12 @@ class CountTokensRequest(_Conversation):
 class TextBlock(BaseModel):
     type: Literal["text"] = "text"
     text: str
+
+
+class ThinkingBlock(BaseModel):
+    type: Literal["thinking"] = "thinking"
+    thinking: str
+    signature: str = ""  # a digest of the thinking; sent when the block ends when streamed
 
 
 class Usage(BaseModel):
@@ -156,7 +220,7 @@ class Message(BaseModel):
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
     model: str
-    content: list[TextBlock]
+    content: list[TextBlock | ThinkingBlock]
     stop_reason: StopReason | None
     stop_sequence: str | None
     usage: Usage
@@ -175,7 +239,7 @@ class MessageStartEvent(BaseModel):
 class ContentBlockStartEvent(BaseModel):
     type: Literal["content_block_start"] = "content_block_start"
     index: int
-    content_block: TextBlock
+    content_block: TextBlock | ThinkingBlock
 
 
 class TextDelta(BaseModel):
@@ -183,10 +247,20 @@ class TextDelta(BaseModel):
     text: str
 
 
+class ThinkingDelta(BaseModel):
+    type: Literal["thinking_delta"] = "thinking_delta"
+    thinking: str
+
+
+class SignatureDelta(BaseModel):
+    type: Literal["signature_delta"] = "signature_delta"
+    signature: str
+
+
 class ContentBlockDeltaEvent(BaseModel):
     type: Literal["content_block_delta"] = "content_block_delta"
     index: int
-    delta: TextDelta
+    delta: TextDelta | ThinkingDelta | SignatureDelta
 
 
 class ContentBlockStopEvent(BaseModel):

@@ -8,6 +8,11 @@ answer with one ``message`` object, or with the stream of events::
     message_start, content_block_start, ping, content_block_delta*, content_block_stop,
     message_delta, message_stop
 
+A thinking model's reply (``thinking``: see heron/server/thinking.py; unset leaves the
+model's default) starts with a thinking block, so its blocks open as the text arrives
+(``blocks.py``). ``budget_tokens`` is checked as Anthropic checks it but bounds nothing
+beyond ``max_tokens``. A final assistant message (a prefill) cannot be combined with thinking.
+
 An engine failure after the stream has begun ends it with ``event: error``.
 """
 
@@ -24,10 +29,8 @@ from pydantic import BaseModel
 from heron.outputs import GenerationDelta
 from heron.prompt import ChatRenderer
 from heron.sampling_params import SamplingParams
+from heron.server.anthropic.blocks import BlockStream, reply_blocks
 from heron.server.anthropic.protocol import (
-    ContentBlockDeltaEvent,
-    ContentBlockStartEvent,
-    ContentBlockStopEvent,
     CountTokensRequest,
     Message,
     MessageCreateRequest,
@@ -40,9 +43,8 @@ from heron.server.anthropic.protocol import (
     MessageTokensCount,
     PingEvent,
     StopReason,
-    TextBlock,
     TextBlockParam,
-    TextDelta,
+    ThinkingBlockParam,
     Usage,
 )
 from heron.server.common import APIError, error_body, sse, tokenize
@@ -53,9 +55,12 @@ from heron.server.defaults import (
     with_model_messages,
 )
 from heron.server.model_spec import LoadedModel
+from heron.server.parsing import Event, TextPart
 from heron.server.run import STREAM_ERRORS, GenerationRun, stream_error
 from heron.server.sampling import engine_fields
 from heron.server.state import ServerState
+from heron.server.thinking import Thinking, resolve_thinking
+from heron.structured import StructuredOutputsParams
 
 DEFAULT_TEMPERATURE = 1.0  # Anthropic's default; 0 is greedy
 BLOCK_SEPARATOR = "\n"  # between the text blocks of one message
@@ -67,6 +72,35 @@ def bad_request(message: str, param: str | None = None) -> APIError:
 
 
 # ----------------------------------------------------------------------- validation
+def output_constraint(body: MessageCreateRequest) -> StructuredOutputsParams | None:
+    """``output_config.format`` (a JSON schema the reply's text must match), or None.
+    Whether the schema compiles is checked by the engine client (a 400 naming the field)."""
+    config = body.output_config
+    if config is None:
+        return None
+    if config.effort is not None:
+        raise bad_request("output_config.effort is not supported", "output_config.effort")
+    if config.format is None:
+        return None
+    try:
+        return StructuredOutputsParams(json=config.format.schema_)
+    except ValueError as exc:
+        raise bad_request(f"output_config.format: {exc}", "output_config.format") from exc
+
+
+def resolve_body_thinking(model: LoadedModel, body: MessageCreateRequest) -> Thinking:
+    """``thinking`` as the request's choice. Raises APIError 400 for a budget that does not
+    leave room for the answer, or thinking asked of a model that cannot."""
+    config = body.thinking
+    if config is None:
+        return resolve_thinking(model, None, "thinking")
+    if config.type == "enabled" and config.budget_tokens >= body.max_tokens:
+        raise bad_request(
+            "max_tokens must be greater than thinking.budget_tokens", "thinking.budget_tokens"
+        )
+    return resolve_thinking(model, config.type != "disabled", "thinking", body.model)
+
+
 async def get_model(state: ServerState, name: str) -> LoadedModel:
     """The loaded model; an unknown name is a 404 (names are never used as paths)."""
     return await load_model(state, name, lambda shown: f"model: {shown!r} is not served here")
@@ -106,6 +140,7 @@ def sampling_params(
             seed=defaults.get("seed"),
             max_tokens=body.max_tokens,
             stop=list(stops),
+            structured_outputs=output_constraint(body),
             **engine_fields(body, model.engine.tokenizer.vocab_size),
         )
     except ValueError as exc:
@@ -113,44 +148,66 @@ def sampling_params(
 
 
 # ---------------------------------------------------------------------------- prompt
-def _text(content: str | Sequence[TextBlockParam]) -> str:
+def _text(content: str | Sequence[BaseModel]) -> str:
     if isinstance(content, str):
         return content
-    return BLOCK_SEPARATOR.join(block.text for block in content)
+    return BLOCK_SEPARATOR.join(b.text for b in content if isinstance(b, TextBlockParam))
+
+
+def _thinking(content: str | Sequence[BaseModel]) -> str:
+    if isinstance(content, str):
+        return ""
+    return BLOCK_SEPARATOR.join(b.thinking for b in content if isinstance(b, ThinkingBlockParam))
 
 
 def chat_messages(
     system: str | Sequence[TextBlockParam] | None, messages: Iterable[MessageParam]
 ) -> list[dict[str, str]]:
     """The conversation as chat-template messages: the system prompt first, then the turns,
-    with consecutive messages of one role merged into one turn as Anthropic does."""
+    with consecutive messages of one role merged into one turn as Anthropic does. An
+    assistant's thinking blocks become its ``reasoning_content`` (templates that keep the
+    reasoning of earlier turns read it); elsewhere they are a 400."""
     out: list[dict[str, str]] = []
     if system is not None and (isinstance(system, str) or system):
         out.append({"role": "system", "content": _text(system)})
-    for message in messages:
-        text = _text(message.content)
+    for i, message in enumerate(messages):
+        text, thought = _text(message.content), _thinking(message.content)
+        if thought and message.role != "assistant":
+            raise bad_request("thinking blocks belong in assistant messages", f"messages.{i}")
         if out and out[-1]["role"] == message.role:
             out[-1]["content"] += TURN_SEPARATOR + text
         else:
             out.append({"role": message.role, "content": text})
+        if thought:
+            before = out[-1].get("reasoning_content")
+            out[-1]["reasoning_content"] = thought if not before else before + "\n" + thought
     return out
 
 
-def encode_prompt(renderer: ChatRenderer, messages: list[dict[str, str]]) -> list[int]:
+def encode_prompt(
+    renderer: ChatRenderer, messages: list[dict[str, str]], thinking: Thinking | None = None
+) -> list[int]:
     """Prompt token ids. A final assistant message is a prefill: the reply continues it.
     Raises ValueError when the chat template cannot render the conversation."""
+    kwargs = thinking.template_kwargs if thinking is not None else {}
     if messages[-1]["role"] != "assistant":
-        return renderer.encode(messages)
+        return renderer.encode(messages, **kwargs)
     prefill = messages[-1]["content"]
     if prefill != prefill.rstrip():
         raise ValueError("final assistant content cannot end with trailing whitespace")
-    return renderer.encode(messages, continue_final_message=True)
+    if thinking is not None and thinking.enabled:
+        raise ValueError("thinking cannot be combined with a final assistant message (prefill)")
+    return renderer.encode(messages, continue_final_message=True, **kwargs)
 
 
-async def render(model: LoadedModel, body: CountTokensRequest | MessageCreateRequest) -> list[int]:
+async def render(
+    model: LoadedModel,
+    body: CountTokensRequest | MessageCreateRequest,
+    thinking: Thinking | None = None,
+) -> list[int]:
     messages = with_model_messages(model.spec, chat_messages(body.system, body.messages))
     try:
-        return await tokenize(encode_prompt, messages, model.engine.renderer, messages)
+        return await tokenize(encode_prompt, messages, model.engine.renderer, messages, thinking)
     except ValueError as exc:
         raise bad_request(str(exc), "messages") from exc
 
@@ -215,11 +272,16 @@ class AnthropicServing:
         state = self.state
         model = await get_model(state, body.model)
         params = sampling_params(state, body, model)
-        prompt = await render(model, body)
+        thinking = resolve_body_thinking(model, body)
+        prompt = await render(model, body, thinking)
         check_context(model, len(prompt))
+        prefill = body.messages[-1].role == "assistant"  # the reply continues it: no parsing
+        parser = None if prefill else thinking.parser_factory(model, prompt)
 
         message_id = f"msg_{uuid.uuid4().hex}"
-        run = GenerationRun(state, model, [prompt], params, message_id, started, "messages")
+        # A 400 from the engine names the schema when there is one (it did not compile).
+        param = "messages" if params.structured_outputs is None else "output_config.format"
+        run = GenerationRun(state, model, [prompt], params, message_id, started, param, parser)
         first = await run.start(request)
         if body.stream:
             events = self._events(run, message_id, body.max_tokens, first)
@@ -230,7 +292,7 @@ class AnthropicServing:
         message = Message(
             id=message_id,
             model=body.model,
-            content=[TextBlock(text=run.choices[0].output)],
+            content=reply_blocks(run.choices[0]),
             stop_reason=stop_reason(run, body.max_tokens),
             stop_sequence=run.choices[0].stop_string,
             usage=usage(run),
@@ -255,15 +317,20 @@ class AnthropicServing:
         reason: str | None = None
         try:
             yield _event(MessageStartEvent(message=start))
-            yield _event(ContentBlockStartEvent(index=0, content_block=TextBlock(text="")))
+            parsed = run.choices[0].parser is not None
+            blocks = BlockStream()
+            for block_event in [] if parsed else blocks.open_text():
+                yield _event(block_event)
             yield _event(PingEvent())
             async for delta in run.stream(first):
-                if delta.text:
-                    yield _event(ContentBlockDeltaEvent(index=0, delta=TextDelta(text=delta.text)))
+                parts: list[Event] = run.take_events(0) if parsed else [TextPart(delta.text)]
+                for block_event in blocks.feed(parts):
+                    yield _event(block_event)
             if run.finish_reason == "abort":
                 yield _error_event(_aborted())
                 return
-            yield _event(ContentBlockStopEvent(index=0))
+            for block_event in blocks.finish():
+                yield _event(block_event)
             yield _event(
                 MessageDeltaEvent(
                     delta=MessageDelta(
