@@ -55,12 +55,12 @@ class ToolFormat:
     ) -> StructuredOutputsParams | None:
         """The grammar that enforces calls for ``choice``: auto lets the model write text
         and constrains each call it opens; required makes the whole output one call (or
-        several with ``parallel``) to any tool; named, one call to that tool. None for
+        several with ``parallel``) to any tool; named, exactly one call to that tool. None for
         ``none`` or no tools."""
         if choice.mode == "none" or not tools:
             return None
-        if choice.mode == "named":
-            tools = [t for t in tools if t.name == choice.name]
+        if choice.mode == "named":  # one call to that tool
+            tools, parallel = [t for t in tools if t.name == choice.name], False
         return StructuredOutputsParams(grammar=self.grammar(tools, choice.mode, parallel))
 
     def grammar(self, tools: Sequence[ToolSpec], mode: str, parallel: bool) -> str:

@@ -24,13 +24,15 @@ from heron.tools.spec import ToolChoice, ToolSpec, check_tools
 class ToolPlan:
     """``messages`` and ``tools`` go to ``ChatRenderer.encode`` (``tools`` is None when
     the prompt carries them itself, or none are offered); ``parser`` makes each choice's
-    tool-call parser; ``structured`` enforces the calls."""
+    tool-call parser; ``structured`` enforces the calls, ``forced`` when the reply must be
+    calls (required or named), else only the calls the model opens (auto)."""
 
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None
     parser: ParserFactory | None
     structured: StructuredOutputsParams | None
     format: str
+    forced: bool = False
 
 
 def plan_tools(
@@ -57,6 +59,6 @@ def plan_tools(
         template_tools = [t.to_openai() for t in offered] or None
     if not offered:
         return ToolPlan(rendered, None, None, None, fmt.name)
-    return ToolPlan(
-        rendered, template_tools, fmt.parser, fmt.constraint(offered, choice, parallel), fmt.name
-    )
+    structured = fmt.constraint(offered, choice, parallel)
+    forced = choice.mode in ("required", "named")
+    return ToolPlan(rendered, template_tools, fmt.parser, structured, fmt.name, forced)

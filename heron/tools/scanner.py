@@ -153,9 +153,13 @@ class CallScanner:
         return True
 
     def _args(self, events: list[Event], final: bool) -> bool:
+        if not self._begun:
+            self._buf = self._buf.lstrip()  # the arguments text starts at its value
+            if not self._buf:
+                return False
         end = self._scan(ending_object=False)
         piece = self._buf if end is None else self._buf[:end]
-        if piece.strip() or self._begun:
+        if piece:
             events.append(ToolCallPart(self._index, None, None, piece))
         if end is None:
             self._buf = ""

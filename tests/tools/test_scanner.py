@@ -109,3 +109,10 @@ def test_detect_format() -> None:
     assert detect_format(None) is None
     with pytest.raises(ValueError, match="unknown tool-call format"):
         get_format("nope")
+
+
+def test_arguments_start_at_their_value() -> None:
+    _, parsed = parse(
+        "hermes", ['<tool_call>\n{"name": "f", "arguments":', ' {"a": 1}}\n</tool_call>']
+    )
+    assert [c.arguments for c in parsed.tool_calls] == ['{"a": 1}']
