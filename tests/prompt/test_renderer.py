@@ -82,3 +82,15 @@ def test_no_override(template: str | None) -> None:
 def test_broken_go_override_fails_when_built() -> None:
     with pytest.raises(ValueError, match="line 1"):
         ChatRenderer(tokenizer(), "{{ if .System }}unclosed")
+
+
+def test_enable_thinking_reaches_jinja_and_go_templates() -> None:
+    jinja = "{{ 'unset' if enable_thinking is not defined else enable_thinking }}"
+    renderer = ChatRenderer(tokenizer(default=jinja))
+    assert renderer.render(MESSAGES) == "unset"
+    assert renderer.render(MESSAGES, enable_thinking=False) == "False"
+    go = "{{ if .IsThinkSet }}{{ if .Think }}on{{ else }}off{{ end }}{{ else }}unset{{ end }}"
+    go_renderer = ChatRenderer(tokenizer(), template=go + GO_TEMPLATE)
+    assert go_renderer.render(MESSAGES).startswith("unset")
+    assert go_renderer.render(MESSAGES, enable_thinking=True).startswith("on")
+    assert go_renderer.render(MESSAGES, enable_thinking=False).startswith("off")
