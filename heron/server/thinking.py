@@ -80,5 +80,5 @@ def resolve_thinking(
     parser = reasoning_parser_name(model)
     if enabled and parser is None:
         name = shown or model.name
-        raise APIError(400, f'"{name}" does not support thinking', param=param)
+        raise APIError(400, f'"{name}" does not support thinking ({param})', param=param)
     return Thinking(parser, enabled)
