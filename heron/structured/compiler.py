@@ -68,9 +68,16 @@ class GrammarCompiler:
             template = llguidance.LLMatcher(
                 self._tokenizer.result(), params.to_grammar(), log_level=0, limits=parser_limits()
             )
-            self.compile_seconds.append(time.perf_counter() - t0)
             if template.is_error():
                 raise ValueError(f"invalid {params.kind} constraint: {template.get_error()}")
+            # A lexer built lazily pays for its grammar on the first mask: pay it here, on
+            # this thread rather than the step loop, and refuse a grammar that fails there.
+            template.compute_bitmask()
+            self.compile_seconds.append(time.perf_counter() - t0)
+            if template.is_error():
+                raise ValueError(
+                    f"the {params.kind} constraint is too complex: {template.get_error()}"
+                )
             with self._lock:
                 self._cache[key] = template
                 while len(self._cache) > CACHE_SIZE:

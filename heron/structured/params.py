@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json as jsonlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from heron.structured.regex_size import unrolled_length
 
 # Limits on one constraint (see the security notes: hostile schemas and regexes).
 MAX_SCHEMA_BYTES = 64 * 1024
@@ -24,8 +27,38 @@ MAX_REGEX_CHARS = 4096
 MAX_CHOICES = 256
 MAX_CHOICE_CHARS = 1024
 MAX_GRAMMAR_BYTES = 256 * 1024
+# Characters a regex's counted repetitions may unroll to (``(a{1000}){1000}`` is 10**6): the
+# grammar engine builds them lazily, on the step loop (see ``regex_size``).
+MAX_REGEX_UNROLLED = 10_000
+_LARK_REGEX = re.compile(r"/((?:[^/\\\n]|\\.)+)/")
 
 _KINDS = ("json", "json_object", "regex", "choice", "grammar")
+
+
+def _schema_regexes(schema: Any) -> list[str]:
+    """The regexes of a JSON schema: its ``pattern`` values and ``patternProperties`` keys."""
+    found: list[str] = []
+    stack = [schema]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            if isinstance(value.get("pattern"), str):
+                found.append(value["pattern"])
+            if isinstance(value.get("patternProperties"), dict):
+                found.extend(value["patternProperties"])
+            stack.extend(value.values())
+    return found
+
+
+def _check_regex_size(regexes: list[str], what: str) -> None:
+    for regex in regexes:
+        if unrolled_length(regex, MAX_REGEX_UNROLLED) > MAX_REGEX_UNROLLED:
+            raise ValueError(
+                f"{what} {regex[:60]!r} repeats too much: its counted repetitions unroll to "
+                f"more than {MAX_REGEX_UNROLLED} characters"
+            )
 
 
 def _depth(node: Any, limit: int) -> int:
@@ -68,6 +101,10 @@ class StructuredOutputsParams:
             raise ValueError(
                 f"structured outputs need exactly one of {', '.join(_KINDS)} (got {names})"
             )
+        if self.json is not None and not isinstance(self.json, str):
+            raise ValueError("json must be a JSON schema: a dict, or its JSON text")
+        if self.choice is not None and not isinstance(self.choice, list):
+            raise ValueError("choice must be a list of strings")
         if self.whitespace not in ("minimal", "flexible"):
             raise ValueError("structured outputs whitespace must be 'minimal' or 'flexible'")
 
@@ -104,14 +141,17 @@ class StructuredOutputsParams:
                 schema = jsonlib.loads(self.json)
             except ValueError as exc:
                 raise ValueError(f"the JSON schema is not valid JSON: {exc}") from None
-            if not isinstance(schema, dict | bool):
+            if not isinstance(schema, dict):
                 raise ValueError("the JSON schema must be an object")
             if _depth(schema, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
                 raise ValueError(f"the JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
+            _check_regex_size(_schema_regexes(schema), "the JSON schema's pattern")
         if self.regex is not None and (
             not isinstance(self.regex, str) or not self.regex or len(self.regex) > MAX_REGEX_CHARS
         ):
             raise ValueError(f"regex must be a non-empty string of at most {MAX_REGEX_CHARS}")
+        if self.regex is not None:
+            _check_regex_size([self.regex], "regex")
         if self.choice is not None:
             if not self.choice or len(self.choice) > MAX_CHOICES:
                 raise ValueError(f"choice must list between 1 and {MAX_CHOICES} strings")
@@ -123,6 +163,8 @@ class StructuredOutputsParams:
             or len(self.grammar.encode()) > MAX_GRAMMAR_BYTES
         ):
             raise ValueError(f"grammar must be non-empty and at most {MAX_GRAMMAR_BYTES} bytes")
+        if self.grammar is not None:
+            _check_regex_size(_LARK_REGEX.findall(self.grammar), "the grammar's regex")
         from heron.structured.grammar import validate
 
         validate(self.to_grammar(), self.kind)
