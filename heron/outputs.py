@@ -31,6 +31,11 @@ class CompletionOutput:
         return self.finish_reason is not None
 
 
+# vLLM's shape: None for the first prompt token (nothing before it), then per token its own
+# logprob and the top alternatives, keyed by token id.
+PromptLogprobs = list[dict[int, Logprob] | None]
+
+
 @dataclass(slots=True)
 class RequestOutput:
     request_id: str
@@ -39,6 +44,7 @@ class RequestOutput:
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = False
     num_cached_tokens: int = 0
+    prompt_logprobs: PromptLogprobs | None = None  # when SamplingParams.prompt_logprobs is set
 
 
 @dataclass(slots=True)
@@ -55,3 +61,5 @@ class GenerationDelta:
     num_prompt_tokens: int
     num_cached_tokens: int
     num_output_tokens: int  # cumulative for this choice
+    # once per request, on choice 0's first delta, when SamplingParams.prompt_logprobs is set
+    prompt_logprobs: PromptLogprobs | None = None

@@ -62,6 +62,9 @@ class Request:
     # The llguidance matcher of a constrained request (structured outputs), set by the
     # engine core once its grammar is compiled; None for unconstrained requests.
     grammar: Any = None
+    # Prompt positions whose logprobs the engine core has collected (prompt_logprobs): the
+    # runner scores only positions from here on, so a recompute never scores one twice.
+    num_prompt_logprobs: int = 0
 
     def __post_init__(self) -> None:
         if not self.prompt_token_ids:
@@ -81,6 +84,13 @@ class Request:
     @property
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Prompt positions are still to be scored: the request must compute every prompt
+        position (no prefix-cache hit)."""
+        wanted = self.sampling_params.prompt_logprobs is not None
+        return wanted and self.num_prompt_logprobs < self.num_prompt_tokens - 1
 
     @property
     def is_finished(self) -> bool:

@@ -22,7 +22,9 @@ class SamplingParams:
 
     ``temperature == 0`` means greedy. ``seed`` makes sampling reproducible whatever else is
     in the batch. ``logprobs`` is the number of top alternatives returned per sampled token
-    (0 returns only the sampled token's logprob; None returns nothing).
+    (0 returns only the sampled token's logprob; None returns nothing). ``prompt_logprobs``
+    is the same for every prompt token after the first (each scored by the logits of the
+    position before it); a request that asks for them takes no prefix-cache hit.
     """
 
     n: int = 1
@@ -41,6 +43,7 @@ class SamplingParams:
     min_tokens: int = 0
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     # token id -> value added to its logit before sampling (OpenAI's logit_bias; -100 bans)
     logit_bias: dict[int, float] | None = None
@@ -84,6 +87,10 @@ class SamplingParams:
             )
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= MAX_LOGPROBS:
+            raise ValueError(
+                f"prompt_logprobs must be in [0, {MAX_LOGPROBS}], got {self.prompt_logprobs}"
+            )
         if len(self.stop) > MAX_STOP_STRINGS:
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed")
         for s in self.stop:

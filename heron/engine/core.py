@@ -25,6 +25,7 @@ from typing import Any
 
 from heron import env
 from heron.config import CacheConfig, EngineConfig
+from heron.engine.prompt_logprobs import PromptLogprobsCollector
 from heron.engine.protocol import (
     PROTOCOL_VERSION,
     AbortRequests,
@@ -91,6 +92,7 @@ class EngineCore:
             )
         self.compiling: dict[str, tuple[Request, Future[Any]]] = {}
         self.rejected: list[Rejected] = []  # constraints that failed to compile
+        self.prompt_logprobs = PromptLogprobsCollector()
         logger.info("engine core ready in %.1f s", time.perf_counter() - t0)
 
     # ---------------------------------------------------------------- requests
@@ -116,6 +118,8 @@ class EngineCore:
             raise ValueError(f"stop_token_ids must be in [0, {vocab})")
         if params.logit_bias and any(t >= vocab for t in params.logit_bias):
             raise ValueError(f"logit_bias token ids must be in [0, {vocab})")
+        if params.prompt_logprobs is not None and request.fork_of is not None:
+            raise ValueError("a forked sibling cannot ask for prompt_logprobs (its parent does)")
         if request.priority != 0 and self.config.scheduler.policy != "priority":
             raise ValueError("priority is set but the scheduling policy is not 'priority'")
         if len(token_ids) >= self.max_model_len:
@@ -177,6 +181,7 @@ class EngineCore:
             if pending is not None:
                 pending[1].cancel()
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+        self.prompt_logprobs.drop(request_ids)
 
     def abort_all(self) -> list[str]:
         """Abort every live request (after a failed step); returns their ids."""
@@ -192,12 +197,14 @@ class EngineCore:
         """Schedule, run one batched forward, sample, advance the requests. Returns one
         output per request that sampled a token this step (a prefill chunk in the middle of
         a prompt samples nothing), with finish reasons for those that ended. A request whose
-        grammar is complete finishes with ``stop``."""
+        grammar is complete finishes with ``stop``. A request that asked for prompt logprobs
+        gets them with its first output."""
         self._admit_compiled()
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
         rows, sampled = self.runner.execute(sched)
+        self.prompt_logprobs.add(sampled.prompt_logprobs)
         tokens: dict[str, int] = {}
         outputs: list[EngineCoreOutput] = []
         for row, token, lp in zip(rows, sampled.token_ids, sampled.logprobs, strict=True):
@@ -208,7 +215,9 @@ class EngineCore:
             if k is not None and lp is not None:
                 chosen, rank, top_ids, top_vals = lp
                 logprobs = [TokenLogprobs(chosen, rank, top_ids[:k], top_vals[:k])]
-            outputs.append(EngineCoreOutput(req.request_id, [token], logprobs, None, None, 0))
+            out = EngineCoreOutput(req.request_id, [token], logprobs)
+            out.prompt_logprobs = self.prompt_logprobs.take(req)
+            outputs.append(out)
         complete = advance([row.request for row in rows], sampled.token_ids)
         self.scheduler.update_from_output(sched, tokens)
         if complete:

@@ -16,8 +16,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from heron.engine.protocol import EngineCoreOutput, EngineCoreRequest, TokenLogprobs
+from heron.engine.protocol import (
+    EngineCoreOutput,
+    EngineCoreRequest,
+    PromptLogprobs,
+    TokenLogprobs,
+)
 from heron.outputs import CompletionOutput, GenerationDelta, Logprob, RequestOutput
+from heron.outputs import PromptLogprobs as SpelledPromptLogprobs
 from heron.sampling_params import SamplingParams
 from heron.tokenizer import IncrementalDetokenizer, Tokenizer
 
@@ -47,6 +53,7 @@ class _RequestState:
     choices: list[_Choice]
     cumulative: bool
     num_cached_tokens: int = 0
+    prompt_logprobs: SpelledPromptLogprobs | None = None
 
     @property
     def finished(self) -> bool:
@@ -94,7 +101,8 @@ class OutputProcessor:
     ) -> list[EngineCoreRequest]:
         """Register a request and return the engine requests to submit: one per choice
         (ids ``rid`` for n == 1, ``rid#i`` otherwise; siblings fork the first's prompt and
-        get derived seeds). ``cumulative`` keeps whole outputs for ``make_request_output``.
+        get derived seeds; only the first scores the prompt, for ``prompt_logprobs``).
+        ``cumulative`` keeps whole outputs for ``make_request_output``.
         Raises ValueError for an id that collides with a live request or sequence."""
         n = params.n
         engine_ids = [request_id] if n == 1 else [f"{request_id}#{i}" for i in range(n)]
@@ -105,7 +113,12 @@ class OutputProcessor:
         state = _RequestState(request_id, prompt, list(prompt_token_ids), [], cumulative)
         engine_requests = []
         for i, engine_id in enumerate(engine_ids):
-            child = params if n == 1 else dataclasses.replace(params, n=1, seed=_seed(params, i))
+            child = params
+            if n > 1:
+                prompt_logprobs = None if i else params.prompt_logprobs
+                child = dataclasses.replace(
+                    params, n=1, seed=_seed(params, i), prompt_logprobs=prompt_logprobs
+                )
             choice = _Choice(
                 i, engine_id, child, IncrementalDetokenizer(self.tokenizer, skip), max_stop
             )
@@ -207,6 +220,10 @@ class OutputProcessor:
         logprobs = None
         if out.new_logprobs is not None:
             logprobs = [self._spell(t, lp) for t, lp in zip(new_ids, out.new_logprobs, strict=True)]
+        prompt_logprobs = None
+        if out.prompt_logprobs is not None:
+            prompt_logprobs = self._spell_prompt(state.prompt_token_ids, out.prompt_logprobs)
+            state.prompt_logprobs = prompt_logprobs
         if state.cumulative:
             choice.parts.append(released)
             choice.token_ids.extend(new_ids)
@@ -223,6 +240,7 @@ class OutputProcessor:
             len(state.prompt_token_ids),
             state.num_cached_tokens,
             choice.num_output_tokens,
+            prompt_logprobs,
         )
 
     def _spell(self, token: int, lp: TokenLogprobs) -> dict[int, Logprob]:
@@ -234,6 +252,15 @@ class OutputProcessor:
         }
         entry[token] = Logprob(lp.logprob, lp.rank, self._token_text(token))
         return entry
+
+    def _spell_prompt(self, prompt: list[int], lps: PromptLogprobs) -> SpelledPromptLogprobs:
+        """The prompt's logprobs in vLLM's shape: None for the first token, then each
+        token's alternatives (ranks 1..k) and the token itself with its own rank."""
+        spelled: SpelledPromptLogprobs = [None]
+        for i, token in enumerate(prompt[1 : len(lps.logprobs) + 1]):
+            lp = TokenLogprobs(lps.logprobs[i], lps.ranks[i], lps.top_ids[i], lps.top_logprobs[i])
+            spelled.append(self._spell(token, lp))
+        return spelled
 
     def _token_text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
@@ -262,6 +289,7 @@ class OutputProcessor:
             outputs=outputs,
             finished=state.finished,
             num_cached_tokens=state.num_cached_tokens,
+            prompt_logprobs=state.prompt_logprobs,
         )
 
 

@@ -27,7 +27,7 @@ from heron.sampling_params import SamplingParams
 
 # Bumped whenever a message changes shape; ``LoadModel`` carries it and the core refuses a
 # front end that speaks another version.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 # ----------------------------------------------------------------- front end -> core
@@ -80,8 +80,20 @@ class TokenLogprobs(msgspec.Struct, array_like=True, frozen=True):
     top_logprobs: list[float]
 
 
+class PromptLogprobs(msgspec.Struct, array_like=True, frozen=True):
+    """The raw logprobs of prompt tokens 1 .. P-1 (token 0 has nothing before it), columnar:
+    entry i is prompt token i + 1, its logprob, its rank, and the top alternatives at its
+    position (``SamplingParams.prompt_logprobs`` of them, most likely first)."""
+
+    logprobs: list[float]
+    ranks: list[int]
+    top_ids: list[list[int]]
+    top_logprobs: list[list[float]]
+
+
 class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True):
-    """What one request produced in one step: only what is new since the last output."""
+    """What one request produced in one step: only what is new since the last output.
+    ``prompt_logprobs`` comes once, with a request's first output, when it asked."""
 
     request_id: str
     new_token_ids: list[int]
@@ -89,6 +101,7 @@ class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True):
     finish_reason: str | None = None  # "stop", "length", "abort"; None while running
     stop_reason: int | None = None  # the stop token id that ended it
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class EngineStats(msgspec.Struct, tag=True):

@@ -22,6 +22,7 @@ from heron.kernels.fused import bind_fused_decoder
 from heron.kernels.quant import auto_kind
 from heron.layers.linear import Linear
 from heron.models import build_model
+from heron.runner.prompt_logprobs import PromptLogprobsPlan
 from heron.runner.sampler import Sampler, SamplerOutput
 from heron.scheduler.output import ScheduledRequest, SchedulerOutput
 
@@ -37,6 +38,7 @@ class ModelInputs:
     logits_indices: torch.Tensor  # [num_sampled]: last token of each sampling request
     sampled: list[ScheduledRequest]  # rows of the logits, in order
     attention: AttentionBatch
+    prompt_logprobs: PromptLogprobsPlan  # prompt positions to score (usually none)
 
 
 def apply_quantization(
@@ -156,9 +158,12 @@ class ModelRunner:
         logits_indices, sampled = [], []
         bs = self.block_size
         num_decodes = 0
+        prompt_plan = PromptLogprobsPlan()
         for s in order:
             start, n = s.num_computed_tokens, s.num_scheduled_tokens
             num_decodes += n == 1
+            if s.request.needs_prompt_logprobs:
+                prompt_plan.add(s, len(ids))
             ids.extend(s.request.all_token_ids[start : start + n])
             pos = np.arange(start, start + n, dtype=np.int64)
             table = np.asarray(s.block_ids, dtype=np.int64)
@@ -184,21 +189,26 @@ class ModelRunner:
             logits_indices=torch.tensor(logits_indices, dtype=torch.long),
             sampled=sampled,
             attention=attention,
+            prompt_logprobs=prompt_plan,
         )
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> tuple[list[ScheduledRequest], SamplerOutput]:
         """Run the step's forward and sample. Writes KV into the cache. Returns the sampling
-        rows (scheduled requests whose chunk reached their end) and one token per row."""
+        rows (scheduled requests whose chunk reached their end) and one token per row, with
+        the prompt scores of the requests that asked for them."""
         inputs = self.prepare_inputs(out)
         metadata = self.backend.prepare_metadata(inputs.attention)
         batch = self.sampler.prepare([s.request for s in inputs.sampled])
         hidden = self.model(
             inputs.input_ids, inputs.positions, self.kv_caches, self.backend, metadata
         )
+        prompt = inputs.prompt_logprobs.score(hidden, self.model.compute_logits)
         if not inputs.sampled:
-            return [], SamplerOutput([], [])
+            return [], SamplerOutput([], [], prompt)
         logits = self.model.compute_logits(hidden.index_select(0, inputs.logits_indices))
         if self.logits_hook is not None:
             self.logits_hook(inputs.sampled, logits)
-        return inputs.sampled, self.sampler.sample(logits, batch)
+        sampled = self.sampler.sample(logits, batch)
+        sampled.prompt_logprobs = prompt
+        return inputs.sampled, sampled

@@ -7,11 +7,12 @@ generator, so a seeded request gives the same tokens whatever else shares the ba
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from heron.request import Request
+from heron.runner.prompt_logprobs import PromptChunk
 from heron.structured.bitmask import GrammarBitmask, GrammarMask, apply
 
 _NEG_INF = float("-inf")
@@ -42,6 +43,9 @@ class SamplerOutput:
     token_ids: list[int]
     # per row: (sampled logprob, sampled rank, top ids, top logprobs) or None
     logprobs: list[tuple[float, int, list[int], list[float]] | None]
+    # the step's prompt scores (SamplingParams.prompt_logprobs), set by the runner; these
+    # come from prefill rows, sampled or not
+    prompt_logprobs: list[tuple[Request, PromptChunk]] = field(default_factory=list)
 
 
 class Sampler:

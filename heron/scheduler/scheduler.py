@@ -105,7 +105,8 @@ class Scheduler:
                     min(parent.num_computed_tokens, req.num_tokens - 1),
                 )
                 forked = True
-            else:
+            elif not req.needs_prompt_logprobs:
+                # (a request that wants prompt logprobs computes every prompt position)
                 computed_blocks, num_hit = self.kv.get_computed_blocks(
                     req.request_id, req.all_token_ids, req.num_prompt_tokens, req.cache_salt
                 )

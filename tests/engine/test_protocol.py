@@ -17,6 +17,7 @@ from heron.engine.protocol import (
     Failed,
     Fatal,
     LoadModel,
+    PromptLogprobs,
     Ready,
     Rejected,
     Shutdown,
@@ -50,11 +51,13 @@ def test_messages_to_the_core_round_trip() -> None:
 
 def test_messages_from_the_core_round_trip() -> None:
     out = EngineCoreOutput("r", [5], [TokenLogprobs(-0.1, 1, [5, 6], [-0.1, -2.5])], "stop", 5, 8)
+    scored = PromptLogprobs([-1.5, -0.25], [3, 1], [[7], [2]], [[-0.5], [-0.25]])
     for msg in [
         Ready(2048),
         Ready(256, 384),
         Fatal("boom"),
         EngineCoreOutputs([out, EngineCoreOutput("s", [9])], EngineStats(num_running=2)),
+        EngineCoreOutputs([EngineCoreOutput("p", [4], prompt_logprobs=scored)]),
         Embeddings("e", [[0.5, -1.0]]),
         EngineStats(num_waiting=3, kv_cache_usage=0.25),
         Rejected("r", "bad"),
