@@ -26,7 +26,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from heron.engine.protocol import EngineDeadError, EngineRequestError, QueueFullError
-from heron.outputs import GenerationDelta, Logprob
+from heron.outputs import GenerationDelta, Logprob, PromptLogprobs
 from heron.sampling_params import SamplingParams
 from heron.server.common import APIError, until_disconnected
 from heron.server.model_spec import LoadedModel
@@ -116,6 +116,8 @@ class GenerationRun:
         self.prompt_lens = [len(p) for p in prompts]
         self.num_prompt_tokens = sum(self.prompt_lens)
         self.num_cached = [0] * len(prompts)
+        # per prompt, when the params ask for prompt_logprobs (they come with choice 0)
+        self.prompt_logprobs: list[PromptLogprobs | None] = [None] * len(prompts)
         self.choices = [
             Choice(parser=None if parser is None else parser())
             for _ in range(len(prompts) * params.n)
@@ -241,6 +243,8 @@ class GenerationRun:
         """Account for ``delta``; False if it is to be dropped (a repeat after the end)."""
         delta.index += prompt_index * self.n
         self.num_cached[prompt_index] = delta.num_cached_tokens
+        if delta.prompt_logprobs is not None:
+            self.prompt_logprobs[prompt_index] = delta.prompt_logprobs
         choice = self.choices[delta.index]
         if choice.finish_reason is not None:
             return False

@@ -408,7 +408,6 @@ COMPLETION = {"model": MODEL, "prompt": PROMPT, "max_tokens": 2}
         ("/v1/chat/completions", "reasoning_effort", "low"),
         ("/v1/chat/completions", "echo", True),
         ("/v1/completions", "suffix", "!"),
-        ("/v1/completions", "echo", True),
         ("/v1/completions", "best_of", 3),
         ("/v1/completions", "logit_bias", {"1": "five"}),
         ("/v1/completions", "logit_bias", {"1": 500}),

@@ -106,7 +106,6 @@ def test_no_op_forms_pass_and_real_uses_fail() -> None:
         with raises_400(param):
             reject_unsupported(chat(**kw))
     for kw, param in [
-        ({"echo": True}, "echo"),
         ({"suffix": "x"}, "suffix"),
         ({"best_of": 2}, "best_of"),
     ]:

@@ -122,6 +122,44 @@ def completion_logprobs(
     return out, offset
 
 
+def prompt_completion_logprobs(
+    speller: TokenSpeller,
+    prompt_ids: Sequence[int],
+    entries: Sequence[Mapping[int, Logprob] | None] | None,
+    top_k: int,
+) -> tuple[CompletionLogprobs, int]:
+    """The legacy shape for an echoed prompt (vLLM's prompt_logprobs): the first token has
+    no context, so its logprob and alternatives are null. Returns the offset after the
+    prompt's last token too, where the completion's logprobs go on."""
+    out = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+    offset = 0
+    for token_id, entry in zip(prompt_ids, entries or [], strict=False):
+        if entry is None:
+            text = speller.tokenizer.decode([token_id], skip_special_tokens=False)
+            out.tokens.append(text)
+            out.token_logprobs.append(None)
+            out.top_logprobs.append(None)
+            out.text_offset.append(offset)
+            offset += len(text)
+            continue
+        one, offset = completion_logprobs(speller, [token_id], [entry], top_k, offset)
+        out.tokens += one.tokens
+        out.token_logprobs += one.token_logprobs
+        out.top_logprobs += one.top_logprobs
+        out.text_offset += one.text_offset
+    return out, offset
+
+
+def joined(first: CompletionLogprobs, second: CompletionLogprobs) -> CompletionLogprobs:
+    """The prompt's logprobs followed by the completion's."""
+    return CompletionLogprobs(
+        tokens=first.tokens + second.tokens,
+        token_logprobs=first.token_logprobs + second.token_logprobs,
+        top_logprobs=first.top_logprobs + second.top_logprobs,
+        text_offset=first.text_offset + second.text_offset,
+    )
+
+
 def _finite(x: float) -> float:
     # JSON has no -inf or NaN; a token the sampler could not pick gets -9999 instead.
     return x if x > -9999.0 else -9999.0

@@ -60,6 +60,9 @@ class StreamOptions(_Request):
     include_usage: bool | None = Field(
         None, description="Send a last chunk with empty choices and the request's usage."
     )
+    continuous_usage_stats: bool | None = Field(
+        None, description="With include_usage, every chunk carries the usage so far (vLLM)."
+    )
 
 
 class SamplingFields(_Request, EngineFields):
@@ -153,15 +156,21 @@ class CompletionRequest(SamplingFields):
     prompt: PromptInput = Field(
         description="Text, token ids, or a batch of either (each gets n choices)."
     )
-    max_tokens: int | None = Field(None, ge=1, description="Default 16, within the server's cap.")
+    max_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="Default 16, within the server's cap; 0 only with echo (score the prompt).",
+    )
     logprobs: int | None = Field(
         None,
         ge=0,
         le=MAX_LOGPROBS,
         description="Top alternatives per token (0: the sampled token only).",
     )
+    echo: bool | None = Field(
+        None, description="Prefix the prompt to the text (and its logprobs to the logprobs)."
+    )
     # accepted only in their no-op form
-    echo: bool | None = Field(None, description="Only false is supported.")
     suffix: str | None = Field(None, description='Only "" is supported.')
     best_of: int | None = Field(None, description="Only equal to n is supported.")
 

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from heron.server.openai.completions import OpenAICompletions
 from heron.server.openai.embeddings import create_embeddings
 from heron.server.openai.protocol import (
     ChatCompletionChunk,
@@ -45,6 +46,7 @@ def _streamed(model: type[Any], final: type[Any]) -> dict[int | str, dict[str, A
 
 def register(app: FastAPI, state: ServerState) -> None:
     serving = OpenAIServing(state)
+    completions = OpenAICompletions(state)
 
     @app.get("/v1/models", response_model=ModelList, tags=["openai"])
     async def list_models() -> ModelList:
@@ -78,7 +80,7 @@ def register(app: FastAPI, state: ServerState) -> None:
     )
     async def create_completion(request: Request, body: CompletionRequest) -> Response:
         """Continue a prompt (text, token ids, or a batch of either)."""
-        return await serving.completions(request, body)
+        return await completions.create(request, body)
 
     @app.post(
         "/v1/embeddings",

@@ -22,13 +22,15 @@ from heron.server.common import APIError, sse, tokenize
 from heron.server.defaults import context_limit, load_model, sampling_defaults, with_model_messages
 from heron.server.model_spec import LoadedModel, ModelSpec, spec_from_store
 from heron.server.openai.chunks import (
+    StreamUsage,
     dump_chunk,
     mid_stream_error,
     nothing_to_send,
     role_choice,
+    stream_usage,
     usage,
 )
-from heron.server.openai.logprobs import TokenSpeller, chat_logprobs, completion_logprobs
+from heron.server.openai.logprobs import TokenSpeller, chat_logprobs
 from heron.server.openai.protocol import (
     AssistantMessage,
     ChatChunkChoice,
@@ -37,9 +39,6 @@ from heron.server.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
-    CompletionChoice,
-    CompletionRequest,
-    CompletionResponse,
     ModelCard,
     ModelList,
     Usage,
@@ -48,7 +47,6 @@ from heron.server.openai.validation import (
     bad_request,
     chat_messages,
     check_caps,
-    completion_prompts,
     reject_unsupported,
     resolve_max_tokens,
     sampling_params,
@@ -147,7 +145,7 @@ class OpenAIServing:
         run = GenerationRun(state, model, [prompt], params, request_id, started)
         created = int(time.time())
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            include_usage = stream_usage(body.stream_options)
             first = await run.start(request)
             events = self._chat_events(
                 run, first, body.model, request_id, created, top, include_usage
@@ -194,7 +192,7 @@ class OpenAIServing:
         request_id: str,
         created: int,
         top: int | None,
-        include_usage: bool,
+        include_usage: StreamUsage | None,
     ) -> AsyncIterator[bytes]:
         def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> bytes:
             c = ChatCompletionChunk(
@@ -205,8 +203,9 @@ class OpenAIServing:
                 choices=choices,
                 system_fingerprint=SYSTEM_FINGERPRINT,
             )
-            if include_usage:
-                c.usage = usage  # present (null) on every chunk when usage is asked for
+            if include_usage is not None:
+                # on every chunk when usage is asked for: null, or the counts so far
+                c.usage = usage or include_usage.so_far(run)
             return sse(dump_chunk(c))
 
         reason: str | None = None
@@ -240,134 +239,6 @@ class OpenAIServing:
         except STREAM_ERRORS as exc:
             reason = "error"
             yield pending + mid_stream_error(exc)
-        finally:
-            run.close(reason)
-        yield sse(_DONE)
-
-    # ------------------------------------------------------------- completions
-    async def completions(self, request: Request, body: CompletionRequest) -> Response:
-        started = time.perf_counter_ns()
-        state = self.state
-        reject_unsupported(body)
-        check_caps(state, body, body.max_tokens)
-        model = await self._model(body.model)
-        tokenizer = model.engine.tokenizer
-        vocab = model.engine.model_config.vocab_size
-        prompts = await tokenize(completion_prompts, body.prompt, body, tokenizer, vocab)
-        n = body.n or 1
-        if len(prompts) * n > state.limits.max_n:
-            raise bad_request(
-                f"a batch of {len(prompts)} prompts with n={n} asks for {len(prompts) * n} "
-                f"choices; at most {state.limits.max_n} are allowed",
-                "prompt",
-            )
-        defaults = sampling_defaults(model.spec)
-        default = min(
-            defaults.get("max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS), state.limits.max_tokens
-        )
-        max_tokens = resolve_max_tokens(
-            context_limit(model),
-            [len(p) for p in prompts],
-            body.max_tokens,
-            default,
-            "prompt",
-            "max_tokens",
-        )
-        params = sampling_params(body, max_tokens, body.logprobs, vocab, defaults)
-        request_id = f"cmpl-{uuid.uuid4().hex}"
-        run = GenerationRun(state, model, prompts, params, request_id, started)
-        created = int(time.time())
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            first = await run.start(request)
-            events = self._completion_events(
-                run, first, body.model, request_id, created, body.logprobs, include_usage
-            )
-            return run.respond(events, "text/event-stream")
-        await run.collect(request)
-        return self._completion_response(run, body, request_id, created)
-
-    def _completion_response(
-        self, run: GenerationRun, body: CompletionRequest, request_id: str, created: int
-    ) -> Response:
-        choices = []
-        for i, c in enumerate(run.choices):
-            logprobs = None
-            if body.logprobs is not None:
-                logprobs, _ = completion_logprobs(
-                    self._speller(run.model), c.token_ids, c.logprobs, body.logprobs, 0
-                )
-            choices.append(
-                CompletionChoice(
-                    index=i,
-                    text=c.output,
-                    logprobs=logprobs,
-                    finish_reason=c.finish_reason,
-                    stop_reason=c.stop_reason,
-                )
-            )
-        response = CompletionResponse(
-            id=request_id,
-            created=created,
-            model=body.model,
-            choices=choices,
-            usage=usage(run),
-            system_fingerprint=SYSTEM_FINGERPRINT,
-        )
-        return JSONResponse(response.model_dump())
-
-    async def _completion_events(
-        self,
-        run: GenerationRun,
-        first: list[GenerationDelta],
-        model: str,
-        request_id: str,
-        created: int,
-        top: int | None,
-        include_usage: bool,
-    ) -> AsyncIterator[bytes]:
-        def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
-            c = CompletionResponse(
-                id=request_id,
-                object="text_completion",
-                created=created,
-                model=model,
-                choices=choices,
-                system_fingerprint=SYSTEM_FINGERPRINT,
-            )
-            if include_usage:
-                c.usage = usage
-            return sse(dump_chunk(c))
-
-        offsets = [0] * len(run.choices)
-        reason: str | None = None
-        try:
-            async for delta in run.stream(first):
-                if nothing_to_send(delta, top):
-                    continue
-                logprobs = None
-                if top is not None:
-                    logprobs, offsets[delta.index] = completion_logprobs(
-                        self._speller(run.model),
-                        delta.token_ids,
-                        delta.logprobs,
-                        top,
-                        offsets[delta.index],
-                    )
-                choice = CompletionChoice(
-                    index=delta.index,
-                    text=delta.text,
-                    logprobs=logprobs,
-                    finish_reason=delta.finish_reason,
-                )
-                if delta.finish_reason is not None:
-                    choice.stop_reason = delta.stop_reason
-                yield chunk([choice])
-            if include_usage:
-                yield chunk([], usage(run))
-        except STREAM_ERRORS as exc:
-            reason = "error"
-            yield mid_stream_error(exc)
         finally:
             run.close(reason)
         yield sse(_DONE)

@@ -61,8 +61,6 @@ def reject_unsupported(body: SamplingFields) -> None:
         if body.tool_choice not in (None, "none"):
             raise bad_request("tool_choice is not supported (no tool calling)", "tool_choice")
     elif isinstance(body, CompletionRequest):
-        if body.echo:
-            raise bad_request("echo is not supported", "echo")
         if body.suffix:
             raise bad_request("suffix is not supported", "suffix")
         if body.best_of is not None and body.best_of != (body.n or 1):
