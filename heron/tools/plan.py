@@ -62,3 +62,18 @@ def plan_tools(
     structured = fmt.constraint(offered, choice, parallel)
     forced = choice.mode in ("required", "named")
     return ToolPlan(rendered, template_tools, fmt.parser, structured, fmt.name, forced)
+
+
+def with_constraint(
+    plan: ToolPlan | None, own: StructuredOutputsParams | None
+) -> StructuredOutputsParams | None:
+    """The constraint a run gets: the request's ``own`` (a JSON schema for the reply) wins
+    over auto's call grammar (calls are then parsed, not enforced). Raises ValueError when
+    a forced call meets a constraint of the request's own."""
+    if plan is None or plan.structured is None:
+        return own
+    if own is None:
+        return plan.structured
+    if plan.forced:
+        raise ValueError("a forced tool call cannot be combined with a response format")
+    return own

@@ -273,8 +273,8 @@ def assert_error(r: httpx.Response, status: int, kind: str, *fragments: str) -> 
         (valid(messages=[{"role": "user"}]), ["messages.0.content"]),
         (valid(stop_sequences="END"), ["stop_sequences"]),
         (valid(stop_sequences=[str(i) for i in range(1000)]), ["stop_sequences"]),
-        (valid(tools=[{"name": "f", "input_schema": {"type": "object"}}]), ["tools"]),
-        (valid(tool_choice={"type": "auto"}), ["tool_choice"]),
+        (valid(tools=[{"name": "a b", "input_schema": {"type": "object"}}]), ["tool name"]),
+        (valid(tool_choice={"type": "any"}), ["tool_choice"]),
         (valid(thinking={"type": "enabled", "budget_tokens": 1024}), ["thinking"]),
         (valid(service_tier="auto"), ["service_tier"]),
         (valid(container="c"), ["container"]),
@@ -325,8 +325,8 @@ def test_bad_count_tokens_bodies(server: ServerProcess) -> None:
     assert_error(post(server, "[]", path), 400, "invalid_request_error")
     no_messages = json.dumps({"model": "smollm2"})
     assert_error(post(server, no_messages, path), 400, "invalid_request_error", "messages")
-    tools = json.dumps({"model": "smollm2", "messages": COUNT, "tools": []})
-    assert_error(post(server, tools, path), 400, "invalid_request_error", "tools")
+    tools = json.dumps({"model": "smollm2", "messages": COUNT, "tools": [{"name": "f"}]})
+    assert_error(post(server, tools, path), 400, "invalid_request_error", "input_schema")
 
 
 def test_client_raises_typed_errors(client: anthropic.Anthropic) -> None:
@@ -334,8 +334,13 @@ def test_client_raises_typed_errors(client: anthropic.Anthropic) -> None:
         client.messages.create(model="nope", max_tokens=4, messages=COUNT)  # type: ignore[arg-type]
     assert not_found.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
     with pytest.raises(anthropic.BadRequestError) as bad:
-        client.messages.create(model="smollm2", max_tokens=4, messages=COUNT, tools=[])  # type: ignore[arg-type]
-    assert "tools" in bad.value.message
+        client.messages.create(
+            model="smollm2",
+            max_tokens=4,
+            messages=COUNT,  # type: ignore[arg-type]
+            tool_choice={"type": "tool", "name": "missing"},
+        )
+    assert "tool_choice" in bad.value.message
     with pytest.raises(anthropic.BadRequestError):
         with client.messages.stream(model="smollm2", max_tokens=10**9, messages=COUNT):  # type: ignore[arg-type]
             pass

@@ -121,8 +121,6 @@ def test_bad_values_name_the_field(data: dict[str, Any], loc: str, fragment: str
 @pytest.mark.parametrize(
     "field",
     [
-        "tools",
-        "tool_choice",
         "service_tier",
         "container",
         "mcp_servers",

@@ -16,13 +16,16 @@ from heron.server.anthropic.protocol import (
     ContentBlockDeltaEvent,
     ContentBlockStartEvent,
     ContentBlockStopEvent,
+    InputJSONDelta,
     SignatureDelta,
     TextBlock,
     TextDelta,
     ThinkingBlock,
     ThinkingDelta,
+    ToolUseBlock,
 )
-from heron.server.parsing import Event, TextPart
+from heron.server.anthropic.tools import call_id, tool_use_blocks
+from heron.server.parsing import Event, ToolCallPart
 from heron.server.run import Choice
 
 
@@ -30,25 +33,30 @@ def signature(thinking: str) -> str:
     return hashlib.sha256(thinking.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def reply_blocks(choice: Choice) -> list[TextBlock | ThinkingBlock]:
-    """A finished choice's content: its thinking block (if it thought), then its text."""
-    blocks: list[TextBlock | ThinkingBlock] = []
+def reply_blocks(choice: Choice) -> list[TextBlock | ThinkingBlock | ToolUseBlock]:
+    """A finished choice's content: its thinking block (if it thought), its text (unless
+    the reply is only tool calls), then its tool_use blocks."""
+    blocks: list[TextBlock | ThinkingBlock | ToolUseBlock] = []
     if choice.reasoning:
         blocks.append(
             ThinkingBlock(thinking=choice.reasoning, signature=signature(choice.reasoning))
         )
-    blocks.append(TextBlock(text=choice.content))
+    if choice.content or not choice.tool_calls:
+        blocks.append(TextBlock(text=choice.content))
+    blocks += tool_use_blocks(choice)
     return blocks
 
 
 class BlockStream:
     """The stream events of one reply's content blocks (mutates its own state only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, choice: Choice | None = None) -> None:
+        self.choice = choice  # whose tool calls get their ids here
         self.index = -1
-        self.kind: str | None = None  # the open block's: "reasoning", "content" or None
+        self.kind: str | None = None  # the open block's: "reasoning", "content", "tool"
         self.thought: list[str] = []
         self.has_text = False
+        self.has_calls = False
 
     def open_text(self) -> list[BaseModel]:
         """Open a text block now (a reply that cannot think starts with one at once)."""
@@ -58,7 +66,10 @@ class BlockStream:
         """The events that stream ``events`` (parsed text of the reply)."""
         out: list[BaseModel] = []
         for event in events:
-            if not isinstance(event, TextPart) or not event.text:
+            if isinstance(event, ToolCallPart):
+                out += self._call(event)
+                continue
+            if not event.text:
                 continue
             out += self._switch(event.kind)
             if event.kind == "reasoning":
@@ -72,8 +83,24 @@ class BlockStream:
     def finish(self) -> list[BaseModel]:
         """Close the open block; a reply always ends with a text block (maybe empty), as
         the non-streamed reply has one."""
-        out = [] if self.has_text else self._switch("content")
+        out = [] if self.has_text or self.has_calls else self._switch("content")
         return out + self._close()
+
+    def _call(self, part: ToolCallPart) -> list[BaseModel]:
+        """A tool call's first piece opens its tool_use block; the rest stream its input."""
+        out: list[BaseModel] = []
+        if part.name is not None:
+            assert self.choice is not None
+            out += self._close()
+            self.index += 1
+            self.kind, self.has_calls = "tool", True
+            call = self.choice.tool_calls[part.index]
+            block = ToolUseBlock(id=call_id(call), name=part.name, input={})
+            out.append(ContentBlockStartEvent(index=self.index, content_block=block))
+        if part.arguments:
+            delta = InputJSONDelta(partial_json=part.arguments)
+            out.append(ContentBlockDeltaEvent(index=self.index, delta=delta))
+        return out
 
     def _switch(self, kind: str) -> list[BaseModel]:
         if kind == self.kind:

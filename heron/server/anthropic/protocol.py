@@ -1,9 +1,10 @@
 """Pydantic models of Anthropic's Messages API, with Anthropic's field names.
 
-Request models forbid unknown fields, so anything Heron does not implement (``tools``,
-``service_tier``, ...) is a 400 that names the field rather than being dropped. Content blocks
-other than ``text`` (images, documents, tool use and results) are refused the same way; an
-assistant's ``thinking`` and ``redacted_thinking`` blocks are accepted in the history. ``cache_control`` markers are accepted: Heron's prefix cache reuses any
+Request models forbid unknown fields, so anything Heron does not implement
+(``service_tier``, ...) is a 400 that names the field rather than being dropped. Content blocks
+other than ``text`` (images, documents) are refused the same way; an assistant's ``thinking``,
+``redacted_thinking`` and ``tool_use`` blocks and a user's ``tool_result`` blocks are accepted
+in the history. ``cache_control`` markers are accepted: Heron's prefix cache reuses any
 repeated prompt prefix on its own, so a marker changes nothing about the result.
 """
 
@@ -16,7 +17,9 @@ from pydantic_core import PydanticCustomError
 
 from heron.server.sampling import EngineFields
 
-StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "model_context_window_exceeded"]
+StopReason = Literal[
+    "end_turn", "max_tokens", "stop_sequence", "tool_use", "model_context_window_exceeded"
+]
 
 
 def _valid_unicode(text: str) -> str:
@@ -67,9 +70,36 @@ class RedactedThinkingBlockParam(_Request):
     data: str
 
 
+class DirectCaller(_Request):
+    type: Literal["direct"]
+
+
+class ToolUseBlockParam(_Request):
+    """A tool call of an earlier reply (assistant messages)."""
+
+    type: Literal["tool_use"]
+    id: str = Field(min_length=1)
+    name: str
+    input: dict[str, Any]
+    cache_control: CacheControlEphemeral | None = None
+    caller: DirectCaller | None = Field(None, description="Only the model's own calls.")
+
+
+class ToolResultBlockParam(_Request):
+    """A tool's result (user messages): ``tool_use_id`` names the call it answers."""
+
+    type: Literal["tool_result"]
+    tool_use_id: str = Field(min_length=1)
+    content: str | list[TextBlockParam] | None = None
+    is_error: bool | None = None
+    cache_control: CacheControlEphemeral | None = None
+
+
 _HISTORY_BLOCKS: dict[str, type[BaseModel]] = {
     "thinking": ThinkingBlockParam,
     "redacted_thinking": RedactedThinkingBlockParam,
+    "tool_use": ToolUseBlockParam,
+    "tool_result": ToolResultBlockParam,
 }
 _NO_BLOCKS: dict[str, type[BaseModel]] = {}
 
@@ -115,7 +145,12 @@ def _text_content(value: Any, extra: dict[str, type[BaseModel]] = _NO_BLOCKS) ->
 
 
 ContentBlockParam = Annotated[
-    TextBlockParam | ThinkingBlockParam | RedactedThinkingBlockParam, Field(discriminator="type")
+    TextBlockParam
+    | ThinkingBlockParam
+    | RedactedThinkingBlockParam
+    | ToolUseBlockParam
+    | ToolResultBlockParam,
+    Field(discriminator="type"),
 ]
 
 
@@ -152,11 +187,27 @@ class Metadata(_Request):
     user_id: str | None = None
 
 
+class ToolParam(_Request):
+    name: str = Field(description="1 to 64 of a-z, A-Z, 0-9, '_', '.', '-'.")
+    description: str | None = None
+    input_schema: dict[str, Any] = Field(description="A JSON schema of an object.")
+    type: Literal["custom"] | None = None
+    cache_control: CacheControlEphemeral | None = None
+
+
+class ToolChoiceParam(_Request):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = Field(None, description="With type tool: the tool to call.")
+    disable_parallel_tool_use: bool | None = Field(None, description="At most one call.")
+
+
 class _Conversation(_Request):
     model: str
     messages: list[MessageParam] = Field(min_length=1)
     system: str | list[TextBlockParam] | None = None
     cache_control: CacheControlEphemeral | None = None
+    tools: list[ToolParam] | None = Field(None, description="Tools the model may call.")
+    tool_choice: ToolChoiceParam | None = Field(None, description="Default auto (with tools).")
 
     _system = field_validator("system", mode="before")(_text_content)
 
@@ -205,6 +256,13 @@ class ThinkingBlock(BaseModel):
     signature: str = ""  # a digest of the thinking; sent when the block ends when streamed
 
 
+class ToolUseBlock(BaseModel):
+    type: Literal["tool_use"] = "tool_use"
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
 class Usage(BaseModel):
     """``input_tokens`` are the prompt tokens computed for this request; those served from
     the prefix cache are ``cache_read_input_tokens``. Their sum is the whole prompt."""
@@ -220,7 +278,7 @@ class Message(BaseModel):
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
     model: str
-    content: list[TextBlock | ThinkingBlock]
+    content: list[TextBlock | ThinkingBlock | ToolUseBlock]
     stop_reason: StopReason | None
     stop_sequence: str | None
     usage: Usage
@@ -239,7 +297,7 @@ class MessageStartEvent(BaseModel):
 class ContentBlockStartEvent(BaseModel):
     type: Literal["content_block_start"] = "content_block_start"
     index: int
-    content_block: TextBlock | ThinkingBlock
+    content_block: TextBlock | ThinkingBlock | ToolUseBlock
 
 
 class TextDelta(BaseModel):
@@ -257,10 +315,15 @@ class SignatureDelta(BaseModel):
     signature: str
 
 
+class InputJSONDelta(BaseModel):
+    type: Literal["input_json_delta"] = "input_json_delta"
+    partial_json: str
+
+
 class ContentBlockDeltaEvent(BaseModel):
     type: Literal["content_block_delta"] = "content_block_delta"
     index: int
-    delta: TextDelta | ThinkingDelta | SignatureDelta
+    delta: TextDelta | ThinkingDelta | SignatureDelta | InputJSONDelta
 
 
 class ContentBlockStopEvent(BaseModel):

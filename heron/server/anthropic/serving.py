@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -47,6 +48,7 @@ from heron.server.anthropic.protocol import (
     ThinkingBlockParam,
     Usage,
 )
+from heron.server.anthropic.tools import run_constraint, tool_blocks, tool_plan
 from heron.server.common import APIError, error_body, sse, tokenize
 from heron.server.defaults import (
     context_limit,
@@ -61,6 +63,7 @@ from heron.server.sampling import engine_fields
 from heron.server.state import ServerState
 from heron.server.thinking import Thinking, resolve_thinking
 from heron.structured import StructuredOutputsParams
+from heron.tools import ToolPlan
 
 DEFAULT_TEMPERATURE = 1.0  # Anthropic's default; 0 is greedy
 BLOCK_SEPARATOR = "\n"  # between the text blocks of one message
@@ -162,22 +165,31 @@ def _thinking(content: str | Sequence[BaseModel]) -> str:
 
 def chat_messages(
     system: str | Sequence[TextBlockParam] | None, messages: Iterable[MessageParam]
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     """The conversation as chat-template messages: the system prompt first, then the turns,
     with consecutive messages of one role merged into one turn as Anthropic does. An
     assistant's thinking blocks become its ``reasoning_content`` (templates that keep the
-    reasoning of earlier turns read it); elsewhere they are a 400."""
-    out: list[dict[str, str]] = []
+    reasoning of earlier turns read it); elsewhere they are a 400. Tool blocks take the
+    shared form (``tools.tool_blocks``): a user's results become tool messages before its
+    text, an assistant's calls its ``tool_calls``."""
+    out: list[dict[str, Any]] = []
     if system is not None and (isinstance(system, str) or system):
         out.append({"role": "system", "content": _text(system)})
+    call_names: dict[str, str] = {}
     for i, message in enumerate(messages):
         text, thought = _text(message.content), _thinking(message.content)
         if thought and message.role != "assistant":
             raise bad_request("thinking blocks belong in assistant messages", f"messages.{i}")
-        if out and out[-1]["role"] == message.role:
+        results, calls = tool_blocks(message, f"messages.{i}", call_names)
+        out += results
+        if results and not text:
+            continue  # the message held only tool results
+        if out and out[-1]["role"] == message.role and not results:
             out[-1]["content"] += TURN_SEPARATOR + text
         else:
             out.append({"role": message.role, "content": text})
+        if calls:
+            out[-1]["tool_calls"] = out[-1].get("tool_calls", []) + calls
         if thought:
             before = out[-1].get("reasoning_content")
             out[-1]["reasoning_content"] = thought if not before else before + "\n" + thought
@@ -185,11 +197,15 @@ def chat_messages(
 
 
 def encode_prompt(
-    renderer: ChatRenderer, messages: list[dict[str, str]], thinking: Thinking | None = None
+    renderer: ChatRenderer,
+    messages: list[dict[str, Any]],
+    thinking: Thinking | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[int]:
     """Prompt token ids. A final assistant message is a prefill: the reply continues it.
     Raises ValueError when the chat template cannot render the conversation."""
-    kwargs = thinking.template_kwargs if thinking is not None else {}
+    kwargs: dict[str, Any] = dict(thinking.template_kwargs) if thinking is not None else {}
+    kwargs["tools"] = tools
     if messages[-1]["role"] != "assistant":
         return renderer.encode(messages, **kwargs)
     prefill = messages[-1]["content"]
@@ -204,12 +220,19 @@ async def render(
     model: LoadedModel,
     body: CountTokensRequest | MessageCreateRequest,
     thinking: Thinking | None = None,
-) -> list[int]:
+) -> tuple[list[int], ToolPlan | None]:
+    """The prompt's token ids and the request's tool plan (None without tools)."""
     messages = with_model_messages(model.spec, chat_messages(body.system, body.messages))
+    renderer = model.engine.renderer
+    plan = tool_plan(body, messages, renderer.template)
+    if plan is not None:
+        messages = plan.messages
+    tools = plan.tools if plan is not None else None
     try:
-        return await tokenize(encode_prompt, messages, model.engine.renderer, messages, thinking)
+        ids = await tokenize(encode_prompt, messages, renderer, messages, thinking, tools)
     except ValueError as exc:
         raise bad_request(str(exc), "messages") from exc
+    return ids, plan
 
 
 def check_context(model: LoadedModel, num_prompt_tokens: int) -> None:
@@ -229,6 +252,8 @@ def stop_reason(run: GenerationRun, max_tokens: int) -> StopReason | None:
     choice = run.choices[0]
     if choice.finish_reason == "stop":
         return "stop_sequence" if choice.stop_string is not None else "end_turn"
+    if choice.finish_reason == "tool_calls":
+        return "tool_use"
     if choice.finish_reason == "length":
         # The engine cuts max_tokens to what fits the context.
         full = run.num_prompt_tokens + choice.num_output_tokens >= run.model.engine.max_model_len
@@ -265,7 +290,8 @@ class AnthropicServing:
 
     async def count_tokens(self, body: CountTokensRequest) -> MessageTokensCount:
         model = await get_model(self.state, body.model)
-        return MessageTokensCount(input_tokens=len(await render(model, body)))
+        ids, _ = await render(model, body)
+        return MessageTokensCount(input_tokens=len(ids))
 
     async def messages(self, request: Request, body: MessageCreateRequest) -> Response:
         started = time.perf_counter_ns()
@@ -273,14 +299,20 @@ class AnthropicServing:
         model = await get_model(state, body.model)
         params = sampling_params(state, body, model)
         thinking = resolve_body_thinking(model, body)
-        prompt = await render(model, body, thinking)
+        prompt, tools = await render(model, body, thinking)
         check_context(model, len(prompt))
         prefill = body.messages[-1].role == "assistant"  # the reply continues it: no parsing
-        parser = None if prefill else thinking.parser_factory(model, prompt)
+        if prefill:
+            tools = None
+        calls = tools.parser if tools is not None else None
+        parser = None if prefill else thinking.parser_factory(model, prompt, calls)
 
         message_id = f"msg_{uuid.uuid4().hex}"
         # A 400 from the engine names the schema when there is one (it did not compile).
         param = "messages" if params.structured_outputs is None else "output_config.format"
+        params.structured_outputs = run_constraint(tools, params.structured_outputs)
+        if tools is not None and params.structured_outputs is tools.structured:
+            param = "tools"
         run = GenerationRun(state, model, [prompt], params, message_id, started, param, parser)
         first = await run.start(request)
         if body.stream:
@@ -318,7 +350,7 @@ class AnthropicServing:
         try:
             yield _event(MessageStartEvent(message=start))
             parsed = run.choices[0].parser is not None
-            blocks = BlockStream()
+            blocks = BlockStream(run.choices[0])
             for block_event in [] if parsed else blocks.open_text():
                 yield _event(block_event)
             yield _event(PingEvent())

@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from heron.outputs import GenerationDelta
+from heron.sampling_params import SamplingParams
 from heron.server.common import APIError
 from heron.server.openai.protocol import ChatCompletionRequest, ChatDelta, ChatMessage
 from heron.server.openai.tool_protocol import (
@@ -25,6 +26,7 @@ from heron.server.openai.tool_protocol import (
 from heron.server.parsing import Event, TextPart, ToolCall
 from heron.server.run import Choice, GenerationRun
 from heron.tools import ToolChoice, ToolPlan, ToolSpec, plan_tools
+from heron.tools.plan import with_constraint
 from heron.tools.spec import EMPTY_PARAMETERS
 
 
@@ -114,19 +116,12 @@ def chat_tool_plan(
     return plan
 
 
-def merge_constraint(plan: ToolPlan | None, params: Any) -> None:
-    """Put the plan's call grammar on ``params`` (SamplingParams; mutated). A request's own
-    constraint wins over auto's (calls are then parsed, not enforced) and is a 400 with a
-    forced call."""
-    if plan is None or plan.structured is None:
-        return
-    if params.structured_outputs is None:
-        params.structured_outputs = plan.structured
-    elif plan.forced:
-        raise _bad(
-            "tool_choice required or a named tool cannot be combined with response_format",
-            "tool_choice",
-        )
+def merge_constraint(plan: ToolPlan | None, params: SamplingParams) -> None:
+    """Put the plan's call grammar on ``params`` (mutated; see ``with_constraint``)."""
+    try:
+        params.structured_outputs = with_constraint(plan, params.structured_outputs)
+    except ValueError as exc:
+        raise _bad(str(exc), "tool_choice") from None
 
 
 def message_tool_calls(choice: Choice) -> list[ToolCallOut] | None:
