@@ -243,6 +243,8 @@ class MessageCreateRequest(_Conversation, EngineFields):
 class CountTokensRequest(_Conversation):
     """``POST /v1/messages/count_tokens``."""
 
+    thinking: ThinkingEnabled | ThinkingOther | None = None  # the prompt as that request's
+
 
 # ------------------------------------------------------------------------- responses
 class TextBlock(BaseModel):

@@ -91,13 +91,16 @@ def output_constraint(body: MessageCreateRequest) -> StructuredOutputsParams | N
         raise bad_request(f"output_config.format: {exc}", "output_config.format") from exc
 
 
-def resolve_body_thinking(model: LoadedModel, body: MessageCreateRequest) -> Thinking:
+def resolve_body_thinking(
+    model: LoadedModel, body: CountTokensRequest | MessageCreateRequest
+) -> Thinking:
     """``thinking`` as the request's choice. Raises APIError 400 for a budget that does not
     leave room for the answer, or thinking asked of a model that cannot."""
     config = body.thinking
     if config is None:
         return resolve_thinking(model, None, "thinking")
-    if config.type == "enabled" and config.budget_tokens >= body.max_tokens:
+    max_tokens = body.max_tokens if isinstance(body, MessageCreateRequest) else None
+    if config.type == "enabled" and max_tokens and config.budget_tokens >= max_tokens:
         raise bad_request(
             "max_tokens must be greater than thinking.budget_tokens", "thinking.budget_tokens"
         )
@@ -290,7 +293,7 @@ class AnthropicServing:
 
     async def count_tokens(self, body: CountTokensRequest) -> MessageTokensCount:
         model = await get_model(self.state, body.model)
-        ids, _ = await render(model, body)
+        ids, _ = await render(model, body, resolve_body_thinking(model, body))
         return MessageTokensCount(input_tokens=len(ids))
 
     async def messages(self, request: Request, body: MessageCreateRequest) -> Response:
