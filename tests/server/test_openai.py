@@ -396,15 +396,13 @@ COMPLETION = {"model": MODEL, "prompt": PROMPT, "max_tokens": 2}
 @pytest.mark.parametrize(
     ("path", "field", "value"),
     [
-        ("/v1/chat/completions", "tools", [{"type": "function", "function": {"name": "f"}}]),
-        ("/v1/chat/completions", "tool_choice", "auto"),
         ("/v1/chat/completions", "functions", [{"name": "f"}]),
-        ("/v1/chat/completions", "response_format", {"type": "json_object"}),
+        ("/v1/chat/completions", "response_format", "json_object"),
+        ("/v1/completions", "guided_whitespace_pattern", " "),
         ("/v1/chat/completions", "logit_bias", {"not-a-token": -100}),
         ("/v1/chat/completions", "audio", {"voice": "alloy", "format": "wav"}),
         ("/v1/chat/completions", "modalities", ["text", "audio"]),
         ("/v1/chat/completions", "prediction", {"type": "content", "content": "x"}),
-        ("/v1/chat/completions", "parallel_tool_calls", False),
         ("/v1/chat/completions", "reasoning_effort", "low"),
         ("/v1/chat/completions", "echo", True),
         ("/v1/completions", "suffix", "!"),
@@ -426,7 +424,10 @@ def test_unsupported_field_with_official_client(client: openai.OpenAI) -> None:
         client.chat.completions.create(
             model=MODEL,
             messages=MESSAGES,  # type: ignore[arg-type]
-            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "nonsense"}},
+            },
         )
     assert info.value.status_code == 400 and info.value.param == "response_format"
 
@@ -460,10 +461,10 @@ def test_no_op_forms_are_accepted(server: ServerProcess) -> None:
             [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}],
             "messages.0.content.0",
         ),
-        ([{"role": "tool", "content": "42", "tool_call_id": "c1"}], "messages.0"),
+        ([{"role": "tool", "content": "42", "tool_call_id": "c1"}], "messages.0.tool_call_id"),
         (
             [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [{"id": "c"}]}],
-            "messages.1.tool_calls",
+            "messages.1.tool_calls.0.function",
         ),
         ([{"role": "wizard", "content": "x"}], "messages.0.role"),
         ([{"role": "user", "content": 5}], "messages.0.content"),

@@ -39,6 +39,7 @@ from heron.server.openai.protocol import (
     Usage,
 )
 from heron.server.openai.serving import SYSTEM_FINGERPRINT, OpenAIServing, not_found_message
+from heron.server.openai.structured import constraint_fields
 from heron.server.openai.validation import (
     bad_request,
     check_caps,
@@ -133,7 +134,8 @@ class OpenAICompletions:
             if body.logprobs is not None:
                 params = dataclasses.replace(params, prompt_logprobs=body.logprobs)
         request_id = f"cmpl-{uuid.uuid4().hex}"
-        run = GenerationRun(state, model, prompts, params, request_id, started)
+        param = next(iter(constraint_fields(body)), None)
+        run = GenerationRun(state, model, prompts, params, request_id, started, param)
         created = int(time.time())
         if body.stream:
             reports = stream_usage(body.stream_options, echo is None or not echo.discard_output)

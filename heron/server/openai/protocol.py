@@ -3,7 +3,7 @@
 Requests are strict (``"max_tokens": "10"`` is a type error, not 10) and forbid unknown fields,
 so that a parameter Heron does not implement fails with a 400 naming it instead of being
 dropped. Fields that OpenAI defines but Heron supports only in a no-op form (``tools: []``,
-``response_format: {"type": "text"}``, ...) are declared so that the no-op is accepted;
+``functions: []``, ...) are declared so that the no-op is accepted;
 ``serving.reject_unsupported`` refuses every other value. vLLM's sampling extensions
 (``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens``, ``ignore_eos``,
 ``stop_token_ids``, ``include_stop_str_in_output``, ``skip_special_tokens``) are accepted too.
@@ -28,6 +28,14 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from heron.sampling_params import MAX_LOGPROBS
+from heron.server.openai.structured import StructuredFields
+from heron.server.openai.tool_protocol import (
+    ChatTool,
+    MessageToolCall,
+    ToolCallDelta,
+    ToolCallOut,
+    ToolChoiceField,
+)
 from heron.server.sampling import EngineFields
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -65,8 +73,9 @@ class StreamOptions(_Request):
     )
 
 
-class SamplingFields(_Request, EngineFields):
-    """Sampling parameters both endpoints take (with the engine's, from ``EngineFields``)."""
+class SamplingFields(_Request, EngineFields, StructuredFields):
+    """Sampling parameters both endpoints take (with the engine's, from ``EngineFields``, and
+    the output constraints, from ``StructuredFields``)."""
 
     model: str = Field(description="The served model's name (see GET /v1/models).")
     n: int | None = Field(None, ge=1, description="Choices to generate.")
@@ -111,9 +120,12 @@ class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ChatContentPart] | None = None
     name: str | None = Field(None, description="Passed to the chat template.")
-    # tool calling is not supported; declared so that it fails with a clear message
-    tool_calls: Any = None
-    tool_call_id: Any = None
+    tool_calls: list[MessageToolCall] | None = Field(None, description="An assistant's calls.")
+    tool_call_id: str | None = Field(None, description="The call a tool message answers.")
+    reasoning_content: str | None = Field(
+        None, description="An assistant's reasoning, passed to the chat template."
+    )
+    # not supported; declared so that they fail with a clear message
     function_call: Any = None
     refusal: Any = None
     audio: Any = None
@@ -124,9 +136,7 @@ class ChatMessage(_Request):
         return _one_of(value, handler, "content must be a string or a list of content parts")
 
 
-class ResponseFormat(_Request):
-    type: str
-    json_schema: Any = None
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -142,9 +152,14 @@ class ChatCompletionRequest(SamplingFields):
         None, ge=0, le=MAX_LOGPROBS, description="Needs logprobs: true."
     )
     # accepted only in their no-op form
-    response_format: ResponseFormat | None = Field(None, description='Only {"type": "text"}.')
-    tools: list[Any] | None = Field(None, description="Only [] is supported.")
-    tool_choice: Any = Field(None, description='Only "none" is supported.')
+    tools: list[ChatTool] | None = Field(None, description="Functions the model may call.")
+    tool_choice: ToolChoiceField = Field(
+        None, description='"auto" (default with tools), "none", "required", or a named function.'
+    )
+    parallel_tool_calls: bool | None = Field(None, description="Default true.")
+    reasoning_effort: ReasoningEffort | None = Field(
+        None, description='A thinking model thinks ("none": it does not); unset: its default.'
+    )
     functions: list[Any] | None = Field(None, description="Only [] is supported.")
 
 
@@ -219,6 +234,8 @@ class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: None = None
+    tool_calls: list[ToolCallOut] | None = None
+    reasoning_content: str | None = None  # a thinking model's reasoning (vLLM's field)
 
 
 class ChatCompletionChoice(_Response):
@@ -244,6 +261,8 @@ class ChatCompletionResponse(_Response):
 class ChatDelta(_Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(_Response):

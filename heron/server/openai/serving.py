@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -43,6 +44,13 @@ from heron.server.openai.protocol import (
     ModelList,
     Usage,
 )
+from heron.server.openai.structured import constraint_fields
+from heron.server.openai.tools import (
+    chat_delta,
+    chat_tool_plan,
+    merge_constraint,
+    message_tool_calls,
+)
 from heron.server.openai.validation import (
     bad_request,
     chat_messages,
@@ -53,6 +61,7 @@ from heron.server.openai.validation import (
 )
 from heron.server.run import STREAM_ERRORS, GenerationRun
 from heron.server.state import ServerState
+from heron.server.thinking import effort_choice, resolve_thinking
 
 SYSTEM_FINGERPRINT = f"heron-{__version__}"
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -125,8 +134,14 @@ class OpenAIServing:
         if requested is None and "max_tokens" in defaults:
             requested = min(defaults["max_tokens"], state.limits.max_tokens)
         messages = with_model_messages(model.spec, chat_messages(body.messages))
+        tools = chat_tool_plan(body, messages, model.engine.renderer.template)
+        if tools is not None:
+            messages = tools.messages
+        effort = effort_choice(body.reasoning_effort)
+        thinking = resolve_thinking(model, effort, "reasoning_effort", body.model)
         try:
-            prompt = await tokenize(model.engine.renderer.encode, messages, messages)
+            encode = partial(model.engine.renderer.encode, **thinking.template_kwargs)
+            prompt = await tokenize(encode, messages, messages, True, tools and tools.tools)
         except ValueError as exc:
             raise bad_request(str(exc), "messages") from exc
         max_param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
@@ -142,7 +157,13 @@ class OpenAIServing:
         vocab = model.engine.model_config.vocab_size
         params = sampling_params(body, max_tokens, top, vocab, defaults)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        run = GenerationRun(state, model, [prompt], params, request_id, started)
+        # A 400 from the engine (a constraint that does not compile) names the constraint.
+        param = next(iter(constraint_fields(body)), None)
+        merge_constraint(tools, params)
+        if tools is not None and params.structured_outputs is tools.structured:
+            param = "tools"
+        parser = thinking.parser_factory(model, prompt, tools.parser if tools else None)
+        run = GenerationRun(state, model, [prompt], params, request_id, started, param, parser)
         created = int(time.time())
         if body.stream:
             include_usage = stream_usage(body.stream_options)
@@ -165,7 +186,11 @@ class OpenAIServing:
         choices = [
             ChatCompletionChoice(
                 index=i,
-                message=AssistantMessage(content=c.output),
+                message=AssistantMessage(
+                    content=c.content or (None if c.tool_calls else ""),
+                    tool_calls=message_tool_calls(c),
+                    reasoning_content=c.reasoning or None,
+                ),
                 logprobs=None
                 if top is None
                 else chat_logprobs(self._speller(run.model), c.token_ids, c.logprobs, top),
@@ -217,9 +242,12 @@ class OpenAIServing:
             async for delta in run.stream(first):
                 if nothing_to_send(delta, top):
                     continue
+                new = chat_delta(run, delta)
+                if new is None and delta.finish_reason is None and top is None:
+                    continue  # the parser holds the text back (a call's markup forming)
                 choice = ChatChunkChoice(
                     index=delta.index,
-                    delta=ChatDelta(content=delta.text) if delta.text else ChatDelta(),
+                    delta=new or ChatDelta(),
                     logprobs=None
                     if top is None
                     else chat_logprobs(

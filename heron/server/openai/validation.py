@@ -16,6 +16,8 @@ from heron.server.openai.protocol import (
     CompletionRequest,
     SamplingFields,
 )
+from heron.server.openai.structured import structured_outputs
+from heron.server.openai.tools import tool_message
 from heron.server.sampling import ENGINE_FIELD_NAMES, engine_fields
 from heron.server.state import ServerState
 from heron.tokenizer import Tokenizer
@@ -50,16 +52,8 @@ def parse_logit_bias(raw: dict[str, Any] | None) -> dict[int, float] | None:
 def reject_unsupported(body: SamplingFields) -> None:
     """Refuse OpenAI fields that Heron accepts only in their no-op form."""
     if isinstance(body, ChatCompletionRequest):
-        if body.response_format is not None and body.response_format.type != "text":
-            raise bad_request(
-                f"response_format {body.response_format.type!r} is not supported; only 'text' is",
-                "response_format",
-            )
-        for name in ("tools", "functions"):
-            if getattr(body, name):
-                raise bad_request(f"{name} is not supported (no tool calling)", name)
-        if body.tool_choice not in (None, "none"):
-            raise bad_request("tool_choice is not supported (no tool calling)", "tool_choice")
+        if body.functions:
+            raise bad_request("functions is not supported; use tools", "functions")
     elif isinstance(body, CompletionRequest):
         if body.suffix:
             raise bad_request("suffix is not supported", "suffix")
@@ -173,6 +167,7 @@ def sampling_params(
         "stop": [body.stop] if isinstance(body.stop, str) else body.stop,
         "logit_bias": parse_logit_bias(body.logit_bias),
         **engine_fields(body, vocab_size),
+        "structured_outputs": structured_outputs(body),
     }
     kwargs: dict[str, Any] = {k: v for k, v in (defaults or {}).items() if k != "max_tokens"}
     kwargs.update({k: v for k, v in given.items() if v is not None})
@@ -193,13 +188,22 @@ def chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     """Messages as the chat template takes them: text-only content as one string (text
     parts joined by newlines) and ``developer`` as ``system``. Anything else is a 400."""
     out: list[dict[str, Any]] = []
+    call_names: dict[str, str] = {}  # call id -> tool name, for the tool results
     for i, m in enumerate(messages):
         where = f"messages.{i}"
-        if m.role in ("tool", "function"):
-            raise bad_request(f"{m.role} messages are not supported (no tool calling)", where)
-        for name in ("tool_calls", "tool_call_id", "function_call", "audio", "refusal"):
+        for name in ("function_call", "audio", "refusal"):
             if getattr(m, name) is not None:
                 raise bad_request(f"{name} is not supported in messages", f"{where}.{name}")
+        tool_part = tool_message(m, where, call_names)
+        if m.reasoning_content is not None:
+            if m.role != "assistant":
+                raise bad_request(
+                    "only assistant messages have reasoning_content", f"{where}.reasoning_content"
+                )
+            tool_part = {**(tool_part or {}), "reasoning_content": m.reasoning_content}
+        if m.content is None and tool_part is not None and m.role == "assistant":
+            out.append({"role": "assistant", **tool_part, "content": ""})
+            continue
         if m.content is None:
             raise bad_request("content is required", f"{where}.content")
         if isinstance(m.content, str):
@@ -224,7 +228,7 @@ def chat_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
         }
         if m.name is not None:
             message["name"] = m.name
-        out.append(message)
+        out.append({**message, **(tool_part or {}), "content": text})
     return out
 
 
