@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from heron.server.openai import responses_routes
 from heron.server.openai.completions import OpenAICompletions
 from heron.server.openai.embeddings import create_embeddings
 from heron.server.openai.protocol import (
@@ -47,6 +48,7 @@ def _streamed(model: type[Any], final: type[Any]) -> dict[int | str, dict[str, A
 def register(app: FastAPI, state: ServerState) -> None:
     serving = OpenAIServing(state)
     completions = OpenAICompletions(state)
+    responses_routes.register(app, state)
 
     @app.get("/v1/models", response_model=ModelList, tags=["openai"])
     async def list_models() -> ModelList:
