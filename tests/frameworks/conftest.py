@@ -17,7 +17,7 @@ from tests.server.conftest import ServerProcess, running_server
 
 API_KEY = "heron-frameworks-key"
 # Each answer is bounded: a grammar that never closes ends in a length stop, not a long wait.
-MAX_TOKENS = 256
+MAX_TOKENS = 128
 _SHOWN_CHARS = 3000
 _STREAMED = ("text/event-stream", "application/x-ndjson")
 
