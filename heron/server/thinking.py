@@ -66,10 +66,21 @@ class Thinking:
         return factory
 
 
-def effort_choice(effort: str | None) -> bool | None:
+def effort_choice(effort: str | None, enable_thinking: bool | None = None) -> bool | None:
     """OpenAI's ``reasoning_effort`` as a choice: "none" turns thinking off, any other level
-    turns it on (the level itself changes nothing: Heron's models have no effort setting)."""
-    return None if effort is None else effort != "none"
+    turns it on (the level itself changes nothing: Heron's models have no effort setting).
+    vLLM's ``chat_template_kwargs.enable_thinking`` says the same; given both, they must
+    agree (else APIError 400)."""
+    choice = None if effort is None else effort != "none"
+    if enable_thinking is None:
+        return choice
+    if choice is not None and choice != enable_thinking:
+        raise APIError(
+            400,
+            "reasoning_effort and chat_template_kwargs.enable_thinking disagree",
+            param="chat_template_kwargs.enable_thinking",
+        )
+    return enable_thinking
 
 
 def resolve_thinking(

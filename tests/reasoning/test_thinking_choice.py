@@ -29,6 +29,11 @@ def test_effort_choice() -> None:
     assert effort_choice(None) is None
     assert effort_choice("none") is False
     assert all(effort_choice(e) is True for e in ("minimal", "low", "medium", "high", "max"))
+    assert effort_choice(None, False) is False  # vLLM's chat_template_kwargs.enable_thinking
+    assert effort_choice("high", True) is True and effort_choice("none", False) is False
+    with pytest.raises(APIError) as info:
+        effort_choice("none", True)
+    assert info.value.param == "chat_template_kwargs.enable_thinking"
 
 
 @pytest.mark.parametrize("enabled", [None, True, False])

@@ -138,6 +138,29 @@ def test_openai_effort_none_turns_thinking_off(thinker: ServerProcess) -> None:
     assert re.fullmatch("[a-z]{4}", message.content or "")
 
 
+def test_openai_chat_template_kwargs_enable_thinking(thinker: ServerProcess) -> None:
+    client = oai(thinker)
+    off = {"chat_template_kwargs": {"enable_thinking": False}, **GRAMMAR}
+    reply = client.chat.completions.create(
+        model=NAME,
+        messages=USER,
+        max_tokens=16,
+        temperature=0,
+        extra_body=off,  # type: ignore[arg-type]
+    )
+    message = reply.choices[0].message
+    assert (message.model_extra or {}).get("reasoning_content") is None
+    assert re.fullmatch(REGEX, message.content or "")  # the marker is the answer's text now
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model=NAME,
+            messages=USER,  # type: ignore[arg-type]
+            max_tokens=2,
+            extra_body={"chat_template_kwargs": {"documents": []}},
+        )
+    assert "chat_template_kwargs.documents" in str(info.value)
+
+
 def test_openai_effort_on_a_model_that_does_not_think_is_a_400(server: ServerProcess) -> None:
     client = oai(server)
     with pytest.raises(openai.BadRequestError) as info:

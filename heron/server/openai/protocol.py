@@ -139,6 +139,12 @@ class ChatMessage(_Request):
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
+class ChatTemplateKwargs(_Request):
+    """vLLM's ``chat_template_kwargs``: only Qwen3's thinking switch is taken."""
+
+    enable_thinking: bool | None = None
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(
@@ -159,6 +165,9 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool | None = Field(None, description="Default true.")
     reasoning_effort: ReasoningEffort | None = Field(
         None, description='A thinking model thinks ("none": it does not); unset: its default.'
+    )
+    chat_template_kwargs: ChatTemplateKwargs | None = Field(
+        None, description="vLLM's; only enable_thinking (the same as reasoning_effort)."
     )
     functions: list[Any] | None = Field(None, description="Only [] is supported.")
 

@@ -137,8 +137,10 @@ class OpenAIServing:
         tools = chat_tool_plan(body, messages, model.engine.renderer.template)
         if tools is not None:
             messages = tools.messages
-        effort = effort_choice(body.reasoning_effort)
-        thinking = resolve_thinking(model, effort, "reasoning_effort", body.model)
+        switch = body.chat_template_kwargs.enable_thinking if body.chat_template_kwargs else None
+        effort = effort_choice(body.reasoning_effort, switch)
+        asked = "reasoning_effort" if body.reasoning_effort else "chat_template_kwargs"
+        thinking = resolve_thinking(model, effort, asked, body.model)
         try:
             encode = partial(model.engine.renderer.encode, **thinking.template_kwargs)
             prompt = await tokenize(encode, messages, messages, True, tools and tools.tools)
