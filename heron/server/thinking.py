@@ -1,7 +1,7 @@
 """Whether a request's reply thinks, decided once for every API family.
 
-Each family maps its own switch onto ``enabled`` (OpenAI ``reasoning_effort``, Anthropic
-``thinking``, Ollama ``think``): True asks for thinking, False turns it off, None leaves the
+Each family maps its own switch onto ``enabled`` (OpenAI ``reasoning_effort`` or vLLM's
+``chat_template_kwargs.enable_thinking``, Anthropic ``thinking``, Ollama ``think``): True asks for thinking, False turns it off, None leaves the
 model's default (its chat template's). A model thinks if its chat template says so
 (``heron.reasoning.detect``). Asking a model that does not think to think is a 400 in every
 family; turning thinking off on it is allowed (there is nothing to turn off).
@@ -9,6 +9,11 @@ family; turning thinking off on it is allowed (there is nothing to turn off).
 On a thinking model the choice reaches the chat template as ``enable_thinking`` (Qwen3's
 templates read it; Ollama's Go templates get ``.Think``). Its output is split by the
 model's reasoning parser, unless thinking was turned off: then all text is content.
+
+NOTE: an output constraint (structured outputs, Ollama ``format``, a forced tool call) holds
+the whole reply, reasoning included: a template that opens ``<think>`` for the reply leaves
+a constrained answer inside the reasoning unless the grammar writes ``</think>``. Turn
+thinking off to constrain only the answer.
 """
 
 from __future__ import annotations
