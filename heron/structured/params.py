@@ -31,6 +31,7 @@ MAX_GRAMMAR_BYTES = 256 * 1024
 # grammar engine builds them lazily, on the step loop (see ``regex_size``).
 MAX_REGEX_UNROLLED = 10_000
 _LARK_REGEX = re.compile(r"/((?:[^/\\\n]|\\.)+)/")
+_LARK_REPEAT = re.compile(r"~\s*(\d+)(?:\s*\.\.\s*(\d+))?")  # x~3, x~2..5
 
 _KINDS = ("json", "json_object", "regex", "choice", "grammar")
 
@@ -59,6 +60,15 @@ def _check_regex_size(regexes: list[str], what: str) -> None:
                 f"{what} {regex[:60]!r} repeats too much: its counted repetitions unroll to "
                 f"more than {MAX_REGEX_UNROLLED} characters"
             )
+
+
+def _grammar_growth(grammar: str) -> int:
+    """How many characters a grammar's counted repetitions (Lark's ``x~n``, ``x~m..n``,
+    GBNF's ``x{m,n}``) add when unrolled. Its text is read as one regex, with Lark's optional
+    ``[...]`` as a group (so a class counts its characters: an overestimate)."""
+    text = _LARK_REPEAT.sub(lambda m: "{" + (m.group(2) or m.group(1)) + "}", grammar)
+    text = text.replace("[", "(").replace("]", ")")
+    return unrolled_length(text, len(text) + MAX_REGEX_UNROLLED) - len(text)
 
 
 def _depth(node: Any, limit: int) -> int:
@@ -165,6 +175,11 @@ class StructuredOutputsParams:
             raise ValueError(f"grammar must be non-empty and at most {MAX_GRAMMAR_BYTES} bytes")
         if self.grammar is not None:
             _check_regex_size(_LARK_REGEX.findall(self.grammar), "the grammar's regex")
+            if _grammar_growth(self.grammar) > MAX_REGEX_UNROLLED:
+                raise ValueError(
+                    "the grammar repeats too much: its counted repetitions unroll to more than "
+                    f"{MAX_REGEX_UNROLLED} characters"
+                )
         from heron.structured.grammar import validate
 
         validate(self.to_grammar(), self.kind)

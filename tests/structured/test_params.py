@@ -107,6 +107,12 @@ def test_choice_and_grammar_limits() -> None:
         "to more than 10000 characters",
         grammar="start: X\nX: /(a{1000}){1000}/",
     )
+    for repeated in ('start: ("a"~1000)~1000', 'start: [("ab"~100)~2..100]'):
+        fails(
+            "the grammar repeats too much: its counted repetitions unroll to more than 10000 "
+            "characters",
+            grammar=repeated,
+        )
     with pytest.raises(ValueError, match="^invalid grammar: .*Rule 'missing' not found"):
         StructuredOutputsParams(grammar="root ::= missing").check()
     StructuredOutputsParams(grammar='root ::= "a" [b-c]+').check()  # GBNF
