@@ -124,7 +124,7 @@ class Message(_Request):
     content: Str = ""
     thinking: Str | None = None  # passed to the chat template, which may ignore it
     images: list[Str] | None = None  # 400 unless empty
-    tool_calls: list[dict[str, Any]] | None = None  # 400 unless empty: tools are not supported
+    tool_calls: list[dict[str, Any]] | None = None  # checked by tools.history_calls
     tool_name: Str | None = None
     tool_call_id: Str | None = None
 
@@ -134,7 +134,7 @@ class ChatRequest(_Request):
 
     model: Str = ""
     messages: list[Message] | None = None
-    tools: list[dict[str, Any]] | None = None  # 400 unless empty
+    tools: list[dict[str, Any]] | None = None  # checked by tools.chat_tool_plan
     format: Format = None
     options: Options | None = None
     stream: Bool | None = None
@@ -284,6 +284,7 @@ class ChatMessage(_Response):
     role: str = "assistant"
     content: str = ""
     thinking: str | None = None  # the model's reasoning, apart from its answer
+    tool_calls: list[dict[str, Any]] | None = None  # {"function": {"name", "arguments"}}
 
 
 class ChatResponse(_GenerationChunk):

@@ -21,6 +21,7 @@ from heron.server.ollama.protocol import (
     Logprob,
     TopLogprob,
 )
+from heron.server.ollama.tools import reply_tool_calls
 from heron.server.parsing import TextPart
 from heron.server.run import STREAM_ERRORS, GenerationRun
 
@@ -73,14 +74,18 @@ def reply_logprobs(
 
 
 def chunk(
-    plan: Plan, text: str, logprobs: list[Logprob] | None, thinking: str | None = None
+    plan: Plan,
+    text: str,
+    logprobs: list[Logprob] | None,
+    thinking: str | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     body: GenerateResponse | ChatResponse
     if plan.chat:
         body = ChatResponse(
             model=plan.model,
             created_at=now(),
-            message=ChatMessage(content=text, thinking=thinking),
+            message=ChatMessage(content=text, thinking=thinking, tool_calls=tool_calls),
             done=False,
             logprobs=logprobs,
         )
@@ -146,8 +151,10 @@ async def ndjson_events(
             logprobs = reply_logprobs(run.model, plan, delta.token_ids, delta.logprobs)
             text, thinking = _texts(run, delta)
             if delta.finish_reason is not None:
-                if text or thinking:
-                    yield ndjson(chunk(plan, text, None, thinking))
+                # Ollama sends each tool call whole, in one chunk before the final one.
+                calls = reply_tool_calls(run.choices[delta.index]) if plan.chat else None
+                if text or thinking or calls:
+                    yield ndjson(chunk(plan, text, None, thinking, calls))
                 yield ndjson(final(run, plan, "", logprobs))
                 return
             if text or thinking or logprobs:

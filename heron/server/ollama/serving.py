@@ -16,7 +16,8 @@ Where Heron differs from Ollama, on purpose:
 - Modelfile ``PARAMETER``s are the model's defaults: server defaults < Modelfile < request
   ``options``. Its ``SYSTEM`` is used when the request brings no system prompt, and its
   ``MESSAGE``s start every chat.
-- ``suffix``, ``images``, ``tools`` and a ``template`` other than the model's own are 400s.
+- ``suffix``, ``images`` and a ``template`` other than the model's own are 400s. ``tools``
+  may be called (Ollama has no tool_choice); see ``tools.py``.
   ``format`` ("json" or a JSON schema) constrains the output through the grammar engine.
   Chat messages' ``thinking`` goes to the chat template, which may use it.
 - ``think``: see ``heron/server/thinking.py``. Unset leaves the model's default and still
@@ -54,6 +55,12 @@ from heron.server.ollama.protocol import (
     GenerateResponse,
 )
 from heron.server.ollama.replies import final, ndjson_events, reply_logprobs
+from heron.server.ollama.tools import (
+    chat_tool_plan,
+    history_calls,
+    reply_tool_calls,
+    with_tool_calls,
+)
 from heron.server.run import GenerationRun
 from heron.server.state import ServerState
 from heron.server.thinking import Thinking, resolve_thinking
@@ -137,8 +144,6 @@ class OllamaService:
         spec = self.state.models.resolve(req.model)
         top = top_logprobs_of(req.logprobs, req.top_logprobs, self.state)
         keep_alive = parse_keep_alive(req.keep_alive)
-        if req.tools:
-            raise APIError(400, f'"{req.model}" does not support tools (tools)', param="tools")
         structured = output_format(req.format)
         think = think_choice(req.think)
         messages: list[dict[str, Any]] = []
@@ -149,13 +154,9 @@ class OllamaService:
                     f'"{req.model}" does not support vision (messages.{i}.images)',
                     param=f"messages.{i}.images",
                 )
-            if m.tool_calls:
-                raise APIError(
-                    400,
-                    f'"{req.model}" does not support tools (messages.{i}.tool_calls)',
-                    param=f"messages.{i}.tool_calls",
-                )
             msg: dict[str, Any] = {"role": m.role, "content": m.content}
+            if m.tool_calls:
+                msg["tool_calls"] = history_calls(m.tool_calls, f"messages.{i}")
             if m.thinking:
                 msg["thinking"] = msg["reasoning_content"] = m.thinking
             if m.tool_name:
@@ -172,9 +173,15 @@ class OllamaService:
         if spec.system and not any(m["role"] == "system" for m in seeded + messages):
             seeded.insert(0, {"role": "system", "content": spec.system})
         messages = seeded + messages
+        tools = chat_tool_plan(req.tools, messages, model.engine.renderer.template)
+        if tools is not None:
+            messages = tools.messages
+            params.structured_outputs = with_tool_calls(tools, params.structured_outputs)
+        offered = tools.tools if tools is not None else None
         if req.debug_render_only:
-            return self._debug(req.model, await self._render(model, messages, thinking), chat=True)
-        ids = await self._encode_chat(model, messages, thinking)
+            text = await self._render(model, messages, thinking, offered)
+            return self._debug(req.model, text, chat=True)
+        ids = await self._encode_chat(model, messages, thinking, offered)
         plan = Plan(
             model=req.model,
             chat=True,
@@ -185,25 +192,33 @@ class OllamaService:
             top_logprobs=top,
             prompt_ids=ids,
             t0=t0,
-            parser=thinking.parser_factory(model, ids),
+            parser=thinking.parser_factory(model, ids, tools.parser if tools else None),
         )
         return await self._run(model, plan, request)
 
     async def _render(
-        self, model: LoadedModel, messages: list[dict[str, Any]], thinking: Thinking
+        self,
+        model: LoadedModel,
+        messages: list[dict[str, Any]],
+        thinking: Thinking,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
         renderer = model.engine.renderer
-        kwargs = thinking.template_kwargs
+        kwargs = {**thinking.template_kwargs, "tools": tools}
         try:
             return await tokenize(lambda: renderer.render(messages, **kwargs), messages)
         except ValueError as exc:
             raise APIError(400, str(exc)) from None
 
     async def _encode_chat(
-        self, model: LoadedModel, messages: list[dict[str, Any]], thinking: Thinking
+        self,
+        model: LoadedModel,
+        messages: list[dict[str, Any]],
+        thinking: Thinking,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         renderer = model.engine.renderer
-        kwargs = thinking.template_kwargs
+        kwargs = {**thinking.template_kwargs, "tools": tools}
         try:
             return await tokenize(lambda: renderer.encode(messages, **kwargs), messages)
         except ValueError as exc:
@@ -263,4 +278,7 @@ class OllamaService:
         await run.collect(request)
         choice = run.choices[0]
         logprobs = reply_logprobs(model, plan, choice.token_ids, choice.logprobs)
-        return JSONResponse(final(run, plan, choice.content, logprobs, choice.reasoning or None))
+        reply = final(run, plan, choice.content, logprobs, choice.reasoning or None)
+        if plan.chat and choice.tool_calls:
+            reply["message"]["tool_calls"] = reply_tool_calls(choice)
+        return JSONResponse(reply)
