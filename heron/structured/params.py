@@ -71,7 +71,7 @@ def _grammar_growth(grammar: str) -> int:
     return unrolled_length(text, len(text) + MAX_REGEX_UNROLLED) - len(text)
 
 
-def _depth(node: Any, limit: int) -> int:
+def json_depth(node: Any, limit: int) -> int:
     """Nesting depth of a JSON value, stopping once past ``limit`` (iterative: a hostile
     document cannot overflow the stack)."""
     deepest = 0
@@ -104,6 +104,9 @@ class StructuredOutputsParams:
 
     def __post_init__(self) -> None:
         if isinstance(self.json, dict):
+            # Refused before it is serialized: a hostile depth would overflow the encoder.
+            if json_depth(self.json, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
+                raise ValueError(f"the JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
             self.json = jsonlib.dumps(self.json, separators=(",", ":"))
         chosen = [k for k in _KINDS if getattr(self, k) not in (None, False)]
         if len(chosen) != 1:
@@ -153,7 +156,7 @@ class StructuredOutputsParams:
                 raise ValueError(f"the JSON schema is not valid JSON: {exc}") from None
             if not isinstance(schema, dict):
                 raise ValueError("the JSON schema must be an object")
-            if _depth(schema, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
+            if json_depth(schema, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
                 raise ValueError(f"the JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
             _check_regex_size(_schema_regexes(schema), "the JSON schema's pattern")
         if self.regex is not None and (

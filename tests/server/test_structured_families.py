@@ -62,6 +62,22 @@ def test_ollama_chat_schema(client: ollama.Client) -> None:
     assert parts[-1].done and parts[-1].done_reason == "stop"
 
 
+class OpenCity(BaseModel):
+    name: str = Field(max_length=24)
+    population: int = Field(ge=0, le=10**8)
+
+
+def test_ollama_schema_objects_are_closed(client: ollama.Client) -> None:
+    # As in Ollama, a schema without additionalProperties gets no undeclared keys (SmolLM2
+    # adds some here when the schema allows them).
+    schema = OpenCity.model_json_schema()
+    assert "additionalProperties" not in schema
+    messages = [{"role": "user", "content": "Tell me about Paris as JSON."}]
+    reply = client.chat(MODEL, messages, format=schema, options=GREEDY)
+    assert reply.done_reason == "stop"
+    assert set(json.loads(reply.message.content or "")) == {"name", "population"}
+
+
 def test_ollama_chat_json(client: ollama.Client) -> None:
     messages = [{"role": "user", "content": "Reply in JSON."}]
     reply = client.chat(MODEL, messages, format="json", options={**GREEDY, "num_predict": 8})
