@@ -11,6 +11,7 @@ their input items, deleted, and continued with ``previous_response_id``.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -54,6 +55,16 @@ from heron.tools import ToolPlan
 def _not_stored(response_id: str, param: str | None = None) -> APIError:
     shown = response_id[:80]
     return APIError(404, f"Response with id {shown!r} not found.", "invalid_request", param)
+
+
+def _as_object(arguments: str) -> dict[str, Any] | str:
+    """A call's arguments as the shared message form holds them (an object); the text if
+    it is not one (a call cut short by max_output_tokens)."""
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return arguments
+    return value if isinstance(value, dict) else arguments
 
 
 def _events(run: GenerationRun, delta: GenerationDelta) -> list[Event]:
@@ -230,7 +241,7 @@ class ResponsesServing:
             elif isinstance(out, OutputReasoning):
                 reply["reasoning_content"] = out.content[0].text
             else:
-                function = {"name": out.name, "arguments": out.arguments}
+                function = {"name": out.name, "arguments": _as_object(out.arguments)}
                 calls.append({"id": out.call_id, "type": "function", "function": function})
         if calls:
             reply["tool_calls"] = calls

@@ -226,6 +226,22 @@ class ResponseCreateRequest(_Request, EngineFields):
                 )
         return value
 
+    @field_validator("tool_choice", mode="wrap")
+    @classmethod
+    def _tool_choice(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        kind = value.get("type") if isinstance(value, dict) else None
+        if kind is not None and kind != "function":
+            raise _unsupported(
+                f"tool_choice of type {kind!r} is not supported; only function tools are"
+            )
+        try:
+            return handler(value)
+        except ValidationError:
+            raise _unsupported(
+                'tool_choice must be "none", "auto", "required" or '
+                '{"type": "function", "name": ...}'
+            ) from None
+
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
