@@ -257,6 +257,19 @@ BAD_CHAT: list[tuple[str, dict[str, Any], str, str]] = [
         "structured_outputs",
         "invalid grammar",
     ),
+    (
+        "grammar that explodes",
+        {"guided_grammar": 'start: ("a"~1000)~1000'},
+        "guided_grammar",
+        "the grammar repeats too much",
+    ),
+    (
+        # passes the check without a tokenizer; the engine's compile refuses it (Rejected)
+        "unknown special token",
+        {"guided_grammar": "start: <|no_such_token|>"},
+        "guided_grammar",
+        "unknown special token",
+    ),
     ("empty choice", {"guided_choice": []}, "guided_choice", "choice must list between 1"),
     (
         "two constraints",

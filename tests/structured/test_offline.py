@@ -96,6 +96,15 @@ def test_compile_failure_is_a_value_error(llm: LLM) -> None:
     assert llm.generate("x", SamplingParams(temperature=0, max_tokens=2))[0].outputs[0].text
 
 
+def test_engine_compile_failure_is_a_value_error(llm: LLM) -> None:
+    # Valid without a tokenizer (the check), refused when compiled against SmolLM2's.
+    bad = StructuredOutputsParams(grammar="start: <|no_such_token|>")
+    bad.check()
+    with pytest.raises(ValueError, match=re.escape('unknown special token: "<|no_such_token|>"')):
+        llm.generate("x", SamplingParams(max_tokens=4, structured_outputs=bad))
+    assert llm.generate("x", SamplingParams(temperature=0, max_tokens=2))[0].outputs[0].text
+
+
 def test_unconstrained_rows_keep_their_tokens(llm: LLM) -> None:
     plain = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     prompts = ["The capital of France is", "Once upon a time", "def fib(n):"]
