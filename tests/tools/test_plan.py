@@ -83,3 +83,43 @@ def test_plan_none_offers_nothing_but_renders_history() -> None:
     assert plan.parser is None and plan.structured is None and plan.tools is None
     assert "# Tools" not in plan.messages[0]["content"]
     assert plan.messages[3]["content"].startswith("<tool_response>")
+
+
+# The tool parts of Qwen2.5's chat template (hermes format), abridged.
+QWEN_STYLE = """\
+{%- if tools %}<|im_start|>system
+# Tools
+<tools>
+{%- for tool in tools %}
+{{ tool | tojson }}
+{%- endfor %}
+</tools><|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message.role == "assistant" and message.tool_calls %}<|im_start|>assistant
+{%- for tool_call in message.tool_calls %}
+<tool_call>
+{"name": "{{ tool_call.function.name }}", "arguments": {{ tool_call.function.arguments | tojson }}}
+</tool_call>
+{%- endfor %}<|im_end|>
+{% elif message.role == "tool" %}<|im_start|>user
+<tool_response>
+{{ message.content }}
+</tool_response><|im_end|>
+{% else %}<|im_start|>{{ message.role }}
+{{ message.content }}<|im_end|>
+{% endif %}
+{%- endfor %}<|im_start|>assistant
+"""
+
+
+def test_a_template_with_tool_support_renders_the_shared_form() -> None:
+    from heron.prompt.jinja import render_chat_template
+
+    plan = plan_tools(HISTORY[1:4], [TOOL], ToolChoice("auto"), True, QWEN_STYLE)
+    assert plan.format == "hermes" and plan.tools is not None
+    text = render_chat_template(QWEN_STYLE, plan.messages, tools=plan.tools)
+    assert '<tools>{"type": "function", "function": {"name": "search"' in text
+    assert '<tool_call>\n{"name": "search", "arguments": {"q": "cats"}}\n</tool_call>' in text
+    assert "<tool_response>\n3 cats\n</tool_response>" in text
+    assert "# Tools\n<tools>" in text and "You may call" not in text  # not the built-in prompt
