@@ -25,6 +25,9 @@ from heron.server.parsing import Event, TextPart, ToolCallPart
 
 _HEAD = re.compile(r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*')
 _SEPARATORS = " \t\r\n,;[]"
+# A call whose name does not come first is read whole; one longer than this is not taken
+# for a call (its text is content), which bounds the rescanning of a held object.
+MAX_HELD_CALL_CHARS = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,10 @@ class CallScanner:
             self._depth, self._in_string, self._escaped, self._begun = 0, False, False, False
             return True
         end = _object_end(self._buf)
+        if end is None and len(self._buf) > MAX_HELD_CALL_CHARS:
+            events.append(TextPart(self._opened + self._buf))
+            self._buf, self._state, self._opened = "", _State.TEXT, ""
+            return False
         if end is None:
             return False  # incomplete: wait (``finish`` gives it back as content)
         call = _as_call(self._buf[:end])

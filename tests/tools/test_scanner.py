@@ -116,3 +116,12 @@ def test_arguments_start_at_their_value() -> None:
         "hermes", ['<tool_call>\n{"name": "f", "arguments":', ' {"a": 1}}\n</tool_call>']
     )
     assert [c.arguments for c in parsed.tool_calls] == ['{"a": 1}']
+
+
+def test_a_long_object_that_is_not_a_call_is_content() -> None:
+    text = '<tool_call>{"arguments": "' + "x" * 9000
+    parser = get_format("hermes").parser()
+    assert parser.feed(text[:20]) == []  # could still be a call: held
+    given_back = parser.feed(text[20:])  # too long for one: content, before the end
+    assert [e.text for e in given_back if isinstance(e, TextPart)] == [text]
+    assert parser.feed(" and more") + parser.finish() == [TextPart(" and more")]
