@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import llguidance
 
+from heron.structured.schema import closed_objects
+
 if TYPE_CHECKING:
     from heron.structured.params import StructuredOutputsParams
 
@@ -41,6 +43,8 @@ def to_llguidance(params: StructuredOutputsParams) -> str:
     ws = {"whitespace_flexible": params.whitespace == "flexible"}
     schema = params.schema()
     if schema is not None:
+        if params.json is not None:
+            schema = closed_objects(schema)
         try:
             return str(llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=ws))  # type: ignore[arg-type]
         except ValueError as exc:

@@ -19,6 +19,7 @@ from typing import Any
 
 from heron.server.parsing import OutputParser
 from heron.structured import StructuredOutputsParams
+from heron.structured.schema import closed_objects
 from heron.tools.scanner import CallScanner, CallSyntax
 from heron.tools.spec import ToolChoice, ToolSpec
 
@@ -95,8 +96,9 @@ class ToolFormat:
 
 
 def _styled(schema: dict[str, Any]) -> dict[str, Any]:
+    # Closed objects, as for every JSON-schema constraint (see heron/structured/schema.py).
     options = dict(schema.get("x-guidance") or {}, **_JSON_STYLE)
-    return {**schema, "x-guidance": options}
+    return {**closed_objects(schema), "x-guidance": options}
 
 
 HERMES = ToolFormat(

@@ -87,11 +87,6 @@ def test_forced_tool_call_parses_and_validates(
     assert body["tools"][0]["function"]["parameters"]["additionalProperties"] is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LangChain's default tools carry no additionalProperties; the grammar then lets "
-    "SmolLM2 add keys (it copies the schema's own) that the tool's model refuses",
-)
 def test_forced_call_to_a_non_strict_tool_validates(server: ServerProcess, wire: Wire) -> None:
     llm = chat(server, wire).bind_tools([get_weather], tool_choice="get_weather")
     message = llm.invoke(ASK)

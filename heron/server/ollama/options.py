@@ -17,7 +17,6 @@ from heron.server.parsing import ParserFactory
 from heron.server.sampling import engine_fields
 from heron.server.state import ServerState
 from heron.structured import StructuredOutputsParams
-from heron.structured.params import MAX_SCHEMA_DEPTH, json_depth
 
 logger = logging.getLogger(__name__)
 
@@ -177,37 +176,8 @@ def output_format(fmt: str | dict[str, Any] | None) -> StructuredOutputsParams |
             param="format",
         )
     try:
-        if json_depth(fmt, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
-            return StructuredOutputsParams(json=fmt)  # raises: too deep to walk
-        return StructuredOutputsParams(json=closed_objects(fmt))
+        # Objects without additionalProperties are closed, as Ollama's grammar reads them:
+        # heron/structured/schema.py does so for every JSON-schema constraint.
+        return StructuredOutputsParams(json=fmt)
     except ValueError as exc:
         raise APIError(400, str(exc), param="format") from None
-
-
-# Keywords whose value is one subschema, a list of them, or a map of names to them.
-_ONE = ("additionalProperties", "items", "not", "if", "then", "else", "contains")
-_LIST = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
-_MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-
-
-def closed_objects(schema: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``schema`` in which every object schema with ``properties`` and no
-    ``additionalProperties`` has ``additionalProperties: false``. Ollama's grammar (llama.cpp's
-    schema converter) reads a missing ``additionalProperties`` as false, so a client's
-    ``Model.model_json_schema()`` never gets keys it did not declare; JSON Schema itself, and
-    so the grammar engine, would allow them."""
-    out = dict(schema)
-    if "properties" in out and "additionalProperties" not in out:
-        out["additionalProperties"] = False
-    for key in _ONE:
-        if isinstance(out.get(key), dict):
-            out[key] = closed_objects(out[key])
-    for key in _LIST:
-        if isinstance(out.get(key), list):
-            out[key] = [closed_objects(s) if isinstance(s, dict) else s for s in out[key]]
-    for key in _MAP:
-        if isinstance(out.get(key), dict):
-            out[key] = {
-                k: closed_objects(v) if isinstance(v, dict) else v for k, v in out[key].items()
-            }
-    return out
