@@ -122,7 +122,9 @@ class CallScanner:
         while close and buf.startswith(close):
             buf = buf[len(close) :].lstrip(_SEPARATORS)
         self._buf = buf
-        if not buf or (not final and close and close.startswith(buf)):
+        if close and close.startswith(buf) and final:
+            self._buf = ""  # the output was cut inside a closing marker: not content
+        if not self._buf or (close and close.startswith(buf)):
             return False
         if buf.startswith("{"):
             self._state = _State.HEAD

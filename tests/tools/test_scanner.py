@@ -101,6 +101,17 @@ def test_truncated_call_keeps_what_was_read() -> None:
     assert "".join(parsed.content) == "hi <tool_call>{"  # separators after a marker drop
 
 
+def test_output_cut_inside_a_closing_marker_leaks_nothing() -> None:
+    call = '<tool_call>\n{"name": "get", "arguments": {"a": 1}}\n</tool_call>'
+    for cut in range(1, len("\n</tool_call>")):
+        text = call + "\n" + call[: len(call) - cut]
+        _, parsed = parse("hermes", [text])
+        assert "".join(parsed.content) == "", cut
+    _, parsed = parse("hermes", [call + call[:-3]])
+    assert "".join(parsed.content) == ""
+    assert [c.name for c in parsed.tool_calls] == ["get", "get"]
+
+
 def test_detect_format() -> None:
     assert detect_format("{{ '<tool_call>' }}") == "hermes"
     assert detect_format("<|python_tag|>") == "llama3_json"
