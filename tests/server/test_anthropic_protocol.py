@@ -106,6 +106,12 @@ def test_valid_request_with_blocks_and_cache_control() -> None:
             "citations are not supported",
         ),
         (body(system=[{"type": "document"}]), "system", "type 'document'"),
+        (body(system=[{"type": {}, "text": "a"}]), "system", "content block 0"),
+        (
+            body(messages=[{"role": "user", "content": [{"type": ["x"], "text": "a"}]}]),
+            "messages.0.content",
+            "content block 0",
+        ),
         (body(system="\ud800"), "system", "valid Unicode"),
         (body(messages=[{"role": "user", "content": "a\udfffb"}]), "messages.0.content", "Unicode"),
         (body(metadata={"user_id": "u", "tier": 1}), "metadata.tier", "Extra inputs"),

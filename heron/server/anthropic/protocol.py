@@ -132,7 +132,9 @@ def _text_content(value: Any, extra: dict[str, type[BaseModel]] = _NO_BLOCKS) ->
                 "unsupported", "content block {index}: citations are not supported", {"index": i}
             )
         try:
-            extra.get(kind, TextBlockParam).model_validate(block)  # type: ignore[arg-type]
+            # ``type`` may be anything (a dict is unhashable): only a string picks a model
+            model = extra.get(kind, TextBlockParam) if isinstance(kind, str) else TextBlockParam
+            model.model_validate(block)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
