@@ -11,9 +11,10 @@ markup (a marker's prefix), and ``finish`` releases whatever is left at the end.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 
 @dataclass(slots=True)
@@ -92,6 +93,15 @@ class ToolCall:
     name: str
     arguments: str = ""
     id: str | None = None
+
+    def arguments_object(self) -> dict[str, Any]:
+        """The arguments as an object; a call cut short (not a whole JSON object, e.g. by
+        max_tokens) gets the empty one."""
+        try:
+            value = json.loads(self.arguments or "{}")
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
 
 
 @dataclass(slots=True)

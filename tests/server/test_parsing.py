@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from heron.outputs import GenerationDelta
-from heron.server.parsing import ChainParser, Event, ParsedOutput, TextPart, ToolCallPart
+from heron.server.parsing import (
+    ChainParser,
+    Event,
+    ParsedOutput,
+    TextPart,
+    ToolCall,
+    ToolCallPart,
+)
 from heron.server.run import Choice
 
 
@@ -84,3 +91,10 @@ def test_choice_without_calls_keeps_stop_and_length() -> None:
     truncated = delta("!", "length")
     cut.parse(truncated)
     assert truncated.finish_reason == "length"
+
+
+def test_call_arguments_as_an_object() -> None:
+    assert ToolCall("f", '{"a": [1]}').arguments_object() == {"a": [1]}
+    assert ToolCall("f", "").arguments_object() == {}
+    assert ToolCall("f", '{"a": 1').arguments_object() == {}  # cut short by max_tokens
+    assert ToolCall("f", "[1, 2]").arguments_object() == {}  # not an object

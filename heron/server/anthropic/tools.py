@@ -5,7 +5,6 @@ when a call's first piece is seen and kept on the run's choice)."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -129,13 +128,7 @@ def run_constraint(
 def tool_use_blocks(choice: Choice) -> list[ToolUseBlock]:
     """A finished choice's calls as ``tool_use`` blocks. A call cut short (its arguments
     not a whole JSON object) gets the empty input."""
-    blocks = []
-    for call in choice.tool_calls:
-        try:
-            arguments = json.loads(call.arguments or "{}")
-        except ValueError:
-            arguments = {}
-        if not isinstance(arguments, dict):
-            arguments = {}
-        blocks.append(ToolUseBlock(id=call_id(call), name=call.name, input=arguments))
-    return blocks
+    return [
+        ToolUseBlock(id=call_id(call), name=call.name, input=call.arguments_object())
+        for call in choice.tool_calls
+    ]

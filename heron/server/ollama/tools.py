@@ -5,7 +5,6 @@ into ``message.tool_calls`` (``{"function": {"name", "arguments": {...}}}``, who
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any, Literal
 
@@ -102,16 +101,10 @@ def reply_tool_calls(choice: Choice) -> list[dict[str, Any]] | None:
     gets the empty one), or None without calls."""
     if not choice.tool_calls:
         return None
-    out = []
-    for call in choice.tool_calls:
-        try:
-            arguments = json.loads(call.arguments or "{}")
-        except ValueError:
-            arguments = {}
-        if not isinstance(arguments, dict):
-            arguments = {}
-        out.append({"function": {"name": call.name, "arguments": arguments}})
-    return out
+    return [
+        {"function": {"name": call.name, "arguments": call.arguments_object()}}
+        for call in choice.tool_calls
+    ]
 
 
 def with_tool_calls(
