@@ -63,7 +63,10 @@ def test_the_front_door_checks_constraints_before_queueing(engine: LLMEngine) ->
     deep: dict[str, object] = {"type": "object"}
     for _ in range(40):
         deep = {"type": "object", "properties": {"x": deep}}
-    so = StructuredOutputsParams(json=deep)
     with pytest.raises(ValueError, match="nests deeper than 32"):
-        engine.add_request("deep", [5, 6], SamplingParams(structured_outputs=so))
-    assert not engine.has_unfinished_requests()
+        StructuredOutputsParams(json=deep)
+    # A constraint that passes its own checks but not llguidance's is refused at the door.
+    bad = StructuredOutputsParams(json={"type": "object", "properties": {"a": {"$ref": "#/x"}}})
+    with pytest.raises(ValueError, match="JSON schema"):
+        engine.add_request("bad-ref", [5, 6], SamplingParams(structured_outputs=bad))
+    assert not engine.has_unfinished_requests() and not engine.core.compiling
