@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from heron.proposer.base import SpeculativeConfig
+
 
 @dataclass(slots=True)
 class ModelConfig:
@@ -125,6 +127,8 @@ class EngineConfig:
     use_kernels: bool = True
     num_threads: int | None = None
     seed: int = 0
+    # Speculative decoding (heron/proposer): None decodes one token per step.
+    speculative: SpeculativeConfig | None = None
 
     def __post_init__(self) -> None:
         if self.max_model_len is not None and self.max_model_len < 1:
