@@ -105,6 +105,29 @@ class SchedulerConfig:
             raise ValueError(f"scheduling policy must be 'fcfs' or 'priority', got {self.policy!r}")
 
 
+@dataclass(slots=True)
+class LoRAConfig:
+    """Multi-LoRA. ``max_loras`` adapters sit in the slot table at once (requests with any
+    of them share a step); ``max_lora_rank`` caps an adapter's rank (the slot tensors are
+    padded to it); ``max_cpu_loras`` adapters stay loaded in CPU memory, least recently
+    used swapped out."""
+
+    max_loras: int = 4
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None  # defaults to max_loras
+
+    def __post_init__(self) -> None:
+        if self.max_loras < 1 or self.max_lora_rank < 1:
+            raise ValueError("max_loras and max_lora_rank must be positive")
+        if self.max_cpu_loras is None:
+            self.max_cpu_loras = self.max_loras
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"max_cpu_loras ({self.max_cpu_loras}) must be at least max_loras "
+                f"({self.max_loras})"
+            )
+
+
 QUANTIZATIONS = (None, "auto", "q4_1", "q8_0", "int8")
 
 
@@ -127,6 +150,7 @@ class EngineConfig:
     use_kernels: bool = True
     num_threads: int | None = None
     seed: int = 0
+    lora: LoRAConfig | None = None  # None: no adapters (requests naming one are refused)
     # Speculative decoding (heron/proposer): None decodes one token per step.
     speculative: SpeculativeConfig | None = None
 

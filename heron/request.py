@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from heron.lora.request import LoRARequest
 from heron.sampling_params import SamplingParams
 
 
@@ -50,6 +51,7 @@ class Request:
     # A sibling of an n > 1 group whose prompt KV it may share once this request is prefilled.
     fork_parent: Request | None = None
     cache_salt: bytes | None = None
+    lora_request: LoRARequest | None = None  # the adapter it runs with; None: the base model
 
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)

@@ -120,6 +120,8 @@ class EngineCore:
             raise ValueError(f"logit_bias token ids must be in [0, {vocab})")
         if params.prompt_logprobs is not None and request.fork_of is not None:
             raise ValueError("a forked sibling cannot ask for prompt_logprobs (its parent does)")
+        if request.lora is not None and self.config.lora is None:
+            raise ValueError("this engine was started without LoRA support (enable_lora)")
         if request.priority != 0 and self.config.scheduler.policy != "priority":
             raise ValueError("priority is set but the scheduling policy is not 'priority'")
         if len(token_ids) >= self.max_model_len:
@@ -140,6 +142,7 @@ class EngineCore:
             arrival_time=request.arrival_time,
             fork_parent=parent,
             cache_salt=request.cache_salt.encode() if request.cache_salt else None,
+            lora_request=request.lora,
         )
         if params.structured_outputs is None:
             self.scheduler.add_request(req)

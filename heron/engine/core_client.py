@@ -45,6 +45,7 @@ from heron.engine.protocol import (
 )
 from heron.loader import load_checkpoint
 from heron.loader.pooling import load_pooling_config
+from heron.lora.request import LoRARequest
 from heron.models.registry import is_embedding_architecture
 from heron.outputs import GenerationDelta
 from heron.prompt import ChatRenderer
@@ -140,9 +141,12 @@ class AsyncEngineClient:
         params: SamplingParams,
         request_id: str | None = None,
         priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[GenerationDelta]:
         """Stream the request's deltas (every choice's, interleaved) until each choice has
-        finished."""
+        finished. ``lora_request`` runs it with that adapter (None: the base model); the
+        core loads the adapter on first use and rejects it (ValueError) when it is bad or
+        the engine was started without LoRA."""
         self._admit()
         if params.structured_outputs is not None:
             # Validation may take milliseconds (llguidance releases the GIL): off the loop.
@@ -153,7 +157,12 @@ class AsyncEngineClient:
             if rid in self._queues:
                 raise ValueError(f"request id {rid!r} is already in use")
             engine_requests = self.processor.add_request(
-                rid, None, list(prompt_token_ids), params, priority=priority
+                rid,
+                None,
+                list(prompt_token_ids),
+                params,
+                priority=priority,
+                lora_request=lora_request,
             )
             self._queues[rid] = (asyncio.get_running_loop(), queue)
         finished = False

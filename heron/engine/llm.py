@@ -6,9 +6,10 @@ import itertools
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
-from heron.config import CacheConfig, EngineConfig, SchedulerConfig
+from heron.config import CacheConfig, EngineConfig, LoRAConfig, SchedulerConfig
 from heron.engine.embedder import EmbeddingEngine, is_embedding_checkpoint
 from heron.engine.llm_engine import LLMEngine
+from heron.lora.request import LoRARequest
 from heron.outputs import RequestOutput
 from heron.prompt import ChatRenderer
 from heron.sampling_params import SamplingParams
@@ -50,7 +51,12 @@ class LLM:
         attention_backend: str = "auto",
         num_threads: int | None = None,
         seed: int = 0,
+        enable_lora: bool = False,
+        max_loras: int = 4,
+        max_lora_rank: int = 16,
+        max_cpu_loras: int | None = None,
     ) -> None:
+        lora = LoRAConfig(max_loras, max_lora_rank, max_cpu_loras) if enable_lora else None
         config = EngineConfig(
             cache=CacheConfig(
                 block_size=block_size,
@@ -71,6 +77,7 @@ class LLM:
             attention_backend=attention_backend,
             num_threads=num_threads,
             seed=seed,
+            lora=lora,
         )
         from heron.store.resolve import resolve_model  # LLM(...) is a front door
 
@@ -106,8 +113,12 @@ class LLM:
         prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         priority: Sequence[int] | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
-        """Generate for every prompt, batched; outputs come back in prompt order."""
+        """Generate for every prompt, batched; outputs come back in prompt order.
+        ``lora_request`` is one adapter for every prompt or one per prompt (None: the base
+        model); it needs ``enable_lora=True``. Raises ValueError (``LoRAError``) for a bad
+        adapter, and then queues nothing."""
         if isinstance(prompts, str | dict):
             prompts = [prompts]
         prompt_list = list(prompts)
@@ -117,6 +128,12 @@ class LLM:
             params_list = list(sampling_params)
         else:
             params_list = [sampling_params or SamplingParams()] * len(prompt_list)
+        if lora_request is None or isinstance(lora_request, LoRARequest):
+            loras = [lora_request] * len(prompt_list)
+        elif len(lora_request) != len(prompt_list):
+            raise ValueError("lora_request must be one adapter or one per prompt")
+        else:
+            loras = list(lora_request)
         ids: list[str] = []
         try:
             for i, (prompt, params) in enumerate(zip(prompt_list, params_list, strict=True)):
@@ -124,7 +141,9 @@ class LLM:
                 body: str | list[int] = (
                     prompt if isinstance(prompt, str) else prompt["prompt_token_ids"]
                 )
-                self.engine.add_request(rid, body, params, priority[i] if priority else 0)
+                self.engine.add_request(
+                    rid, body, params, priority[i] if priority else 0, lora_request=loras[i]
+                )
                 ids.append(rid)
         except Exception:
             for rid in ids:  # all or nothing: do not leave earlier prompts queued

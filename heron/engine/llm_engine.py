@@ -14,6 +14,7 @@ from heron.engine.core import EngineCore
 from heron.engine.output_processor import OutputProcessor
 from heron.kvcache import KVCacheManager
 from heron.loader import load_checkpoint
+from heron.lora.request import LoRARequest
 from heron.outputs import RequestOutput
 from heron.runner import ModelRunner
 from heron.sampling_params import SamplingParams
@@ -69,10 +70,11 @@ class LLMEngine:
         params: SamplingParams | None = None,
         priority: int = 0,
         cache_salt: str | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> None:
         """Validate and queue a request (all its choices, or none). Raises ValueError for
         bad input (an empty or over-long prompt, token ids outside the vocabulary, an id that
-        collides with a live request)."""
+        collides with a live request, a bad adapter: ``heron.lora.LoRAError``)."""
         params = params or SamplingParams()
         if params.structured_outputs is not None:
             params.structured_outputs.check()
@@ -89,6 +91,7 @@ class LLMEngine:
             priority=priority,
             cache_salt=cache_salt,
             cumulative=True,
+            lora_request=lora_request,
         )
         try:
             for req in engine_requests:

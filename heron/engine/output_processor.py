@@ -22,6 +22,7 @@ from heron.engine.protocol import (
     PromptLogprobs,
     TokenLogprobs,
 )
+from heron.lora.request import LoRARequest
 from heron.outputs import CompletionOutput, GenerationDelta, Logprob, RequestOutput
 from heron.outputs import PromptLogprobs as SpelledPromptLogprobs
 from heron.sampling_params import SamplingParams
@@ -98,6 +99,7 @@ class OutputProcessor:
         priority: int = 0,
         cache_salt: str | None = None,
         cumulative: bool = False,
+        lora_request: LoRARequest | None = None,
     ) -> list[EngineCoreRequest]:
         """Register a request and return the engine requests to submit: one per choice
         (ids ``rid`` for n == 1, ``rid#i`` otherwise; siblings fork the first's prompt and
@@ -133,6 +135,7 @@ class OutputProcessor:
                     priority=priority,
                     cache_salt=cache_salt,
                     fork_of=engine_ids[0] if i else None,
+                    lora=lora_request,
                 )
             )
         self._requests[request_id] = state

@@ -23,11 +23,12 @@ import time
 import msgspec
 
 from heron.config import EngineConfig
+from heron.lora.request import LoRARequest
 from heron.sampling_params import SamplingParams
 
 # Bumped whenever a message changes shape; ``LoadModel`` carries it and the core refuses a
 # front end that speaks another version.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 # ----------------------------------------------------------------- front end -> core
@@ -45,7 +46,8 @@ class LoadModel(msgspec.Struct, tag=True, frozen=True):
 
 class EngineCoreRequest(msgspec.Struct, tag=True, frozen=True):
     """One sequence to generate. ``n > 1`` arrives as n requests (the front end fans out);
-    ``fork_of`` names a live sibling whose prompt KV this one shares once it is computed."""
+    ``fork_of`` names a live sibling whose prompt KV this one shares once it is computed;
+    ``lora`` the adapter it runs with (None: the base model)."""
 
     request_id: str
     prompt_token_ids: list[int]
@@ -54,6 +56,7 @@ class EngineCoreRequest(msgspec.Struct, tag=True, frozen=True):
     priority: int = 0
     cache_salt: str | None = None
     fork_of: str | None = None
+    lora: LoRARequest | None = None
 
 
 class EmbedRequest(msgspec.Struct, tag=True, frozen=True):
