@@ -40,6 +40,12 @@ def api_key() -> str | None:
     return _get("HERON_API_KEY")
 
 
+def adaptive_threads() -> bool:
+    """``HERON_ADAPTIVE_THREADS``: ``0`` keeps the engine's thread count fixed instead of
+    following the cores other processes leave free (``heron.engine.threads``)."""
+    return _get("HERON_ADAPTIVE_THREADS") != "0"
+
+
 def fault_inject_step() -> int | None:
     """``HERON_FAULT_INJECT_STEP``: testing only. The engine core raises at that step number,
     so tests can check that a mid-stream engine error ends streams cleanly."""
