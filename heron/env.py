@@ -46,6 +46,12 @@ def adaptive_threads() -> bool:
     return _get("HERON_ADAPTIVE_THREADS") != "0"
 
 
+def weight_cache_enabled() -> bool:
+    """``HERON_WEIGHT_CACHE``: ``0`` prepares a model's weights from its file on every load
+    instead of mapping the copy prepared the first time (``heron.runner.weight_cache``)."""
+    return _get("HERON_WEIGHT_CACHE") != "0"
+
+
 def fault_inject_step() -> int | None:
     """``HERON_FAULT_INJECT_STEP``: testing only. The engine core raises at that step number,
     so tests can check that a mid-stream engine error ends streams cleanly."""

@@ -97,5 +97,9 @@ def quantize_weight(
     if weight.shape[0] % 8 == 0 and kernels.has_packed():
         packer = kernels.pack_q4_1 if kind == "q4_1" else kernels.pack_q8_0
         tensors = tuple(packer(*tensors))
-    linear: KernelLinear = kernels.linear_q4_1 if kind == "q4_1" else kernels.linear_q8_0
-    return tensors, linear
+    return tensors, kernel_linear(kind, kernels)
+
+
+def kernel_linear(kind: str, kernels: Kernels) -> KernelLinear:
+    """The kernel that multiplies by ``kind`` tensors, plain or packed."""
+    return kernels.linear_q4_1 if kind == "q4_1" else kernels.linear_q8_0

@@ -69,6 +69,20 @@ class Linear(nn.Module):
         self.kind = kind
         self.weight = nn.Parameter(torch.empty(0), requires_grad=False)
 
+    def load_quantized(
+        self, kind: str, tensors: tuple[torch.Tensor, ...], kernels: Kernels
+    ) -> None:
+        """Take ``kind`` tensors that ``quantize`` made earlier (a weight cache) instead of
+        the fp32 weight, which is freed. Raises ValueError for a kind without a kernel."""
+        if kind not in quant.KERNEL_KINDS:
+            raise ValueError(f"not a kernel kind: {kind!r}")
+        self.qweight = tensors
+        self._kernel_linear = quant.kernel_linear(kind, kernels)
+        if self.bias is not None:
+            self.bias = nn.Parameter(self.bias.detach().float(), requires_grad=False)
+        self.kind = kind
+        self.weight = nn.Parameter(torch.empty(0), requires_grad=False)
+
     def quantize_int8(self) -> None:
         self.quantize("int8")
 

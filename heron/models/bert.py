@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heron.config import ModelConfig
+from heron.layers.embedding import Embedding
 from heron.layers.linear import Linear
 from heron.models.base import EmbeddingModel
 
@@ -45,9 +46,9 @@ class BertEmbeddings(nn.Module):
     def __init__(self, config: ModelConfig, type_vocab_size: int) -> None:
         super().__init__()
         h = config.hidden_size
-        self.word_embeddings = nn.Embedding(config.vocab_size, h)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, h)
-        self.token_type_embeddings = nn.Embedding(type_vocab_size, h)
+        self.word_embeddings = Embedding(config.vocab_size, h)
+        self.position_embeddings = Embedding(config.max_position_embeddings, h)
+        self.token_type_embeddings = Embedding(type_vocab_size, h)
         self.norm = nn.LayerNorm(h, eps=config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

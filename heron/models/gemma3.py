@@ -30,6 +30,7 @@ from torch import nn
 from heron.attention import AttentionBackend
 from heron.config import ModelConfig
 from heron.layers.activation import check_activation, gated_activation
+from heron.layers.embedding import Embedding
 from heron.layers.linear import Linear
 from heron.layers.rotary import RotaryEmbedding, apply_rotary
 from heron.models.base import CausalLM
@@ -197,7 +198,7 @@ class Gemma3ForCausalLM(CausalLM):
         super().__init__()
         self.config = config
         self.settings = Gemma3Settings.from_config(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
         # Follows the model dtype when the model is cast, as the reference rounds it.
         self.register_buffer("embed_scale", torch.tensor(config.hidden_size**0.5), persistent=False)
         self.layers = nn.ModuleList(

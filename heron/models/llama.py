@@ -29,6 +29,7 @@ from heron.attention import AttentionBackend
 from heron.config import ModelConfig
 from heron.kernels import Kernels
 from heron.layers.activation import check_activation, gated_activation
+from heron.layers.embedding import Embedding
 from heron.layers.linear import Linear
 from heron.layers.norm import RMSNorm
 from heron.layers.rotary import RotaryEmbedding, apply_rotary
@@ -182,7 +183,7 @@ class LlamaForCausalLM(CausalLM):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, i, self.attention_cls)
             for i in range(config.num_hidden_layers)
