@@ -33,12 +33,16 @@ def _log_tail(log: IO[bytes], num_lines: int = 15) -> str:
 class LocalServer:
     """A ``heron serve`` child; its output goes to a temporary log, shown if it fails."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, model: str | None = None) -> None:
+        """``model``: a stored model the server loads as it starts (not while it waits for
+        the first request), which is most of a cold ``heron run``'s wait."""
         self.client = client
         host, port = env.split_host_port(env.host())
         self.log = tempfile.TemporaryFile()
         cmd = [sys.executable, "-m", "heron.cli", "serve", "--host", host or "127.0.0.1"]
         cmd += ["--port", str(port)]
+        if model is not None:
+            cmd.append(model)
         # A session of its own: Ctrl-C in the terminal interrupts run, not the server.
         self.proc = subprocess.Popen(
             cmd,
@@ -91,11 +95,23 @@ def _raise_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+def stored_model(name: str) -> str | None:
+    """``name`` when the local store holds a model of that name, else None (not stored, or
+    not a valid name: the server then says why)."""
+    from heron.store.store import ModelStore
+
+    try:
+        ModelStore(None).get(name)
+    except Exception:  # InvalidNameError, ModelNotFoundError, ManifestError, OSError
+        return None
+    return name
+
+
 @contextlib.contextmanager
-def ensure_server(client: Client) -> Iterator[LocalServer | None]:
+def ensure_server(client: Client, model: str | None = None) -> Iterator[LocalServer | None]:
     """Yield None when a server answers at the client's address; otherwise start a local one
-    (only for a loopback or unspecified host), yield it, and stop it on the way out, also on
-    SIGTERM or SIGHUP."""
+    (only for a loopback or unspecified host), loading ``model`` at once if it is stored,
+    yield it, and stop it on the way out, also on SIGTERM or SIGHUP."""
     if client.is_running():
         yield None
         return
@@ -107,7 +123,7 @@ def ensure_server(client: Client) -> Iterator[LocalServer | None]:
         file=sys.stderr,
         flush=True,
     )
-    server = LocalServer(client)
+    server = LocalServer(client, stored_model(model) if model is not None else None)
     previous = {sig: signal.signal(sig, _raise_exit) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         server.wait_healthy()

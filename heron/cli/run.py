@@ -53,7 +53,7 @@ def run(
     """Run a model: answer one prompt, or chat interactively."""
     piped = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
     text = compose_prompt(" ".join(prompt) if prompt else None, piped)
-    with Client() as client, ensure_server(client):
+    with Client() as client, ensure_server(client, model):
         ensure_model(client, model)
         if text is not None:
             body = chat_body(model, [{"role": "user", "content": text}], {}, keepalive)

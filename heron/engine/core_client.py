@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import multiprocessing as mp
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,9 +19,9 @@ from queue import SimpleQueue
 from typing import Any
 
 from heron.config import EngineConfig, ModelConfig
-from heron.engine.core import run_engine_core
 from heron.engine.embedder import embedding_max_len
 from heron.engine.output_processor import OutputProcessor
+from heron.engine.process import CoreProcess, start_core_process
 from heron.engine.protocol import (
     AbortRequests,
     Embeddings,
@@ -72,6 +71,26 @@ class AsyncEngineClient:
         max_waiting: int = 256,
         on_fatal: Callable[[str], None] | None = None,
         chat_template: str | None = None,
+        process: CoreProcess | None = None,
+    ) -> None:
+        """``process``: an engine core process started earlier (``start_core_process``),
+        else one is started here, first, so that it imports while this reads the header."""
+        core = process or start_core_process()
+        try:
+            self._setup(model_path, config, max_waiting, on_fatal, chat_template, core)
+        except BaseException:
+            core.process.kill()
+            core.conn.close()
+            raise
+
+    def _setup(
+        self,
+        model_path: str,
+        config: EngineConfig,
+        max_waiting: int,
+        on_fatal: Callable[[str], None] | None,
+        chat_template: str | None,
+        core: CoreProcess,
     ) -> None:
         self.model_path = model_path
         checkpoint = load_checkpoint(model_path)  # header only: config + tokenizer
@@ -102,11 +121,7 @@ class AsyncEngineClient:
         self._outbox: SimpleQueue[ToCore] = SimpleQueue()
         self._dead: str | None = None
         self._closing = False
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=run_engine_core, args=(child,), daemon=True)
-        self._proc.start()
-        child.close()
+        self._conn, self._proc = core.conn, core.process
         eos = sorted(self.tokenizer.eos_token_ids)
         self._outbox.put(LoadModel(model_path, config, eos, self.tokenizer.backend.to_str()))
         # The weights load in the engine process while the server already answers /health;

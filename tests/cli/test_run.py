@@ -8,6 +8,8 @@ import re
 import socket
 from pathlib import Path
 
+import pytest
+
 from tests.cli.conftest import MAX_TOKENS, Heron, cli_env
 from tests.server.conftest import free_port
 
@@ -106,3 +108,17 @@ def test_run_starts_and_stops_a_local_server(
     assert eval_count(r.stderr) == 4
     assert not _listening(port)
     assert _serve_processes(port) == []
+
+
+def test_run_loads_a_stored_model_as_its_server_starts(
+    pirate: str, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server `run` starts is told the model (so it loads while the server starts) only
+    when the store holds it; otherwise the server starts bare and `run` pulls."""
+    from heron.cli.launch import stored_model
+
+    monkeypatch.setenv("HERON_MODELS", str(models_dir))
+    assert pirate  # the fixture's `heron create pirate` output: the model is stored
+    assert stored_model("pirate") == "pirate"
+    assert stored_model("not-pulled-here") is None
+    assert stored_model("../../etc/passwd") is None
