@@ -19,7 +19,6 @@ from queue import SimpleQueue
 from typing import Any
 
 from heron.config import EngineConfig, ModelConfig
-from heron.engine.embedder import embedding_max_len
 from heron.engine.output_processor import OutputProcessor
 from heron.engine.process import CoreProcess, start_core_process
 from heron.engine.protocol import (
@@ -42,13 +41,12 @@ from heron.engine.protocol import (
     decode_from_core,
     encode,
 )
+from heron.kvcache.plan import embedding_max_len, plan_max_model_len
 from heron.loader import load_checkpoint
-from heron.loader.pooling import load_pooling_config
 from heron.lora.request import LoRARequest
 from heron.models.registry import is_embedding_architecture
 from heron.outputs import GenerationDelta
 from heron.prompt import ChatRenderer
-from heron.runner.model_runner import plan_max_model_len
 from heron.sampling_params import SamplingParams
 from heron.tokenizer import Tokenizer
 
@@ -105,6 +103,8 @@ class AsyncEngineClient:
         self.embedding_dim: int | None = None  # length of each vector, for embedding models
         if self.is_embedding:
             self.max_model_len = embedding_max_len(self.model_config, config)
+            from heron.loader.pooling import load_pooling_config  # torch: encoders only
+
             pooling = load_pooling_config(model_path)
             self.embedding_dim = pooling.output_dim(self.model_config.hidden_size)
         else:

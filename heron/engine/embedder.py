@@ -18,7 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from heron.config import EngineConfig, ModelConfig
+from heron.config import EngineConfig
+from heron.kvcache.plan import embedding_max_len
 from heron.layers.linear import Linear
 from heron.layers.pooling import pool
 from heron.loader import CheckpointError, load_checkpoint
@@ -43,12 +44,6 @@ def is_embedding_checkpoint(path: str) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return bool(archs) and isinstance(archs, list) and is_embedding_architecture(str(archs[0]))
-
-
-def embedding_max_len(model_config: ModelConfig, config: EngineConfig) -> int:
-    """The longest input the encoder takes: its position table, lowered by max_model_len."""
-    limit = model_config.max_position_embeddings
-    return min(config.max_model_len or limit, limit)
 
 
 def special_suffix_len(tokenizer: Tokenizer) -> int:

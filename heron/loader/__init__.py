@@ -10,12 +10,9 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from heron.config import ModelConfig
-from heron.loader.dequant import SUPPORTED_TYPES, UnsupportedGGMLTypeError, dequantize
 from heron.loader.gguf import GGUFError, GGUFFile, GGUFTensorInfo
 from heron.loader.gguf_model import (
     GGUF_ARCHITECTURES,
@@ -24,6 +21,24 @@ from heron.loader.gguf_model import (
     load_gguf_checkpoint,
 )
 from heron.loader.hf_dir import CheckpointError, iter_safetensors_weights, load_hf_checkpoint
+
+if TYPE_CHECKING:
+    import torch
+
+    from heron.loader.dequant import SUPPORTED_TYPES, UnsupportedGGMLTypeError, dequantize
+
+# torch-backed names load on first use: reading a checkpoint's header (as the HTTP process
+# does) must not import torch.
+_LAZY = {"SUPPORTED_TYPES", "UnsupportedGGMLTypeError", "dequantize"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from heron.loader import dequant
+
+        return getattr(dequant, name)
+    raise AttributeError(f"module 'heron.loader' has no attribute {name!r}")
+
 
 __all__ = [
     "GGUF_ARCHITECTURES",

@@ -25,13 +25,14 @@ import struct
 import warnings
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from heron.loader.dequant import UnsupportedGGMLTypeError, dequantize
+if TYPE_CHECKING:
+    import torch
+
 
 __all__ = ["GGUFError", "GGUFFile", "GGUFTensorInfo"]
 
@@ -358,8 +359,15 @@ class GGUFFile:
         assert self._data is not None
         return self._data[info.offset : info.offset + info.nbytes]
 
-    def load(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The tensor dequantized to ``dtype`` in torch shape; a new, writable tensor."""
+    def load(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor dequantized to ``dtype`` (default float32) in torch shape; a new,
+        writable tensor."""
+        # torch loads here, not with the module: reading a header (the HTTP process does)
+        # must not import it.
+        import torch
+
+        from heron.loader.dequant import UnsupportedGGMLTypeError, dequantize
+
         info = self._info(name)
         with warnings.catch_warnings():
             # The map is read-only; dequantize() never writes to its input.
@@ -369,7 +377,7 @@ class GGUFFile:
             out = dequantize(data, info.ggml_type, info.shape)
         except UnsupportedGGMLTypeError as e:
             raise GGUFError(f"{self.path}: tensor {name!r}: {e}") from None
-        return out if dtype == torch.float32 else out.to(dtype)
+        return out if dtype in (None, torch.float32) else out.to(dtype)
 
     def _info(self, name: str) -> GGUFTensorInfo:
         if self._data is None:

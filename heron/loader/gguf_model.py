@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from heron.config import ModelConfig
 from heron.loader.gguf import GGUFError, GGUFFile
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["GGUF_ARCHITECTURES", "config_from_gguf", "iter_gguf_weights", "load_gguf_checkpoint"]
 

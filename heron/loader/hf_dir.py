@@ -10,12 +10,12 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import safe_open
+from typing import TYPE_CHECKING, Any
 
 from heron.config import ModelConfig
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["CheckpointError", "iter_safetensors_weights", "load_hf_checkpoint"]
 
@@ -221,6 +221,8 @@ def _tensor_names(d: Path) -> set[str]:
 
 
 def _open(f: Path) -> Any:
+    from safetensors import safe_open  # with torch, only where tensors are read
+
     try:
         return safe_open(str(f), framework="pt")
     except Exception as e:  # safetensors raises its own error types for malformed headers

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from heron.config import ModelConfig
-from heron.models.base import CausalLM, EmbeddingModel
+
+if TYPE_CHECKING:  # the classes (and torch) load with the first model built
+    from heron.models.base import CausalLM, EmbeddingModel
 
 _MODELS: dict[str, tuple[str, str]] = {
     "LlamaForCausalLM": ("heron.models.llama", "LlamaForCausalLM"),

@@ -10,8 +10,8 @@ the model is then ready in about a tenth of a second.
 The cache lives in ``$HERON_CACHE/weights`` (``~/.cache/heron/weights``), one
 ``<key>.pt`` per prepared model, read with ``torch.load(weights_only=True, mmap=True)``.
 The key hashes the file's resolved path, size, mtime and inode (a changed file is a new
-key), the settings above, the versions of Heron and torch, and the stats of the code that
-prepares weights (loader, models, layers, kernels, runner). At most ``MAX_ENTRIES`` files
+key), the settings above, torch's version, and the stats of Heron's code that prepares
+weights (loader, models, layers, kernels, runner). At most ``MAX_ENTRIES`` files
 are kept (least recently used go first). ``HERON_WEIGHT_CACHE=0`` turns it off.
 
 Layout of one file: ``{"format": FORMAT, "params": {name: tensor}, "linears": {name:
@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from heron import __version__, env
+from heron.env import cache_dir, weight_cache_enabled
 from heron.kernels import Kernels, kernels_isa
 from heron.layers.linear import Linear
 
@@ -45,7 +45,7 @@ MAX_ENTRIES = 8
 
 
 def cache_root() -> Path:
-    return env.cache_dir() / "weights"
+    return cache_dir() / "weights"
 
 
 def _fingerprint(source: Path) -> list[object]:
@@ -78,14 +78,14 @@ def cache_key(
 ) -> str | None:
     """The cache file's name for these weights and settings; None when caching is off or
     the source cannot be identified."""
-    if not env.weight_cache_enabled():
+    if not weight_cache_enabled():
         return None
     try:
         fingerprint = _fingerprint(source)
     except OSError:
         return None
     packed = kernels is not None and kernels.has_packed()
-    parts = [FORMAT, __version__, torch.__version__, _code_fingerprint(), fingerprint]
+    parts = [FORMAT, torch.__version__, _code_fingerprint(), fingerprint]
     parts += [dtype, quantization]
     parts += [kernels_isa() if kernels is not None else None, packed]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:40]
