@@ -26,6 +26,7 @@ from heron.loader import CheckpointError, load_checkpoint
 from heron.loader.pooling import load_pooling_config
 from heron.models.registry import build_embedding_model, is_embedding_architecture
 from heron.tokenizer import Tokenizer
+from heron.tokenizer.fit import fit_to_context, special_suffix_len
 
 logger = logging.getLogger(__name__)
 
@@ -44,31 +45,6 @@ def is_embedding_checkpoint(path: str) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return bool(archs) and isinstance(archs, list) and is_embedding_architecture(str(archs[0]))
-
-
-def special_suffix_len(tokenizer: Tokenizer) -> int:
-    """How many special tokens the tokenizer appends after the text (1 for BERT's [SEP])."""
-    core = tokenizer.encode("a", add_special_tokens=False)
-    full = tokenizer.encode("a", add_special_tokens=True)
-    for start in range(len(full) - len(core) + 1):
-        if full[start : start + len(core)] == core:
-            return len(full) - start - len(core)
-    return 0
-
-
-def fit_to_context(ids: list[int], max_len: int, truncate: bool, suffix_len: int = 0) -> list[int]:
-    """``ids`` if it fits in ``max_len`` tokens; else cut to ``max_len`` keeping the last
-    ``suffix_len`` (special) tokens, or raise ValueError when ``truncate`` is false."""
-    if len(ids) <= max_len:
-        return ids
-    if not truncate:
-        raise ValueError(
-            f"input exceeds maximum context length: {len(ids)} tokens, the model takes {max_len}"
-        )
-    keep = max_len - suffix_len
-    if keep < 1:
-        return ids[:max_len]
-    return ids[:keep] + ids[len(ids) - suffix_len :]
 
 
 class EmbeddingEngine:

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from heron.engine.embedder import fit_to_context, special_suffix_len
 from heron.engine.protocol import EngineRequestError
 from heron.server.common import APIError, until_disconnected
 from heron.server.model_spec import LoadedModel
 from heron.server.state import ServerState
+from heron.tokenizer.fit import fit_to_context, special_suffix_len
 
 
 @dataclass(slots=True)

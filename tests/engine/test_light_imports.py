@@ -8,8 +8,10 @@ import subprocess
 import sys
 
 CODE = """
-import sys
-import heron.cli.main, heron.server.serve, heron.engine.core_client
+import importlib, pkgutil, sys
+import heron.cli.main, heron.server, heron.engine.core_client
+for module in pkgutil.walk_packages(heron.server.__path__, "heron.server."):
+    importlib.import_module(module.name)  # every route, loaded at startup or first request
 from heron.loader import load_checkpoint
 from heron.packaged import find_packaged_model
 from heron.prompt import ChatRenderer

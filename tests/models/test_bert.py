@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from heron import LLM
-from heron.engine.embedder import EmbeddingEngine, fit_to_context
+from heron.engine.embedder import EmbeddingEngine
 from heron.layers.pooling import POOLING_MODES, PoolingConfig, pool
 from heron.loader import CheckpointError, iter_safetensors_weights, load_hf_checkpoint
 from heron.loader.pooling import load_pooling_config
 from heron.models.registry import build_embedding_model, build_model
+from heron.tokenizer.fit import fit_to_context
 
 pytestmark = pytest.mark.slow
 
