@@ -31,8 +31,9 @@ class GrammarCompiler:
 
     ``tokenizer_json`` is the HF ``tokenizers`` JSON of the model's vocabulary and
     ``vocab_size`` the width of the logits (it may exceed the tokenizer's). The llguidance
-    tokenizer is built on the worker thread at construction, so the first request does not
-    pay for it on the step loop.
+    tokenizer is built on the worker thread for the first constraint, not at construction:
+    building it holds the GIL for about 0.45 s (SmolLM2's vocabulary), which at engine start
+    delayed every model's readiness, used or not.
     """
 
     def __init__(self, tokenizer_json: str, vocab_size: int, eos_token_ids: Iterable[int]) -> None:
@@ -41,16 +42,19 @@ class GrammarCompiler:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="heron-grammar")
         self._cache: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
-        self._tokenizer = self._pool.submit(self._build_tokenizer, tokenizer_json)
+        self._tokenizer_json = tokenizer_json
+        self._tokenizer: llguidance.LLTokenizer | None = None  # built on the worker thread
         self.compile_seconds: list[float] = []  # per cache miss, for the benchmark
 
-    def _build_tokenizer(self, tokenizer_json: str) -> llguidance.LLTokenizer:
-        t0 = time.perf_counter()
-        tok = llguidance.LLTokenizer(
-            tokenizer_json, n_vocab=self.vocab_size, eos_token=self._eos or None
-        )
-        logger.info("grammar tokenizer ready in %.2f s", time.perf_counter() - t0)
-        return tok
+    def _grammar_tokenizer(self) -> llguidance.LLTokenizer:
+        """The llguidance tokenizer, built on first use (only the worker thread calls it)."""
+        if self._tokenizer is None:
+            t0 = time.perf_counter()
+            self._tokenizer = llguidance.LLTokenizer(
+                self._tokenizer_json, n_vocab=self.vocab_size, eos_token=self._eos or None
+            )
+            logger.info("grammar tokenizer ready in %.2f s", time.perf_counter() - t0)
+        return self._tokenizer
 
     def submit(self, params: StructuredOutputsParams) -> Future[llguidance.LLMatcher]:
         """A future of a new matcher for ``params``, in its start state. The future raises
@@ -66,7 +70,10 @@ class GrammarCompiler:
         if template is None:
             t0 = time.perf_counter()
             template = llguidance.LLMatcher(
-                self._tokenizer.result(), params.to_grammar(), log_level=0, limits=parser_limits()
+                self._grammar_tokenizer(),
+                params.to_grammar(),
+                log_level=0,
+                limits=parser_limits(),
             )
             if template.is_error():
                 raise ValueError(f"invalid {params.kind} constraint: {template.get_error()}")
