@@ -46,6 +46,8 @@ from heron.engine.protocol import (
 )
 from heron.kvcache import KVCacheManager
 from heron.loader import Checkpoint, load_checkpoint
+from heron.lora.manager import lora_cache_key
+from heron.lora.request import LoRARequest
 from heron.request import FINISH_REASONS, Request, RequestStatus
 from heron.runner import ModelRunner
 from heron.runner.model_runner import plan_max_model_len
@@ -74,7 +76,8 @@ class EngineCore:
         self.kv_manager = KVCacheManager(
             self.runner.num_blocks, cache.block_size, enable_caching=cache.enable_prefix_caching
         )
-        self.scheduler = Scheduler(config.scheduler, self.kv_manager)
+        max_loras = config.lora.max_loras if config.lora is not None else None
+        self.scheduler = Scheduler(config.scheduler, self.kv_manager, max_loras)
         self.max_model_len, wanted = plan_max_model_len(self.model_config, config)
         if self.max_model_len < wanted:
             logger.warning(
@@ -120,8 +123,6 @@ class EngineCore:
             raise ValueError(f"logit_bias token ids must be in [0, {vocab})")
         if params.prompt_logprobs is not None and request.fork_of is not None:
             raise ValueError("a forked sibling cannot ask for prompt_logprobs (its parent does)")
-        if request.lora is not None and self.config.lora is None:
-            raise ValueError("this engine was started without LoRA support (enable_lora)")
         if request.priority != 0 and self.config.scheduler.policy != "priority":
             raise ValueError("priority is set but the scheduling policy is not 'priority'")
         if len(token_ids) >= self.max_model_len:
@@ -132,6 +133,9 @@ class EngineCore:
         room = self.max_model_len - len(token_ids)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         parent = self.scheduler.requests.get(request.fork_of) if request.fork_of else None
+        cache_salt = request.cache_salt.encode() if request.cache_salt else None
+        if request.lora is not None:
+            cache_salt = lora_cache_key(self._add_lora(request.lora), cache_salt)
         req = Request(
             request_id=rid,
             prompt_token_ids=list(token_ids),
@@ -141,7 +145,7 @@ class EngineCore:
             priority=request.priority,
             arrival_time=request.arrival_time,
             fork_parent=parent,
-            cache_salt=request.cache_salt.encode() if request.cache_salt else None,
+            cache_salt=cache_salt,
             lora_request=request.lora,
         )
         if params.structured_outputs is None:
@@ -150,6 +154,16 @@ class EngineCore:
         if self.grammars is None:
             raise ValueError("this engine was started without a tokenizer: no structured outputs")
         self.compiling[rid] = (req, self.grammars.submit(params.structured_outputs))
+
+    def _add_lora(self, lora: LoRARequest) -> bytes:
+        """Load (or find) a request's adapter; returns its digest. Raises ValueError without
+        LoRA, LoRAError for a bad adapter."""
+        manager = self.runner.lora
+        if manager is None:
+            raise ValueError("this engine was started without LoRA support (enable_lora)")
+        in_use = {r.lora_request.int_id for r in self.scheduler.requests.values() if r.lora_request}
+        in_use.update(r.lora_request.int_id for r, _ in self.compiling.values() if r.lora_request)
+        return manager.add(lora, in_use)
 
     def _admit_compiled(self) -> None:
         """Move requests whose grammar has compiled into the scheduler; record those whose

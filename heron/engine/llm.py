@@ -30,6 +30,8 @@ class LLM:
     ``model`` is a GGUF file or an HF checkpoint directory. The keyword arguments map one to
     one onto ``EngineConfig`` fields (an embedding model uses dtype, quantization, threads,
     max_model_len and max_num_batched_tokens, its padded tokens per forward).
+    ``enable_lora`` with ``max_loras``, ``max_lora_rank`` and ``max_cpu_loras`` sets
+    ``EngineConfig.lora`` (see ``heron.config.LoRAConfig``); ``generate`` then takes adapters.
     """
 
     def __init__(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,8 @@ from heron.kernels import CACHE_DTYPES, Kernels, attach_kernels, cpu_kernels, re
 from heron.kernels.fused import bind_fused_decoder
 from heron.kernels.quant import auto_kind
 from heron.layers.linear import Linear
+from heron.lora.layer import LoRABatch
+from heron.lora.manager import LoRAManager
 from heron.models import build_model
 from heron.runner.prompt_logprobs import PromptLogprobsPlan
 from heron.runner.sampler import Sampler, SamplerOutput
@@ -39,6 +42,7 @@ class ModelInputs:
     sampled: list[ScheduledRequest]  # rows of the logits, in order
     attention: AttentionBatch
     prompt_logprobs: PromptLogprobsPlan  # prompt positions to score (usually none)
+    lora: LoRABatch | None = None  # the rows that use an adapter, by slot (None: none do)
 
 
 def apply_quantization(
@@ -108,6 +112,10 @@ class ModelRunner:
         self.kernels = self._kernels(config)
         self.quantization = apply_quantization(self.model, config.quantization, self.kernels)
         self.model.eval()
+        # Adapters (EngineConfig.lora): the adaptable linears become LoRALinears here.
+        self.lora: LoRAManager | None = None
+        if config.lora is not None:
+            self.lora = LoRAManager(self.model, model_config, config.lora, self.dtype)
         backend = config.attention_backend
         if backend == "auto":
             usable = self.kernels is not None and self.kv_dtype in CACHE_DTYPES
@@ -190,6 +198,7 @@ class ModelRunner:
             sampled=sampled,
             attention=attention,
             prompt_logprobs=prompt_plan,
+            lora=self.lora.plan(order, len(ids)) if self.lora is not None else None,
         )
 
     @torch.inference_mode()
@@ -200,9 +209,13 @@ class ModelRunner:
         inputs = self.prepare_inputs(out)
         metadata = self.backend.prepare_metadata(inputs.attention)
         batch = self.sampler.prepare([s.request for s in inputs.sampled])
-        hidden = self.model(
-            inputs.input_ids, inputs.positions, self.kv_caches, self.backend, metadata
-        )
+        lora: AbstractContextManager[None] = nullcontext()
+        if self.lora is not None:
+            lora = self.lora.active(inputs.lora)
+        with lora:
+            hidden = self.model(
+                inputs.input_ids, inputs.positions, self.kv_caches, self.backend, metadata
+            )
         prompt = inputs.prompt_logprobs.score(hidden, self.model.compute_logits)
         if not inputs.sampled:
             return [], SamplerOutput([], [], prompt)

@@ -19,9 +19,13 @@ from heron.scheduler.output import ScheduledRequest, SchedulerOutput
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv_manager: KVCacheManager) -> None:
+    def __init__(
+        self, config: SchedulerConfig, kv_manager: KVCacheManager, max_loras: int | None = None
+    ) -> None:
         self.config = config
         self.kv = kv_manager
+        # LoRA: running requests use at most this many distinct adapters (the slot table).
+        self.max_loras = max_loras
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -64,7 +68,11 @@ class Scheduler:
             req = self.running[i]
             num_new = self._num_new_tokens(req, req.num_computed_tokens, budget, chunk)
             while not self.kv.allocate_slots(
-                req.request_id, req.all_token_ids, req.num_computed_tokens, num_new
+                req.request_id,
+                req.all_token_ids,
+                req.num_computed_tokens,
+                num_new,
+                extra_key=req.cache_salt,  # its blocks' key (salt, adapter) never changes
             ):
                 victim = self._pick_victim(i)
                 self._preempt(victim)
@@ -82,11 +90,15 @@ class Scheduler:
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int, chunk: int) -> None:
         idx = 0
+        loras = self._running_loras()
         while budget > 0 and len(self.running) < self.config.max_num_seqs:
             idx = self._next_waiting(idx)
             if idx >= len(self.waiting):
                 return
             req = self.waiting[idx]
+            if loras is not None and not self._lora_fits(req, loras):
+                idx += 1
+                continue
             parent = req.fork_parent
             if parent is not None and not parent.is_finished:
                 if parent.status != RequestStatus.RUNNING or (
@@ -131,8 +143,29 @@ class Scheduler:
             req.status = RequestStatus.RUNNING
             req.num_computed_tokens = num_hit
             self.running.append(req)
+            if loras is not None and req.lora_request is not None:
+                loras.add(req.lora_request.int_id)
             self._emit(out, req, num_hit, num_new)
             budget -= num_new
+
+    def _running_loras(self) -> set[int] | None:
+        """The adapters running requests use (their slots), or None without LoRA."""
+        if self.max_loras is None:
+            return None
+        return {r.lora_request.int_id for r in self.running if r.lora_request is not None}
+
+    def _lora_fits(self, req: Request, loras: set[int]) -> bool:
+        """Whether ``req``'s adapter has a slot this step. Once one waits for a slot, no
+        later request brings in a new adapter or more of a running one (-1 marks it), so the
+        running adapters drain and a slot frees: nothing waits forever."""
+        lora = req.lora_request
+        if lora is None:
+            return True
+        assert self.max_loras is not None
+        if -1 not in loras and (lora.int_id in loras or len(loras) < self.max_loras):
+            return True
+        loras.add(-1)
+        return False
 
     def _next_waiting(self, start: int) -> int:
         """Index of the next waiting request to consider: queue order for FCFS; for the
