@@ -84,12 +84,13 @@ def test_quantized_base_with_adapter_matches_float_base(tmp_path: Path) -> None:
         outs = llm.generate(ps, greedy(1), lora_request=lora)
         return [got[o.request_id][0] for o in outs]
 
-    base_gaps = [
-        (q - e).abs().max().item()
-        for q, e in zip(first_logits(quant, None), first_logits(exact, None), strict=True)
-    ]
-    with_lora = zip(first_logits(quant, lora), first_logits(exact, lora), strict=True)
-    for (q, e), gap in zip(with_lora, base_gaps, strict=True):
-        # the adapter adds no error of its own beyond the base's activation rounding
-        assert (q - e).abs().max().item() <= 1.5 * gap + 1e-3
-        assert q.argmax() == e.argmax()
+    exact_base = first_logits(exact, None)
+    quant_base = first_logits(quant, None)
+    exact_lora, quant_lora = first_logits(exact, lora), first_logits(quant, lora)
+    for qb, eb, ql, el in zip(quant_base, exact_base, quant_lora, exact_lora, strict=True):
+        gap, effect = (qb - eb).abs().max().item(), (el - eb).abs().max().item()
+        # the adapter adds no error of its own: the quantized base's rounding, carried
+        # through the adapter, stays of its order, far below the adapter's own effect
+        error = (ql - el).abs().max().item()
+        assert error <= 3 * gap + 1e-3 and error < effect / 5
+        assert ql.argmax() == el.argmax()
