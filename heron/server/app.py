@@ -133,6 +133,7 @@ def add_operational_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         state.metrics.update_engines(state.models.engine_stats())
+        state.metrics.update_adapters(state.models.adapter_counts())
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

@@ -66,7 +66,14 @@ class Metrics:
         self.e2e = hist(
             "e2e_request_latency_seconds", "End-to-end request latency.", _LATENCY_BUCKETS
         )
+        self.lora_loaded = gauge(
+            "lora_adapters_loaded", "LoRA adapters served on the model (--lora, loaded, stored)."
+        )
+        self.lora_requests = counter(
+            "lora_requests", "Finished requests per LoRA adapter.", ["adapter"]
+        )
         self._last: dict[tuple[str, int], EngineStats] = {}  # (model, engine id) -> stats
+        self._lora_models: set[str] = set()
         self._gauged: set[str] = set()
         for name in model_names or []:
             self.declare(name)
@@ -139,6 +146,18 @@ class Metrics:
         for gap in itl_s:
             self.itl.labels(m).observe(gap)
         self.e2e.labels(m).observe(e2e_s)
+
+    def observe_lora(self, model_name: str, adapter: str) -> None:
+        """Count one finished (or aborted) request that ran with ``adapter``."""
+        self.lora_requests.labels(model_name, adapter).inc()
+
+    def update_adapters(self, counts: dict[str, int]) -> None:
+        """Set the adapters served per model name; a model that has none now reads 0."""
+        for m in self._lora_models - set(counts):
+            self.lora_loaded.labels(m).set(0)
+        for m, n in counts.items():
+            self.lora_loaded.labels(m).set(n)
+        self._lora_models |= set(counts)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

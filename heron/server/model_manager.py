@@ -20,13 +20,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from heron.config import EngineConfig
+from heron.engine.process import CoreProcess, start_core_process
 from heron.engine.protocol import EngineStats
+from heron.server.adapters import AdapterRegistry, BadAdapterError, engine_config_for
 from heron.server.common import APIError
-from heron.server.model_spec import (
-    LoadedModel,
-    ModelSpec,
-    spec_from_store,
-)
+from heron.server.model_spec import LoadedModel, ModelSpec, check_stored, spec_from_store
 
 if TYPE_CHECKING:
     from heron.store.store import ModelStore
@@ -76,6 +74,7 @@ class ModelManager:
         self._restarting: set[str] = set()  # pinned models whose dead engine is being replaced
         self._restart_times: list[float] = []  # monotonic
         self._closed = False
+        self.adapters = AdapterRegistry()  # served on the pinned model (--lora)
 
     # ------------------------------------------------------------------ resolution
     def resolve(self, name: str) -> ModelSpec:
@@ -85,6 +84,9 @@ class ModelManager:
             raise APIError(400, "model is required", param="model")
         if self.pinned is not None and self.pinned.matches(name):
             return self.pinned
+        adapter = self.adapters.spec(name, self.pinned)
+        if adapter is not None:
+            return adapter
         for loaded in self.loaded.values():
             if loaded.spec.matches(name):
                 return loaded.spec
@@ -101,16 +103,16 @@ class ModelManager:
             raise APIError(404, f"model '{shown}' not found", "not_found", param="model") from None
         return spec_from_store(self.store, stored)
 
-    def pin(self, spec: ModelSpec) -> LoadedModel:
+    def pin(self, spec: ModelSpec, process: CoreProcess | None = None) -> LoadedModel:
         """Start loading the command line's model now (before the server listens), so that a
         load failure ends the server. Kept loaded unless a request's keep_alive says
-        otherwise."""
+        otherwise. ``process``: a core process the command line started early."""
         self.pinned = spec
         try:
             self._check_stored(spec)
         except APIError as exc:  # `heron serve` prints it and exits
             raise ValueError(str(exc)) from None
-        loaded = self._start(spec, pinned=True)
+        loaded = self._start(spec, pinned=True, process=process)
         self.loaded[spec.name] = loaded
         return loaded
 
@@ -124,6 +126,8 @@ class ModelManager:
         ``task`` ("generate" or "embed") is checked before anything loads: asking an
         embedding model to generate, or a generating model to embed, is a 400."""
         spec = self.resolve(name)
+        if spec.base is not None:  # an adapter: a request on its base model's engine
+            return (await self.get(spec.base, keep_alive, task)).with_spec(spec)
         if task is not None and not self.supports(spec, task):
             shown = name if len(name) <= 64 else name[:64] + "..."
             what = "embeddings" if task == "embed" else task
@@ -181,6 +185,8 @@ class ModelManager:
         await self._make_room(spec.name)
         try:
             loaded = await asyncio.to_thread(self._start, spec, False)
+        except BadAdapterError as exc:
+            raise APIError(400, str(exc), param="model") from None
         except (OSError, ValueError) as exc:  # unreadable or invalid checkpoint header
             raise APIError(
                 500, f"failed to load model '{spec.name}': {exc}", "server_error"
@@ -189,40 +195,22 @@ class ModelManager:
         return loaded
 
     def _check_stored(self, spec: ModelSpec) -> None:
-        """Before a stored model loads: its blobs (see ``_check_blobs``) and its TEMPLATE,
-        which a model stored before create checked templates may have broken (400)."""
-        self._check_blobs(spec)
-        if spec.template:
-            from heron.prompt import check_template
+        check_stored(spec, self.store)
 
-            try:
-                check_template(spec.template)
-            except ValueError as exc:
-                raise APIError(
-                    400,
-                    f"model '{spec.name}' has a TEMPLATE that does not parse: {exc}; create "
-                    "the model again with a fixed TEMPLATE",
-                    param="model",
-                ) from None
+    def _start(
+        self, spec: ModelSpec, pinned: bool, process: CoreProcess | None = None
+    ) -> LoadedModel:
+        # The core process starts first: it imports the engine while this process imports
+        # the client and reads the checkpoint's header (see heron.engine.process).
+        process = process or start_core_process()
+        try:
+            return self._start_client(spec, pinned, process)
+        except BaseException:
+            process.process.kill()
+            process.conn.close()
+            raise
 
-    def _check_blobs(self, spec: ModelSpec) -> None:
-        """Refuse a stored model whose blobs changed since they were verified: each is
-        re-hashed only if its file's stamp (size, mtime, inode) changed. Raises APIError 500
-        naming the model and the repair."""
-        if spec.stored is None or self.store is None:
-            return
-        blobs = self.store.blobs
-        bad = [d for d in spec.stored.manifest.digests() if not blobs.check(d)]
-        if bad:
-            raise APIError(
-                500,
-                f"model '{spec.name}' is corrupted: blob {bad[0]} no longer matches its digest "
-                f"(changed or damaged on disk); repair it with `heron pull {spec.name}` (or "
-                "create it again)",
-                "server_error",
-            )
-
-    def _start(self, spec: ModelSpec, pinned: bool) -> LoadedModel:
+    def _start_client(self, spec: ModelSpec, pinned: bool, process: CoreProcess) -> LoadedModel:
         from heron.engine.core_client import AsyncEngineClient
 
         holder: list[LoadedModel] = []
@@ -245,8 +233,9 @@ class ModelManager:
             elif self.on_fatal is not None:
                 self.on_fatal(message)
 
+        config = engine_config_for(spec, self.engine_config)
         engine = AsyncEngineClient(
-            spec.path, self.engine_config, self.max_waiting, fatal, chat_template=spec.template
+            spec.path, config, self.max_waiting, fatal, chat_template=spec.template, process=process
         )
         keep = math.inf if pinned else self.default_keep_alive
         loaded = LoadedModel(spec, engine, pinned, keep, _expiry(keep))
@@ -383,6 +372,14 @@ class ModelManager:
     def engine_stats(self) -> list[tuple[str, int, EngineStats]]:
         """(model name, engine id, latest stats) of every loaded engine, for /metrics."""
         return [(m.name, id(m.engine), m.engine.stats) for m in self.loaded.values()]
+
+    def adapter_counts(self) -> dict[str, int]:
+        """LoRA adapters served per model, for /metrics: the pinned model's (--lora and
+        loaded at run time), and one per loaded stored model with an ADAPTER."""
+        counts = {m.name: 1 for m in self.loaded.values() if m.spec.lora is not None}
+        if self.pinned is not None:
+            counts[self.pinned.name] = counts.get(self.pinned.name, 0) + len(self.adapters)
+        return counts
 
     def shutdown(self) -> None:
         self._closed = True

@@ -4,12 +4,16 @@ command-line models, and keep_alive durations."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from heron.lora.request import LoRARequest
+from heron.server.common import APIError
 
 if TYPE_CHECKING:
     from heron.engine.core_client import AsyncEngineClient
@@ -32,6 +36,8 @@ class ModelSpec:
     messages: list[dict[str, str]] = field(default_factory=list)
     stored: StoredModel | None = None
     aliases: frozenset[str] = frozenset()  # other names that mean this model (lower-case)
+    lora: LoRARequest | None = None  # the adapter every request runs with (Modelfile ADAPTER)
+    base: str | None = None  # an adapter on this loaded model runs on its engine (--lora)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -63,6 +69,11 @@ class LoadedModel:
     @property
     def busy(self) -> bool:
         return self.engine.num_in_flight > 0
+
+    def with_spec(self, spec: ModelSpec) -> LoadedModel:
+        """This model's engine serving ``spec`` (an adapter on it): a view for one request;
+        the manager keeps, expires and unloads this model, never the view."""
+        return dataclasses.replace(self, spec=spec)
 
 
 _DURATION_PART = re.compile(r"(\d*\.?\d*)(ns|us|µs|μs|ms|s|m|h)")
@@ -110,6 +121,8 @@ def _parse_go_duration(text: str, original: str) -> float:
 
 
 def spec_from_store(store: ModelStore, stored: StoredModel) -> ModelSpec:
+    adapter = store.adapter_path(stored)
+    lora = None if adapter is None else LoRARequest(stored.name.display, 1, str(adapter))
     return ModelSpec(
         name=stored.name.display,
         path=str(store.model_path(stored)),
@@ -123,6 +136,7 @@ def spec_from_store(store: ModelStore, stored: StoredModel) -> ModelSpec:
         messages=list(stored.messages),
         stored=stored,
         aliases=_aliases(stored.name.display),
+        lora=lora,
     )
 
 
@@ -147,3 +161,38 @@ def _aliases(name: str) -> frozenset[str]:
     elif low.endswith(":latest"):
         out.add(low.removesuffix(":latest"))
     return frozenset(out)
+
+
+def check_stored(spec: ModelSpec, store: ModelStore | None) -> None:
+    """Before a stored model loads: its blobs (see ``check_blobs``) and its TEMPLATE, which a
+    model stored before create checked templates may have broken (400). Raises APIError."""
+    check_blobs(spec, store)
+    if spec.template:
+        from heron.prompt import check_template
+
+        try:
+            check_template(spec.template)
+        except ValueError as exc:
+            raise APIError(
+                400,
+                f"model '{spec.name}' has a TEMPLATE that does not parse: {exc}; create "
+                "the model again with a fixed TEMPLATE",
+                param="model",
+            ) from None
+
+
+def check_blobs(spec: ModelSpec, store: ModelStore | None) -> None:
+    """Refuse a stored model whose blobs changed since they were verified: each is re-hashed
+    only if its file's stamp (size, mtime, inode) changed. Raises APIError 500 naming the
+    model and the repair."""
+    if spec.stored is None or store is None:
+        return
+    bad = [d for d in spec.stored.manifest.digests() if not store.blobs.check(d)]
+    if bad:
+        raise APIError(
+            500,
+            f"model '{spec.name}' is corrupted: blob {bad[0]} no longer matches its digest "
+            f"(changed or damaged on disk); repair it with `heron pull {spec.name}` (or "
+            "create it again)",
+            "server_error",
+        )

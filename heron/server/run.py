@@ -136,7 +136,10 @@ class GenerationRun:
                 self._pump(
                     i,
                     engine.generate(
-                        p, params, request_id if len(prompts) == 1 else f"{request_id}-{i}"
+                        p,
+                        params,
+                        request_id if len(prompts) == 1 else f"{request_id}-{i}",
+                        lora_request=model.spec.lora,
                     ),
                 )
             )
@@ -280,8 +283,13 @@ class GenerationRun:
         reason = finish_reason or self.choices[0].finish_reason or "abort"
         now = time.perf_counter_ns()
         ttft = None if self.first_token_ns is None else (self.first_token_ns - self.started_ns)
+        # Labelled by the model whose engine ran it; an adapter's requests are also counted
+        # by adapter.
+        spec = self.model.spec
+        if spec.lora is not None:
+            self.state.metrics.observe_lora(spec.base or spec.name, spec.lora.name)
         self.state.metrics.observe_request(
-            self.model.name,
+            spec.base or spec.name,
             self.num_prompt_tokens,
             self.num_output_tokens,
             None if ttft is None else ttft / 1e9,

@@ -13,8 +13,10 @@ from types import FrameType
 
 import uvicorn
 
-from heron.config import EngineConfig
+from heron.config import EngineConfig, LoRAConfig
+from heron.engine.process import CoreProcess
 from heron.env import is_loopback_host
+from heron.server.adapters import AdapterRegistry, add_static
 from heron.server.app import DrainGuard, build_app
 from heron.server.http import ConnectionLimits, http_protocol
 from heron.server.metrics import Metrics
@@ -22,6 +24,7 @@ from heron.server.model_manager import ModelManager
 from heron.server.model_spec import ModelSpec, parse_duration, spec_from_path, spec_from_store
 from heron.server.security import SecurityMiddleware
 from heron.server.state import ServerLimits, ServerState
+from heron.store.adapters import MAX_ADAPTER_RANK
 from heron.store.resolve import resolve_model
 from heron.store.store import ModelStore
 
@@ -50,6 +53,8 @@ class ServeConfig:
     max_connections_per_client: int = 128  # open connections from one client address
     limits: ServerLimits = field(default_factory=ServerLimits)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    lora_modules: list[tuple[str, str]] = field(default_factory=list)  # --lora name=path
+    lora_dirs: list[str] = field(default_factory=list)  # where load_lora_adapter may read
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -62,6 +67,10 @@ class ServeConfig:
             raise ValueError("--header-timeout and --body-timeout must be positive")
         if self.max_connections_per_client < 1:
             raise ValueError("--max-connections-per-client must be at least 1")
+        if (self.lora_modules or self.lora_dirs) and self.model is None:
+            raise ValueError("--lora and --lora-dir serve adapters on a MODEL: name one")
+        if (self.lora_modules or self.lora_dirs) and self.engine.lora is None:
+            self.engine.lora = LoRAConfig()
         for origin in self.cors_origins:
             if origin == "*" or "://" not in origin:
                 raise ValueError(
@@ -98,9 +107,9 @@ class _Server(uvicorn.Server):
             self._captured_signals.remove(sig)
 
 
-def run_server(cfg: ServeConfig) -> int:
+def run_server(cfg: ServeConfig, process: CoreProcess | None = None) -> int:
     """Serve until stopped. Returns the exit status: 0 after a clean stop or drain, 1 if the
-    model failed to load."""
+    model failed to load. ``process``: a core process started early for ``cfg.model``."""
     check_bind(cfg)
     failure: list[str] = []
     server: _Server | None = None
@@ -121,11 +130,10 @@ def run_server(cfg: ServeConfig) -> int:
         default_keep_alive=keep_alive,
         on_fatal=on_fatal,
     )
+    models.adapters = AdapterRegistry(cfg.lora_dirs)
     names: list[str] = []
     if cfg.model is not None:
-        spec = command_line_model(store, cfg.model, cfg.served_model_name)
-        models.pin(spec)
-        names.append(spec.name)
+        names.append(pin_command_line_model(models, store, cfg, process))
     state = ServerState(models=models, metrics=Metrics(names), limits=cfg.limits)
     app = build_app(state)
     guarded = SecurityMiddleware(
@@ -160,6 +168,22 @@ def run_server(cfg: ServeConfig) -> int:
     finally:
         models.shutdown()
     return 1 if failure else 0
+
+
+def pin_command_line_model(
+    models: ModelManager, store: ModelStore, cfg: ServeConfig, process: CoreProcess | None = None
+) -> str:
+    """Register the ``--lora`` adapters on the command line's model (each checked against it)
+    and start loading it; returns its name. Raises ValueError or FileNotFoundError."""
+    assert cfg.model is not None
+    spec = command_line_model(store, cfg.model, cfg.served_model_name)
+    if spec.lora is not None and (cfg.lora_modules or cfg.lora_dirs):
+        raise ValueError(f"{spec.name} has an ADAPTER of its own: serve its base model with --lora")
+    lora = cfg.engine.lora
+    rank = lora.max_lora_rank if lora is not None else MAX_ADAPTER_RANK
+    add_static(models.adapters, spec, cfg.lora_modules, rank)
+    models.pin(spec, process)
+    return spec.name
 
 
 def command_line_model(store: ModelStore, model: str, served_name: str | None) -> ModelSpec:

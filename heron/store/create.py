@@ -24,6 +24,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from heron.store.adapters import check_adapters, with_adapter
 from heron.store.blobs import BlobStore
 from heron.store.files import DigestError, parse_digest
 from heron.store.manifest import (
@@ -78,13 +79,14 @@ def create_model(
     modelfile: Modelfile,
     base_dir: Path | None = None,
     files: dict[str, str] | None = None,
+    adapters: dict[str, str] | None = None,
 ) -> Iterator[Status]:
-    """Validate the request now (bad name, ADAPTER, bad ``files`` raise before any status),
-    then return an iterator that does the work, yielding Ollama's create status lines and
-    ending with ``{"status": "success"}``."""
+    """Validate the request now (bad name, bad ``files`` or ``adapters`` raise before any
+    status), then return an iterator that does the work, yielding Ollama's create status
+    lines and ending with ``{"status": "success"}``. ``adapters`` are the uploaded files of a
+    LoRA adapter (see ``heron.store.adapters``), as the Modelfile's ADAPTER is from a path."""
     target = parse_name(name)
-    if modelfile.adapters:
-        raise ModelfileError("ADAPTER is not supported yet: Heron has no LoRA support")
+    adapters = check_adapters(modelfile.adapters, base_dir, adapters or {})
     if modelfile.template is not None:
         check_modelfile_template(modelfile.template)
     checked: dict[str, str] = {}
@@ -93,7 +95,7 @@ def create_model(
             checked[check_layer_name(file_name)] = parse_digest(digest)
         except (ManifestError, DigestError) as e:
             raise CreateError(f"files: {e}") from None
-    return _create(store, target, modelfile, base_dir, checked)
+    return _create(store, target, modelfile, base_dir, checked, adapters)
 
 
 def check_modelfile_template(template: str) -> None:
@@ -113,6 +115,7 @@ def _create(
     mf: Modelfile,
     base_dir: Path | None,
     files: dict[str, str],
+    adapters: dict[str, str],
 ) -> Iterator[Status]:
     yield {"status": "parsing modelfile"}
     base: StoredModel | None = None
@@ -130,6 +133,7 @@ def _create(
             for layer in [*weights, base.manifest.config]:
                 yield _status(layer.digest, created=False)
             config = None
+    weights = yield from with_adapter(store.blobs, weights, mf.adapters, base_dir, adapters)
     if config is not None:
         config_layer = yield from _put(store, _json_bytes(config), MEDIA_CONFIG)
     else:

@@ -31,6 +31,7 @@ from heron.store.blobs import BlobStore
 from heron.store.create import create_model
 from heron.store.files import fsync_dir
 from heron.store.manifest import (
+    MEDIA_ADAPTER,
     MEDIA_FILE,
     MEDIA_LICENSE,
     MEDIA_MESSAGES,
@@ -218,12 +219,24 @@ class ModelStore:
             return self.blobs.path(models[0].digest)
         return self._materialise(model.manifest)
 
+    def adapter_path(self, model: StoredModel) -> Path | None:
+        """What the engine loads as the model's LoRA adapter (Modelfile ADAPTER): the GGUF
+        adapter blob, or the PEFT directory ``adapter/`` of the rebuilt directory; None
+        without one."""
+        layers = model.manifest.find(MEDIA_ADAPTER)
+        if not layers:
+            return None
+        if layers[0].name is None:
+            return self.blobs.path(layers[0].digest)
+        return self._materialise(model.manifest) / "adapter"
+
     def _materialise(self, manifest: Manifest) -> Path:
         hexd = manifest.digest()[7:]
         dirs = self.tmp_dir / "dirs"
         final = dirs / hexd
         files: list[tuple[str, Path]] = []
-        for layer in manifest.find(MEDIA_FILE):
+        named = [x for x in manifest.find(MEDIA_ADAPTER) if x.name is not None]
+        for layer in [*manifest.find(MEDIA_FILE), *named]:
             if layer.name is None:
                 raise ManifestError(f"file layer {layer.digest} has no name")
             blob = self.blobs.path(layer.digest)
@@ -362,9 +375,10 @@ class ModelStore:
         modelfile: Modelfile,
         base_dir: Path | None = None,
         files: dict[str, str] | None = None,
+        adapters: dict[str, str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Build a model from a Modelfile; see ``heron.store.create.create_model``."""
-        return create_model(self, name, modelfile, base_dir, files)
+        return create_model(self, name, modelfile, base_dir, files, adapters)
 
 
 def _links_current(directory: Path, files: list[tuple[str, Path]]) -> bool:

@@ -93,7 +93,7 @@ def test_create_refuses_what_it_cannot_do(no_server: Heron, tmp_path: Path) -> N
     modelfile.write_text("FROM smollm2\nADAPTER ./lora.gguf\n")
     r = no_server("create", "lora", "-f", str(modelfile))
     assert r.returncode == 1
-    assert r.stderr.strip() == "Error: ADAPTER is not supported yet: Heron has no LoRA support"
+    assert r.stderr.strip() == f"Error: ADAPTER {tmp_path / 'lora.gguf'}: no such file or directory"
     modelfile.write_text("FROM ./missing.gguf\n")
     r = no_server("create", "x", "-f", str(modelfile))
     assert r.returncode == 1 and "no such file or directory" in r.stderr
@@ -103,8 +103,8 @@ def test_create_refuses_what_it_cannot_do(no_server: Heron, tmp_path: Path) -> N
     r = no_server("create", "x", "-f", str(tmp_path / "nope"))
     assert r.returncode == 1 and "could not read the Modelfile" in r.stderr
     no_server.cwd = tmp_path  # -f defaults to ./Modelfile
-    modelfile.write_text("FROM smollm2\nADAPTER x\n")
-    assert "ADAPTER is not supported" in no_server("create", "x").stderr
+    modelfile.write_text("FROM smollm2\nADAPTER x\nADAPTER y\n")
+    assert "one ADAPTER per model" in no_server("create", "x").stderr
 
 
 def test_create_rejects_path_like_names(heron: Heron, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from heron.loader.gguf import GGUFFile
 from heron.store import ModelfileError, ModelNotFoundError, ModelStore, parse_modelfile
+from heron.store.adapters import check_adapter_files
 from heron.store.create import CreateError
 from heron.store.manifest import MEDIA_FILE, MEDIA_MODEL, MEDIA_PARAMS, MEDIA_SYSTEM
 
@@ -95,14 +96,45 @@ def test_missing_base_model(store: ModelStore) -> None:
         list(store.create("x", parse_modelfile("FROM nothing-here")))
 
 
-def test_adapter_is_refused_before_anything_runs(
+def test_an_adapter_that_is_not_one_is_refused_before_anything_runs(
     store: ModelStore, tiny_gguf: Callable[..., Path]
 ) -> None:
     src = tiny_gguf()
-    mf = parse_modelfile("FROM ./model.gguf\nADAPTER ./lora.gguf\n")
-    with pytest.raises(ModelfileError, match="ADAPTER is not supported yet"):
+    (src.parent / "lora.gguf").write_bytes(b"not a GGUF file")
+    (src.parent / "peft").mkdir()
+    (src.parent / "peft" / "adapter_config.json").write_text("{}")
+    for adapter, problem in (
+        ("./lora.gguf", "not a GGUF LoRA file"),
+        ("./missing", "no such file or directory"),
+        ("./peft", "adapter_model.safetensors missing"),
+    ):
+        mf = parse_modelfile(f"FROM ./model.gguf\nADAPTER {adapter}\n")
+        with pytest.raises(ValueError, match=problem):
+            store.create("x", mf, base_dir=src.parent)
+    mf = parse_modelfile("FROM ./model.gguf\nADAPTER ./a\nADAPTER ./b\n")
+    with pytest.raises(ValueError, match="one ADAPTER per model"):
         store.create("x", mf, base_dir=src.parent)
+    with pytest.raises(ValueError, match="from a local Modelfile only"):
+        store.create("x", parse_modelfile("FROM m\nADAPTER ./lora.gguf\n"))
     assert store.list() == [] and store.blobs.digests() == []
+
+
+def test_uploaded_adapter_files_are_checked(store: ModelStore) -> None:
+    digest = "sha256:" + "a" * 64
+    peft = {"adapter_config.json": digest, "adapter_model.safetensors": digest}
+    assert check_adapter_files({"lora.gguf": digest}) == {"lora.gguf": digest}
+    assert check_adapter_files(peft) == peft
+    for files in (
+        {"weights.bin": digest},
+        {"a.gguf": digest, "b.gguf": digest},
+        {"adapter_config.json": digest},
+        {**peft, "README.md": digest},
+        {"lora.gguf": "sha256:../x"},
+    ):
+        with pytest.raises(ValueError, match="adapters: "):
+            check_adapter_files(files)
+    with pytest.raises(ValueError, match="adapters: "):
+        store.create("x", parse_modelfile("FROM m"), adapters={"weights.bin": digest})
 
 
 def test_bad_target_name_is_refused_eagerly(store: ModelStore) -> None:

@@ -120,9 +120,8 @@ async def pull(state: ServerState, req: PullRequest) -> Response:
 
 # ------------------------------------------------------------------------------ create
 def _modelfile(req: CreateRequest) -> Modelfile:
-    """Ollama's create request as a Modelfile (the CLI parsed the text and uploaded files)."""
-    if req.adapters:
-        raise APIError(400, "ADAPTER is not supported yet: Heron has no LoRA support")
+    """Ollama's create request as a Modelfile (the CLI parsed the text and uploaded files;
+    an ADAPTER's files come as ``adapters``, by digest)."""
     if req.quantize:
         raise APIError(400, f"quantize {req.quantize!r} is not supported: import a quantized GGUF")
     if not req.from_ and not req.files:
@@ -153,11 +152,13 @@ async def create(state: ServerState, req: CreateRequest) -> Response:
     _check_name(name, "model")
     modelfile = _modelfile(req)
     files = dict(req.files or {})
-    for filename, digest in files.items():
+    adapters = dict(req.adapters or {})
+    for filename, digest in [*files.items(), *adapters.items()]:
         try:
             parse_digest(digest)
         except DigestError as exc:
-            raise APIError(400, f"files.{filename}: {exc}", param="files") from None
+            where = "files" if filename in files else "adapters"
+            raise APIError(400, f"{where}.{filename}: {exc}", param=where) from None
     if modelfile.template is not None:
         try:
             await asyncio.to_thread(check_modelfile_template, modelfile.template)
@@ -165,7 +166,9 @@ async def create(state: ServerState, req: CreateRequest) -> Response:
             raise APIError(400, str(exc), param="template") from None
 
     def work(progress: Progress) -> None:
-        statuses: Iterator[dict[str, Any]] = store.create(name, modelfile, files=files or None)
+        statuses: Iterator[dict[str, Any]] = store.create(
+            name, modelfile, files=files or None, adapters=adapters or None
+        )
         for status in statuses:
             progress(status)
 

@@ -114,6 +114,7 @@ class ModelCard:
             dtype = hf.get("torch_dtype") or hf.get("dtype") or ""
             quant = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}.get(str(dtype), "")
         self.details = ModelDetails(
+            parent_model=spec.base or "",
             format="gguf" if gguf else "safetensors",
             family=family,
             families=[family],
@@ -370,8 +371,10 @@ async def show_model(state: ServerState, cards: Cards, req: ShowRequest) -> Show
         "# To build a new Modelfile based on this, replace FROM with:",
         f"# FROM {card.tag}",
         "",
-        f"FROM {card.tag}",
+        f"FROM {spec.base or card.tag}",
     ]
+    if spec.lora is not None:
+        lines.append(f"ADAPTER {spec.lora.path}")
     if template:
         lines.append(f'TEMPLATE """{template}"""')
     if system:

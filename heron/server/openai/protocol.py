@@ -329,6 +329,8 @@ class ModelCard(_Response):
     created: int
     owned_by: str = "heron"
     max_model_len: int | None = Field(None, description="Context length in tokens (extension).")
+    root: str | None = Field(None, description="A LoRA adapter's path (vLLM's extension).")
+    parent: str | None = Field(None, description="A LoRA adapter's base model (vLLM's).")
 
 
 class ModelList(_Response):

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from heron.server.openai import responses_routes
+from heron.server.openai import lora, responses_routes
 from heron.server.openai.completions import OpenAICompletions
 from heron.server.openai.embeddings import create_embeddings
 from heron.server.openai.protocol import (
@@ -49,10 +49,11 @@ def register(app: FastAPI, state: ServerState) -> None:
     serving = OpenAIServing(state)
     completions = OpenAICompletions(state)
     responses_routes.register(app, state)
+    lora.register(app, state)
 
     @app.get("/v1/models", response_model=ModelList, tags=["openai"])
     async def list_models() -> ModelList:
-        """The served model."""
+        """The served models and the LoRA adapters on the command line's model."""
         return serving.list_models()
 
     @app.get(

@@ -89,17 +89,21 @@ class OpenAIServing:
 
     # ------------------------------------------------------------------ models
     def _card(self, spec: ModelSpec) -> ModelCard:
-        loaded = self.state.models.loaded.get(spec.name)
+        loaded = self.state.models.loaded.get(spec.base or spec.name)
+        adapter = spec.lora if spec.base is not None else None
         return ModelCard(
             id=spec.name,
             created=int(spec.modified_at),
             max_model_len=loaded.engine.max_model_len if loaded is not None else None,
+            root=adapter.path if adapter is not None else None,
+            parent=spec.base,
         )
 
     def list_models(self) -> ModelList:
-        """The command line's model and every stored model."""
+        """The command line's model, its LoRA adapters and every stored model."""
         models = self.state.models
         specs = [models.pinned] if models.pinned is not None else []
+        specs += models.adapters.specs(models.pinned)
         if models.store is not None:
             specs += [spec_from_store(models.store, m) for m in models.store.list()]
         seen: set[str] = set()
