@@ -67,6 +67,12 @@ class Request:
     # Prompt positions whose logprobs the engine core has collected (prompt_logprobs): the
     # runner scores only positions from here on, so a recompute never scores one twice.
     num_prompt_logprobs: int = 0
+    # Speculative decoding: this step's proposed next tokens (tokens to compute after
+    # ``all_token_ids``, verified by the runner; never part of ``all_token_ids``), and the
+    # adaptive rule's memory (heron/proposer/adaptive.py).
+    spec_token_ids: list[int] = field(default_factory=list)
+    spec_acceptance: float = 1.0  # running acceptance rate of this request's drafts
+    spec_idle_steps: int = 0  # decode steps since speculation was turned off for it
 
     def __post_init__(self) -> None:
         if not self.prompt_token_ids:

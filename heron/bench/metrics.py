@@ -113,6 +113,8 @@ class LevelSummary:
     ttft_by_turn: dict[int, Stats] = field(default_factory=dict)
     prompt_tokens_mean: float | None = None
     errors: dict[str, int] = field(default_factory=dict)
+    # accepted / proposed draft tokens (speculative decoding), when the endpoint reports them
+    spec_acceptance: float | None = None
 
     @property
     def success_rate(self) -> float:
@@ -148,6 +150,7 @@ class LevelSummary:
             "ttft_by_turn_s": {str(t): s.to_dict() for t, s in self.ttft_by_turn.items()},
             "prompt_tokens_mean": self.prompt_tokens_mean,
             "errors": dict(self.errors),
+            "spec_acceptance": self.spec_acceptance,
         }
 
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 
 from heron.bench.client import RequestRecord, stream_chat
 from heron.bench.metrics import LevelSummary, summarize, wall_time
+from heron.bench.spec_metrics import delta, scrape_spec_counters
 from heron.bench.targets import Target
 from heron.bench.workload import Endpoint, Level, RequestSettings, Workload, follow_up, run_order
 
@@ -49,6 +50,9 @@ class Run:
     users: int
     repeat: int
     records: list[RequestRecord]
+    # growth of the endpoint's speculative (draft, accepted) token counters over the run;
+    # None when it exposes none
+    spec: tuple[float, float] | None = None
 
     @property
     def wall_s(self) -> float:
@@ -73,8 +77,17 @@ class BenchResult:
             for name in self.endpoints:
                 runs = [r.records for r in self.runs if r.level == index and r.endpoint == name]
                 if runs:
-                    out.append(summarize(name, level.users, runs))
+                    spec = [r.spec for r in self.runs if r.level == index and r.endpoint == name]
+                    summary = summarize(name, level.users, runs)
+                    out.append(replace(summary, spec_acceptance=_acceptance(spec)))
         return out
+
+
+def _acceptance(deltas: list[tuple[float, float] | None]) -> float | None:
+    """Accepted / proposed draft tokens over runs, None without any draft."""
+    known = [d for d in deltas if d is not None]
+    drafts = sum(d[0] for d in known)
+    return sum(d[1] for d in known) / drafts if drafts > 0 else None
 
 
 async def _single_user(
@@ -222,15 +235,17 @@ def run_bench(
                     reporter.run_started(label, level.num_requests)
                     # Conversation tags: distinct for every level and repeat of this endpoint.
                     first_tag = 1 + (index * workload.repeat + repeat) * level.conversations
+                    spec_before = scrape_spec_counters(target.endpoint.url)
                     records = asyncio.run(
                         measure_level(
                             target.endpoint, settings, level, workload.prompt, reporter, first_tag
                         )
                     )
+                    spec = delta(spec_before, scrape_spec_counters(target.endpoint.url))
                     reporter.run_finished(records)
                     for r in records:
                         r.repeat = repeat
-                    result.runs.append(Run(name, index, level.users, repeat, records))
+                    result.runs.append(Run(name, index, level.users, repeat, records, spec))
     except KeyboardInterrupt:
         result.interrupted = True
         raise

@@ -150,7 +150,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def summary_table(summaries: Sequence[LevelSummary]) -> list[str]:
     """The main table: one row per endpoint and level."""
-    header = (
+    header: tuple[str, ...] = (
         "endpoint",
         "users",
         "ok",
@@ -165,7 +165,7 @@ def summary_table(summaries: Sequence[LevelSummary]) -> list[str]:
         "E2E p50 s",
         "E2E p99 s",
     )
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for s in summaries:
         rows.append(
             (
@@ -184,6 +184,13 @@ def summary_table(summaries: Sequence[LevelSummary]) -> list[str]:
                 _num(s.e2e.p99 if s.e2e else None, ".2f"),
             )
         )
+    if any(s.spec_acceptance is not None for s in summaries):
+        # speculative decoding's acceptance, only when some endpoint reported drafts
+        header = (*header, "spec accept %")
+        accept = [
+            _num(None if s.spec_acceptance is None else 100 * s.spec_acceptance) for s in summaries
+        ]
+        rows = [(*row, a) for row, a in zip(rows, accept, strict=True)]
     return _table(header, rows)
 
 

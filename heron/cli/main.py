@@ -12,6 +12,7 @@ from heron import __version__, env
 from heron.cli import bench, create, importer, models, run
 
 if TYPE_CHECKING:
+    from heron.proposer.base import SpeculativeConfig
     from heron.server.serve import ServeConfig
 
 app = typer.Typer(
@@ -104,6 +105,16 @@ LoraDirOpt = Annotated[
 ]
 MaxLorasOpt = Annotated[int, typer.Option(help="LoRA adapters in one batch (slots).")]
 MaxLoraRankOpt = Annotated[int, typer.Option(help="Largest LoRA rank served.")]
+SpeculativeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Speculative decoding: ngram (prompt lookup), suffix, draft:MODEL (a small "
+        "model with the same tokenizer) or none. Output is unchanged; it backs off under load."
+    ),
+]
+NumSpecTokensOpt = Annotated[
+    int | None, typer.Option(help="Most draft tokens verified per request and step (4).")
+]
 KeepAliveOpt = Annotated[
     str, typer.Option(help='How long an idle model stays loaded ("5m", "1h", "-1": for ever).')
 ]
@@ -136,6 +147,8 @@ def serve(
     lora_dir: LoraDirOpt = None,
     max_loras: MaxLorasOpt = 4,
     max_lora_rank: MaxLoraRankOpt = 16,
+    speculative: SpeculativeOpt = None,
+    num_speculative_tokens: NumSpecTokensOpt = None,
 ) -> None:
     """Serve the OpenAI, Anthropic and Ollama APIs on one port.
 
@@ -193,6 +206,8 @@ def _serve_config(
     lora_dir: list[str] | None,
     max_loras: int,
     max_lora_rank: int,
+    speculative: str | None = None,
+    num_speculative_tokens: int | None = None,
 ) -> ServeConfig:
     """``heron serve``'s options over the environment's defaults. Raises ValueError on a bad
     value."""
@@ -224,10 +239,20 @@ def _serve_config(
             ),
             quantization=None if quantization == "none" else quantization,
             lora=LoRAConfig(max_loras, max_lora_rank) if lora or lora_dir else None,
+            speculative=_speculative(speculative, num_speculative_tokens),
         ),
         lora_modules=[parse_lora_option(x) for x in lora or []],
         lora_dirs=list(lora_dir or []),
     )
+
+
+def _speculative(value: str | None, k: int | None) -> SpeculativeConfig | None:
+    """``--speculative`` / ``--num-speculative-tokens``; the token count alone is an error."""
+    from heron.proposer.options import parse_speculative_option
+
+    if value is None and k is not None:
+        raise ValueError("--num-speculative-tokens needs --speculative")
+    return parse_speculative_option(value, k)
 
 
 app.command()(run.run)

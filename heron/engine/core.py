@@ -40,20 +40,22 @@ from heron.engine.protocol import (
     Ready,
     Rejected,
     Shutdown,
-    TokenLogprobs,
     decode_to_core,
     encode,
 )
+from heron.engine.threads import make_governor
+from heron.engine.token_logprobs import row_logprobs
 from heron.kvcache import KVCacheManager
+from heron.kvcache.plan import plan_max_model_len
 from heron.loader import Checkpoint, load_checkpoint
 from heron.lora.manager import lora_cache_key
 from heron.lora.request import LoRARequest
+from heron.proposer.speculator import Speculator
 from heron.request import FINISH_REASONS, Request, RequestStatus
 from heron.runner import ModelRunner
-from heron.runner.model_runner import plan_max_model_len
 from heron.scheduler import Scheduler
-from heron.structured.bitmask import advance
 from heron.structured.compiler import GrammarCompiler
+from heron.structured.drafts import advance_runs
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +73,9 @@ class EngineCore:
         t0 = time.perf_counter()
         self.config = config
         self.model_config = checkpoint.config
-        self.runner = ModelRunner(self.model_config, checkpoint.weights, config)
+        self.runner = ModelRunner(
+            self.model_config, checkpoint.weights, config, source=checkpoint.path
+        )
         cache: CacheConfig = config.cache
         self.kv_manager = KVCacheManager(
             self.runner.num_blocks, cache.block_size, enable_caching=cache.enable_prefix_caching
@@ -96,6 +100,9 @@ class EngineCore:
         self.compiling: dict[str, tuple[Request, Future[Any]]] = {}
         self.rejected: list[Rejected] = []  # constraints that failed to compile
         self.prompt_logprobs = PromptLogprobsCollector()
+        self.speculator: Speculator | None = None
+        if config.speculative is not None:
+            self.speculator = Speculator(config.speculative, config)
         logger.info("engine core ready in %.1f s", time.perf_counter() - t0)
 
     # ---------------------------------------------------------------- requests
@@ -197,6 +204,9 @@ class EngineCore:
             pending = self.compiling.pop(rid, None)
             if pending is not None:
                 pending[1].cancel()
+        if self.speculator is not None:
+            live = (self.scheduler.requests.get(rid) for rid in request_ids)
+            self.speculator.on_finished([r for r in live if r is not None])
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
         self.prompt_logprobs.drop(request_ids)
 
@@ -215,40 +225,43 @@ class EngineCore:
         output per request that sampled a token this step (a prefill chunk in the middle of
         a prompt samples nothing), with finish reasons for those that ended. A request whose
         grammar is complete finishes with ``stop``. A request that asked for prompt logprobs
-        gets them with its first output."""
+        gets them with its first output. With speculation, drafts are proposed first and a
+        row's output holds its accepted drafts and one more token, cut at a stop."""
         self._admit_compiled()
+        if self.speculator is not None:
+            self.speculator.propose(self.scheduler.running)
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
         rows, sampled = self.runner.execute(sched)
         self.prompt_logprobs.add(sampled.prompt_logprobs)
-        tokens: dict[str, int] = {}
-        outputs: list[EngineCoreOutput] = []
-        for row, token, lp in zip(rows, sampled.token_ids, sampled.logprobs, strict=True):
-            req = row.request
-            tokens[req.request_id] = token
-            logprobs = None
-            k = req.sampling_params.logprobs
-            if k is not None and lp is not None:
-                chosen, rank, top_ids, top_vals = lp
-                logprobs = [TokenLogprobs(chosen, rank, top_ids[:k], top_vals[:k])]
-            out = EngineCoreOutput(req.request_id, [token], logprobs)
-            out.prompt_logprobs = self.prompt_logprobs.take(req)
-            outputs.append(out)
-        complete = advance([row.request for row in rows], sampled.token_ids)
-        self.scheduler.update_from_output(sched, tokens)
+        runs = sampled.runs if sampled.runs is not None else [[t] for t in sampled.token_ids]
+        if self.speculator is not None and sampled.runs is not None:
+            self.speculator.record(rows, runs)
+        requests = [row.request for row in rows]
+        runs, complete = advance_runs(requests, runs)
+        before = [r.num_output_tokens for r in requests]
+        finished = self.scheduler.update_from_output(
+            sched, {r.request_id: run for r, run in zip(requests, runs, strict=True)}
+        )
         if complete:
             self.scheduler.finish_requests(
                 [r.request_id for r in complete if not r.is_finished],
                 RequestStatus.FINISHED_STOPPED,
             )
-        for out, row in zip(outputs, rows, strict=True):
-            req = row.request
+        if self.speculator is not None:
+            self.speculator.on_finished(list({id(r): r for r in finished + complete}.values()))
+        outputs: list[EngineCoreOutput] = []
+        for i, req in enumerate(requests):
+            new = req.output_token_ids[before[i] :]
+            out = EngineCoreOutput(req.request_id, new, row_logprobs(req, sampled, i, len(new)))
+            out.prompt_logprobs = self.prompt_logprobs.take(req)
             out.num_cached_tokens = req.num_cached_tokens
             if req.is_finished:
                 out.finish_reason = FINISH_REASONS[req.status]
                 if isinstance(req.stop_reason, int):
                     out.stop_reason = req.stop_reason
+            outputs.append(out)
         return outputs
 
     def stats(self) -> EngineStats:
@@ -263,6 +276,7 @@ class EngineCore:
             num_preemptions=self.scheduler.num_preemptions,
             num_free_blocks=kv.num_free_blocks,
             num_blocks=kv.num_blocks,
+            **(self.speculator.stats_fields() if self.speculator is not None else {}),
         )
 
 
@@ -316,6 +330,7 @@ class EngineCoreProc:
         self.conn = conn
         self.num_steps = 0
         self.fault_step = env.fault_inject_step()
+        self.governor = make_governor(core.config)
 
     def loop(self) -> None:
         core = self.core
@@ -359,6 +374,8 @@ class EngineCoreProc:
         try:
             if self.fault_step is not None and self.num_steps == self.fault_step:
                 raise RuntimeError("injected engine fault (HERON_FAULT_INJECT_STEP)")
+            if self.governor is not None:
+                self.governor.tick()
             outputs = self.core.step()
             for rejected in self.core.take_rejected():
                 self.conn.send_bytes(encode(rejected))

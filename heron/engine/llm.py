@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 from heron.config import CacheConfig, EngineConfig, LoRAConfig, SchedulerConfig
@@ -12,6 +12,8 @@ from heron.engine.llm_engine import LLMEngine
 from heron.lora.request import LoRARequest
 from heron.outputs import RequestOutput
 from heron.prompt import ChatRenderer
+from heron.proposer.base import SpeculativeConfig
+from heron.proposer.options import speculative_from_dict
 from heron.sampling_params import SamplingParams
 from heron.tokenizer import Tokenizer
 
@@ -32,6 +34,8 @@ class LLM:
     max_model_len and max_num_batched_tokens, its padded tokens per forward).
     ``enable_lora`` with ``max_loras``, ``max_lora_rank`` and ``max_cpu_loras`` sets
     ``EngineConfig.lora`` (see ``heron.config.LoRAConfig``); ``generate`` then takes adapters.
+    ``speculative_config`` is vLLM's: ``{"method": "ngram", "num_speculative_tokens": 4}``
+    (or ``"suffix"``, or ``"draft"`` with ``"model"``), or a ``SpeculativeConfig``.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class LLM:
         max_loras: int = 4,
         max_lora_rank: int = 16,
         max_cpu_loras: int | None = None,
+        speculative_config: SpeculativeConfig | Mapping[str, Any] | None = None,
     ) -> None:
         lora = LoRAConfig(max_loras, max_lora_rank, max_cpu_loras) if enable_lora else None
         config = EngineConfig(
@@ -80,6 +85,11 @@ class LLM:
             num_threads=num_threads,
             seed=seed,
             lora=lora,
+            speculative=(
+                speculative_config
+                if speculative_config is None or isinstance(speculative_config, SpeculativeConfig)
+                else speculative_from_dict(speculative_config)
+            ),
         )
         from heron.store.resolve import resolve_model  # LLM(...) is a front door
 

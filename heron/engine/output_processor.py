@@ -175,7 +175,10 @@ class OutputProcessor:
             if choice.finish_reason is not None:
                 continue  # stopped by a stop string; the core's abort is on its way
             state.num_cached_tokens = out.num_cached_tokens
-            delta = self._advance(state, choice, out)
+            if choice.max_stop_len and len(out.new_token_ids) > 1:
+                delta = self._advance_each(state, choice, out)
+            else:
+                delta = self._advance(state, choice, out)
             if delta.finish_reason == "stop" and out.finish_reason is None:
                 result.to_abort.append(choice.engine_id)
             result.deltas.append(delta)
@@ -189,6 +192,35 @@ class OutputProcessor:
                 if not state.cumulative:  # LLMEngine forgets after its last output
                     self.abort_request(rid)
         return result
+
+    def _advance_each(
+        self, state: _RequestState, choice: _Choice, out: EngineCoreOutput
+    ) -> GenerationDelta:
+        """``_advance`` one token at a time (a speculative step brings several), so a stop
+        string ends the output at the token that completed it, as it would have one step
+        at a time; the tokens after it are dropped. Returns the merged delta."""
+        ids, lps, last = out.new_token_ids, out.new_logprobs, len(out.new_token_ids) - 1
+        deltas: list[GenerationDelta] = []
+        for j, token in enumerate(ids):
+            piece = EngineCoreOutput(
+                out.request_id,
+                [token],
+                None if lps is None else [lps[j]],
+                out.finish_reason if j == last else None,
+                out.stop_reason if j == last else None,
+                out.num_cached_tokens,
+                out.prompt_logprobs if j == 0 else None,
+            )
+            deltas.append(self._advance(state, choice, piece))
+            if deltas[-1].finish_reason is not None:
+                break
+        merged = deltas[-1]
+        merged.text = "".join(d.text for d in deltas)
+        merged.token_ids = [t for d in deltas for t in d.token_ids]
+        if lps is not None:
+            merged.logprobs = [lp for d in deltas for lp in d.logprobs or []]
+        merged.prompt_logprobs = deltas[0].prompt_logprobs
+        return merged
 
     def _advance(
         self, state: _RequestState, choice: _Choice, out: EngineCoreOutput

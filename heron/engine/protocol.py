@@ -118,6 +118,12 @@ class EngineStats(msgspec.Struct, tag=True):
     num_preemptions: int = 0
     num_free_blocks: int = 0
     num_blocks: int = 0
+    # speculative decoding, cumulative (zero without it): verified steps with drafts,
+    # drafts verified, drafts accepted, and accepted drafts by position in their run
+    spec_num_drafts: int = 0
+    spec_num_draft_tokens: int = 0
+    spec_num_accepted_tokens: int = 0
+    spec_accepted_per_pos: list[int] = msgspec.field(default_factory=list)
 
 
 class EngineCoreOutputs(msgspec.Struct, tag=True):

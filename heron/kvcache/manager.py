@@ -143,6 +143,7 @@ class KVCacheManager:
         new_computed_blocks: list[KVCacheBlock] | None = None,
         extra_key: bytes | None = None,
         num_new_computed_tokens: int | None = None,
+        num_lookahead_tokens: int = 0,
     ) -> bool:
         """Grow the request's block table so it covers the tokens about to be computed.
 
@@ -159,7 +160,10 @@ class KVCacheManager:
         returned with them: less than a whole number of blocks when the last is a tail, which
         this call then takes over (its later rows are overwritten). ``token_ids`` must hold at least
         ``num_total_tokens`` tokens, and ``extra_key`` must match every earlier call for
-        this request id.
+        this request id. ``num_lookahead_tokens`` more slots are covered after them for
+        speculative drafts, which are not in ``token_ids``: their blocks are never cached
+        here (a draft's block is registered only once accepted tokens fill it, by a later
+        call), so no rejected token can enter the prefix cache.
 
         Returns False, changing nothing, if the free blocks (not counting free cached blocks
         in ``new_computed_blocks``, which touching takes out of the queue) cannot cover the
@@ -194,7 +198,10 @@ class KVCacheManager:
         if new_computed and num_computed_tokens != len(held) * bs:
             raise ValueError("new_computed_blocks must start right after the held blocks")
 
-        num_needed = -(-num_total_tokens // bs) - len(held) - len(new_computed)
+        if num_lookahead_tokens < 0:
+            raise ValueError("num_lookahead_tokens must be non-negative")
+        num_slots = num_total_tokens + num_lookahead_tokens
+        num_needed = -(-num_slots // bs) - len(held) - len(new_computed)
         num_needed = max(num_needed, 0)
         num_evictable_hits = sum(1 for b in new_computed if b.ref_cnt == 0)
         if num_needed > self.block_pool.num_free_blocks - num_evictable_hits:
@@ -212,6 +219,18 @@ class KVCacheManager:
         if self.enable_caching:
             self._cache_full_blocks(state, token_ids, num_total_tokens)
         return True
+
+    def cache_computed(self, request_id: str, token_ids: Sequence[int], num_tokens: int) -> None:
+        """Register the request's blocks that the first ``num_tokens`` of ``token_ids`` fill
+        (speculative drafts accepted after the step's allocation: without this, a request
+        finishing on them would leave their blocks out of the prefix cache). Only for tokens
+        whose KV is written. A no-op for an unknown id or with caching off."""
+        state = self._requests.get(request_id)
+        if state is None or not self.enable_caching:
+            return
+        self._cache_full_blocks(
+            state, token_ids, min(num_tokens, len(state.blocks) * self.block_size)
+        )
 
     def free(
         self,

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,11 +22,14 @@ from heron.config import EngineConfig, ModelConfig
 from heron.kernels import CACHE_DTYPES, Kernels, attach_kernels, cpu_kernels, require_cpu_kernels
 from heron.kernels.fused import bind_fused_decoder
 from heron.kernels.quant import auto_kind
+from heron.kvcache.plan import plan_num_blocks
 from heron.layers.linear import Linear
 from heron.lora.layer import LoRABatch
 from heron.lora.manager import LoRAManager
 from heron.models import build_model
+from heron.runner import weight_cache
 from heron.runner.prompt_logprobs import PromptLogprobsPlan
+from heron.runner.rejection import RejectionSampler
 from heron.runner.sampler import Sampler, SamplerOutput
 from heron.scheduler.output import ScheduledRequest, SchedulerOutput
 
@@ -38,7 +42,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 class ModelInputs:
     input_ids: torch.Tensor  # [num_tokens]
     positions: torch.Tensor  # [num_tokens]
-    logits_indices: torch.Tensor  # [num_sampled]: last token of each sampling request
+    # [num_logits]: last token of each sampling request, and its drafts (speculation)
+    logits_indices: torch.Tensor
     sampled: list[ScheduledRequest]  # rows of the logits, in order
     attention: AttentionBatch
     prompt_logprobs: PromptLogprobsPlan  # prompt positions to score (usually none)
@@ -69,28 +74,13 @@ def apply_quantization(
     return counts
 
 
-def kv_bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-    per_token = 2 * model_config.num_key_value_heads * model_config.head_dim
-    elem = torch.empty((), dtype=dtype).element_size()
-    return model_config.num_hidden_layers * block_size * per_token * elem
-
-
-def plan_num_blocks(model_config: ModelConfig, config: EngineConfig) -> int:
-    """KV blocks the cache gets: ``cache.num_blocks`` if set, else what fits the budget."""
-    if config.cache.num_blocks is not None:
-        return config.cache.num_blocks
-    per_block = kv_bytes_per_block(
-        model_config, config.cache.block_size, _DTYPES[config.cache.dtype]
-    )
-    return max(1, config.cache.memory_bytes // per_block)
-
-
-def plan_max_model_len(model_config: ModelConfig, config: EngineConfig) -> tuple[int, int]:
-    """(max_model_len, wanted): the longest sequence the model and the KV pool can hold,
-    and what was asked for (the config's value or the model's context length)."""
-    capacity = plan_num_blocks(model_config, config) * config.cache.block_size
-    wanted = config.max_model_len or model_config.max_position_embeddings
-    return min(wanted, model_config.max_position_embeddings, capacity), wanted
+def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero tensor whose pages the OS maps on first touch. ``torch.zeros`` writes every
+    byte at once: a 4 GiB KV pool took a second of a cold start. numpy's zeros come from
+    ``calloc``, which takes fresh zeroed pages for large sizes without writing them."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    raw = np.zeros(shape, dtype={1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}[itemsize])
+    return torch.from_numpy(raw).view(dtype)
 
 
 class ModelRunner:
@@ -99,18 +89,19 @@ class ModelRunner:
         model_config: ModelConfig,
         weights: Callable[[], Iterator[tuple[str, torch.Tensor]]],
         config: EngineConfig,
+        source: Path | None = None,
     ) -> None:
+        """``source``: the checkpoint's file or folder, which keys the prepared-weights cache
+        (None: no cache, e.g. weights built in memory)."""
         self.model_config = model_config
         self.config = config
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         self.dtype = _DTYPES[config.dtype]
         self.model = build_model(model_config)
-        self.model.load_weights(weights())
-        self.model.to(self.dtype)
         self.kv_dtype = _DTYPES[config.cache.dtype]
         self.kernels = self._kernels(config)
-        self.quantization = apply_quantization(self.model, config.quantization, self.kernels)
+        self.quantization = self._prepare_weights(weights, config, source)
         self.model.eval()
         # Adapters (EngineConfig.lora): the adaptable linears become LoRALinears here.
         self.lora: LoRAManager | None = None
@@ -125,14 +116,16 @@ class ModelRunner:
         self.num_blocks = plan_num_blocks(model_config, config)
         c = model_config
         # [num_layers, K/V, num_blocks, block_size, num_kv_heads, head_dim]
-        self.kv_caches = torch.zeros(
-            c.num_hidden_layers,
-            2,
-            self.num_blocks,
-            self.block_size,
-            c.num_key_value_heads,
-            c.head_dim,
-            dtype=self.kv_dtype,
+        self.kv_caches = lazy_zeros(
+            (
+                c.num_hidden_layers,
+                2,
+                self.num_blocks,
+                self.block_size,
+                c.num_key_value_heads,
+                c.head_dim,
+            ),
+            self.kv_dtype,
         )
         # The fused decode path holds views of these caches: bind it to each new cache.
         self.model.fused = bind_fused_decoder(
@@ -140,8 +133,33 @@ class ModelRunner:
         )
         self.sampler = Sampler(c.vocab_size)
         self.sampler.seed(config.seed)
+        self.rejection = RejectionSampler(self.sampler)
         # Called with (sampled rows, logits [num_sampled, vocab]) each step; parity tests use it.
         self.logits_hook: Callable[[list[ScheduledRequest], torch.Tensor], None] | None = None
+
+    def _prepare_weights(
+        self,
+        weights: Callable[[], Iterator[tuple[str, torch.Tensor]]],
+        config: EngineConfig,
+        source: Path | None,
+    ) -> dict[str, int]:
+        """Load, cast and quantize the model's weights, or map the copy prepared the first
+        time from ``source`` (``weight_cache``). Mutates ``self.model``; returns how many
+        linears got each kind."""
+        key = None
+        if source is not None:
+            key = weight_cache.cache_key(source, config.dtype, config.quantization, self.kernels)
+        if key is not None:
+            self.model.to(self.dtype)  # the buffers (rotary tables), as the full path casts them
+            counts = weight_cache.load(self.model, key, self.kernels)
+            if counts is not None:
+                return counts
+        self.model.load_weights(weights())
+        self.model.to(self.dtype)
+        counts = apply_quantization(self.model, config.quantization, self.kernels)
+        if key is not None:
+            weight_cache.save(self.model, key, counts)
+        return counts
 
     def _kernels(self, config: EngineConfig) -> Kernels | None:
         """Heron's CPU kernels when this model can use them (float32), attached to every
@@ -163,7 +181,8 @@ class ModelRunner:
         positions: list[np.ndarray] = []
         slots: list[np.ndarray] = []
         query_lens, context_lens, tables = [], [], []
-        logits_indices, sampled = [], []
+        logits_indices: list[int] = []
+        sampled: list[ScheduledRequest] = []
         bs = self.block_size
         num_decodes = 0
         prompt_plan = PromptLogprobsPlan()
@@ -172,7 +191,9 @@ class ModelRunner:
             num_decodes += n == 1
             if s.request.needs_prompt_logprobs:
                 prompt_plan.add(s, len(ids))
-            ids.extend(s.request.all_token_ids[start : start + n])
+            drafts = s.spec_token_ids
+            ids.extend(s.request.all_token_ids[start : start + n - len(drafts)])
+            ids.extend(drafts)
             pos = np.arange(start, start + n, dtype=np.int64)
             table = np.asarray(s.block_ids, dtype=np.int64)
             positions.append(pos)
@@ -181,7 +202,8 @@ class ModelRunner:
             context_lens.append(start + n)
             tables.append(s.block_ids)
             if s.sample:
-                logits_indices.append(len(ids) - 1)
+                # the last known token's row, then one row per draft (verification)
+                logits_indices.extend(range(len(ids) - 1 - len(drafts), len(ids)))
                 sampled.append(s)
         attention = AttentionBatch(
             query_lens=query_lens,
@@ -203,12 +225,18 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> tuple[list[ScheduledRequest], SamplerOutput]:
-        """Run the step's forward and sample. Writes KV into the cache. Returns the sampling
-        rows (scheduled requests whose chunk reached their end) and one token per row, with
-        the prompt scores of the requests that asked for them."""
+        """Run the step's forward and sample. Writes KV into the cache (rejected drafts'
+        rows too: they lie past what the scheduler counts as computed). Returns the sampling
+        rows (scheduled requests whose chunk reached their end) and one token per row (a run
+        per row when drafts were verified), with the prompt scores of the requests that
+        asked for them."""
         inputs = self.prepare_inputs(out)
         metadata = self.backend.prepare_metadata(inputs.attention)
-        batch = self.sampler.prepare([s.request for s in inputs.sampled])
+        verify = any(s.spec_token_ids for s in inputs.sampled)
+        if verify:
+            batch = self.rejection.prepare(inputs.sampled)
+        else:
+            batch = self.sampler.prepare([s.request for s in inputs.sampled])
         lora: AbstractContextManager[None] = nullcontext()
         if self.lora is not None:
             lora = self.lora.active(inputs.lora)
@@ -220,6 +248,10 @@ class ModelRunner:
         if not inputs.sampled:
             return [], SamplerOutput([], [], prompt)
         logits = self.model.compute_logits(hidden.index_select(0, inputs.logits_indices))
+        if verify:
+            sampled = self.rejection.sample(logits, inputs.sampled, batch)
+            sampled.prompt_logprobs = prompt
+            return inputs.sampled, sampled
         if self.logits_hook is not None:
             self.logits_hook(inputs.sampled, logits)
         sampled = self.sampler.sample(logits, batch)

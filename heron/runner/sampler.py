@@ -7,6 +7,7 @@ generator, so a seeded request gives the same tokens whatever else shares the ba
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +47,11 @@ class SamplerOutput:
     # the step's prompt scores (SamplingParams.prompt_logprobs), set by the runner; these
     # come from prefill rows, sampled or not
     prompt_logprobs: list[tuple[Request, PromptChunk]] = field(default_factory=list)
+    # A step that verified speculative drafts (heron/runner/rejection.py): per row, its
+    # accepted drafts then its own token (``token_ids`` holds that last one), and the
+    # logprobs of each token of the run when asked. None on a plain step.
+    runs: list[list[int]] | None = None
+    run_logprobs: list[list[tuple[float, int, list[int], list[float]]]] | None = None
 
 
 class Sampler:
@@ -57,8 +63,16 @@ class Sampler:
     def seed(self, seed: int) -> None:
         self.default_generator.manual_seed(seed)
 
-    def prepare(self, requests: list[Request]) -> SamplingBatch:
-        """Host work, once per step: turn each row's request into batch tensors."""
+    def prepare(
+        self, requests: list[Request], prefixes: Sequence[Sequence[int]] | None = None
+    ) -> SamplingBatch:
+        """Host work, once per step: turn each row's request into batch tensors.
+
+        ``prefixes[i]`` (speculative verification) are tokens row ``i`` counts as generated
+        after its request's output: penalties, min_tokens and the grammar mask see the row
+        exactly as the sampler would once those tokens were appended. Mutates nothing."""
+        if prefixes is None:
+            prefixes = [()] * len(requests)
         params = [r.sampling_params for r in requests]
         n, vocab = len(requests), self.vocab_size
         temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32)
@@ -80,13 +94,14 @@ class Sampler:
             for i, r in enumerate(requests):
                 if not r.sampling_params.needs_penalties:
                     continue
-                out = torch.tensor(r.output_token_ids, dtype=torch.long)
+                extra = list(prefixes[i])
+                out = torch.tensor(r.output_token_ids + extra, dtype=torch.long)
                 counts[i].index_add_(0, out, torch.ones(len(out)))
-                seen[i, torch.tensor(r.all_token_ids, dtype=torch.long)] = True
+                seen[i, torch.tensor(r.all_token_ids + extra, dtype=torch.long)] = True
         suppress = []
         for i, r in enumerate(requests):
             p = r.sampling_params
-            if r.num_output_tokens < p.min_tokens:
+            if r.num_output_tokens + len(prefixes[i]) < p.min_tokens:
                 ids = list(p.stop_token_ids) + ([] if p.ignore_eos else list(r.eos_token_ids))
                 if ids:
                     suppress.append((i, ids))
@@ -116,12 +131,30 @@ class Sampler:
             bias,
             generators,
             max_logprobs,
-            self.grammar_bitmask.fill(requests),
+            self.grammar_bitmask.fill(requests, prefixes),
         )
 
     def sample(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
         """logits [num_rows, vocab] fp32 (not modified). Returns one token per row."""
         raw_logprobs = torch.log_softmax(logits, dim=-1) if batch.max_logprobs >= 0 else None
+        logits = self.process(logits, batch)
+        greedy_tokens = logits.argmax(dim=-1)
+        if batch.all_greedy:
+            tokens = greedy_tokens
+        else:
+            tokens = torch.where(
+                batch.temperature == 0, greedy_tokens, self._sample_random(logits, batch)
+            )
+        token_list = tokens.tolist()
+        logprobs: list[tuple[float, int, list[int], list[float]] | None] = [None] * len(token_list)
+        if raw_logprobs is not None:
+            logprobs = self.gather_logprobs(raw_logprobs, tokens, batch.max_logprobs)
+        return SamplerOutput(token_list, logprobs)
+
+    @staticmethod
+    def process(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        """A copy of logits [num_rows, vocab] with penalties, logit_bias, min_tokens and
+        the grammar mask applied: a greedy row's token is its argmax."""
         logits = logits.clone()
         if batch.repetition is not None:
             assert batch.seen_mask is not None and batch.output_counts is not None
@@ -136,21 +169,21 @@ class Sampler:
             logits[row, ids] = _NEG_INF
         if batch.grammar is not None:
             apply(logits, batch.grammar)
-
-        greedy_tokens = logits.argmax(dim=-1)
-        if batch.all_greedy:
-            tokens = greedy_tokens
-        else:
-            tokens = torch.where(
-                batch.temperature == 0, greedy_tokens, self._sample_random(logits, batch)
-            )
-        token_list = tokens.tolist()
-        logprobs: list[tuple[float, int, list[int], list[float]] | None] = [None] * len(token_list)
-        if raw_logprobs is not None:
-            logprobs = self._gather_logprobs(raw_logprobs, tokens, batch.max_logprobs)
-        return SamplerOutput(token_list, logprobs)
+        return logits
 
     def _sample_random(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        probs = self.probs(logits, batch)
+        # Exponential-race sampling: argmax(p / E) with E ~ Exp(1) draws from p.
+        noise = torch.empty_like(probs).exponential_(generator=self.default_generator)
+        for row, gen in batch.generators:
+            noise[row].exponential_(generator=gen)
+        return (probs / noise).argmax(dim=-1)
+
+    @staticmethod
+    def probs(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        """The distribution a random row samples from, given its ``process``ed logits:
+        temperature, top-k, top-p, then min-p. Rows are not renormalised after min-p (the
+        tokens it drops get 0); a greedy row is treated as temperature 1."""
         temp = torch.where(batch.temperature == 0, 1.0, batch.temperature).unsqueeze(1)
         logits = logits / temp
         if batch.top_k is not None or batch.top_p is not None:
@@ -170,14 +203,10 @@ class Sampler:
         if batch.min_p is not None:
             threshold = batch.min_p.unsqueeze(1) * probs.amax(dim=-1, keepdim=True)
             probs = probs.masked_fill(probs < threshold, 0.0)
-        # Exponential-race sampling: argmax(p / E) with E ~ Exp(1) draws from p.
-        noise = torch.empty_like(probs).exponential_(generator=self.default_generator)
-        for row, gen in batch.generators:
-            noise[row].exponential_(generator=gen)
-        return (probs / noise).argmax(dim=-1)
+        return probs
 
     @staticmethod
-    def _gather_logprobs(
+    def gather_logprobs(
         logprobs: torch.Tensor, tokens: torch.Tensor, k: int
     ) -> list[tuple[float, int, list[int], list[float]] | None]:
         chosen = logprobs.gather(1, tokens.unsqueeze(1))  # [rows, 1]

@@ -13,6 +13,8 @@ class ScheduledRequest:
 
     ``sample`` is true when this chunk reaches the end of the request's known tokens, so the
     runner samples its next token; a prefill chunk in the middle samples nothing.
+    ``spec_token_ids`` are speculative drafts computed after the known tokens (counted in
+    ``num_scheduled_tokens``, only on a sampling row): the runner verifies them.
     """
 
     request: Request
@@ -20,6 +22,12 @@ class ScheduledRequest:
     num_scheduled_tokens: int
     block_ids: list[int]
     sample: bool
+    spec_token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def num_known_tokens(self) -> int:
+        """Tokens of ``request.all_token_ids`` computed this step (the drafts excluded)."""
+        return self.num_scheduled_tokens - len(self.spec_token_ids)
 
 
 @dataclass(slots=True)

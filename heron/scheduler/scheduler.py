@@ -67,21 +67,26 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             num_new = self._num_new_tokens(req, req.num_computed_tokens, budget, chunk)
+            drafts = self._fitting_drafts(req, num_new, budget)
             while not self.kv.allocate_slots(
                 req.request_id,
                 req.all_token_ids,
                 req.num_computed_tokens,
                 num_new,
                 extra_key=req.cache_salt,  # its blocks' key (salt, adapter) never changes
+                num_lookahead_tokens=len(drafts),
             ):
+                if drafts:  # never preempt anyone for a guess
+                    drafts = []
+                    continue
                 victim = self._pick_victim(i)
                 self._preempt(victim)
                 out.preempted_ids.append(victim.request_id)
                 if victim is req:
                     break
             else:
-                self._emit(out, req, req.num_computed_tokens, num_new)
-                budget -= num_new
+                self._emit(out, req, req.num_computed_tokens, num_new, drafts)
+                budget -= num_new + len(drafts)
                 i += 1
 
         if not out.preempted_ids:
@@ -180,17 +185,34 @@ class Scheduler:
             num_new = min(num_new, chunk)
         return min(num_new, budget)
 
-    def _emit(self, out: SchedulerOutput, req: Request, num_computed: int, num_new: int) -> None:
+    @staticmethod
+    def _fitting_drafts(req: Request, num_new: int, budget: int) -> list[int]:
+        """The request's speculative drafts that go with this step: only when its known
+        tokens all fit (drafts follow them), and only as many as the budget leaves."""
+        if not req.spec_token_ids or req.num_computed_tokens + num_new != req.num_tokens:
+            return []
+        return req.spec_token_ids[: max(budget - num_new, 0)]
+
+    def _emit(
+        self,
+        out: SchedulerOutput,
+        req: Request,
+        num_computed: int,
+        num_new: int,
+        drafts: list[int] | None = None,
+    ) -> None:
+        drafts = drafts or []
         out.scheduled.append(
             ScheduledRequest(
                 request=req,
                 num_computed_tokens=num_computed,
-                num_scheduled_tokens=num_new,
+                num_scheduled_tokens=num_new + len(drafts),
                 block_ids=self.kv.get_block_ids(req.request_id),
                 sample=num_computed + num_new == req.num_tokens,
+                spec_token_ids=drafts,
             )
         )
-        out.num_scheduled_tokens += num_new
+        out.num_scheduled_tokens += num_new + len(drafts)
 
     def _pick_victim(self, first_unscheduled: int) -> Request:
         """The lowest-priority running request not yet scheduled this step: the newest for
@@ -206,26 +228,42 @@ class Scheduler:
         self.running.remove(req)
         req.status = RequestStatus.PREEMPTED
         req.num_computed_tokens = 0
+        req.spec_token_ids = []
         req.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.insert(0, req)
 
     # -------------------------------------------------------------------- update
-    def update_from_output(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
-        """Advance computed counts, append sampled tokens and apply token-level stops
-        (EOS, stop token ids, max_tokens). Finished requests release their blocks and are
-        returned; the caller applies stop strings and calls ``finish_requests``."""
+    def update_from_output(
+        self, out: SchedulerOutput, sampled: dict[str, list[int]]
+    ) -> list[Request]:
+        """Advance computed counts, append each sampling row's tokens (its accepted drafts,
+        then the token the runner sampled) and apply token-level stops (EOS, stop token ids,
+        max_tokens) token by token, dropping whatever follows a stop. Rejected drafts roll
+        back: ``num_computed_tokens`` counts only the accepted ones, so their KV slots are
+        overwritten later. Finished requests release their blocks and are returned; the
+        caller applies stop strings and calls ``finish_requests``."""
         finished: list[Request] = []
         for s in out.scheduled:
             req = s.request
             if req.is_finished:  # aborted between schedule and update
                 continue
-            req.num_computed_tokens = s.num_computed_tokens + s.num_scheduled_tokens
+            num_known = s.num_computed_tokens + s.num_known_tokens
+            req.num_computed_tokens = num_known
             if not s.sample:
                 continue
-            token = sampled[req.request_id]
-            req.append_output_token(token)
-            status = self._check_stop(req, token)
+            req.spec_token_ids = []
+            tokens = sampled[req.request_id]
+            status = None
+            for token in tokens:
+                req.append_output_token(token)
+                status = self._check_stop(req, token)
+                if status is not None:
+                    break
+            # The KV of every accepted draft is computed; the last token's is not.
+            req.num_computed_tokens = min(num_known + len(tokens) - 1, req.num_tokens)
+            if len(tokens) > 1:
+                self.kv.cache_computed(req.request_id, req.all_token_ids, req.num_computed_tokens)
             if status is not None:
                 self._finish(req, status)
                 finished.append(req)

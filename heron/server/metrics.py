@@ -61,6 +61,20 @@ class Metrics:
         self.request_success = counter(
             "request_success", "Finished requests by finish reason.", ["finished_reason"]
         )
+        self.spec_drafts = counter(
+            "spec_decode_num_drafts", "Speculative verifications of one request's drafts."
+        )
+        self.spec_draft_tokens = counter(
+            "spec_decode_num_draft_tokens", "Draft tokens verified (speculative decoding)."
+        )
+        self.spec_accepted = counter(
+            "spec_decode_num_accepted_tokens", "Draft tokens accepted (speculative decoding)."
+        )
+        self.spec_accepted_per_pos = counter(
+            "spec_decode_num_accepted_tokens_per_pos",
+            "Draft tokens accepted, by position in the draft (0 first).",
+            ["position"],
+        )
         self.ttft = hist("time_to_first_token_seconds", "Time to first token.", _LATENCY_BUCKETS)
         self.itl = hist("inter_token_latency_seconds", "Time between output chunks.", _ITL_BUCKETS)
         self.e2e = hist(
@@ -89,6 +103,9 @@ class Metrics:
             self.prefix_queries,
             self.prefix_hits,
             self.preemptions,
+            self.spec_drafts,
+            self.spec_draft_tokens,
+            self.spec_accepted,
             self.prompt_tokens,
             self.generation_tokens,
             self.ttft,
@@ -113,9 +130,17 @@ class Metrics:
                 (self.prefix_queries, stats.prefix_cache_queries, last.prefix_cache_queries),
                 (self.prefix_hits, stats.prefix_cache_hits, last.prefix_cache_hits),
                 (self.preemptions, stats.num_preemptions, last.num_preemptions),
+                (self.spec_drafts, stats.spec_num_drafts, last.spec_num_drafts),
+                (self.spec_draft_tokens, stats.spec_num_draft_tokens, last.spec_num_draft_tokens),
+                (
+                    self.spec_accepted,
+                    stats.spec_num_accepted_tokens,
+                    last.spec_num_accepted_tokens,
+                ),
             ):
                 if new > old:
                     counter.labels(m).inc(new - old)
+            self._per_position(m, stats.spec_accepted_per_pos, last.spec_accepted_per_pos)
             self._last[(m, engine_id)] = stats
         for m in self._gauged - seen:  # unloaded since the last scrape
             self.running.labels(m).set(0)
@@ -125,6 +150,12 @@ class Metrics:
         live = {(m, e) for m, e, _ in engines}
         for key in [k for k in self._last if k not in live]:
             del self._last[key]
+
+    def _per_position(self, model: str, new: list[int], old: list[int]) -> None:
+        for pos, count in enumerate(new):
+            before = old[pos] if pos < len(old) else 0
+            if count > before:
+                self.spec_accepted_per_pos.labels(model, str(pos)).inc(count - before)
 
     def observe_request(
         self,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from heron.config import EngineConfig
 from heron.engine.process import CoreProcess, start_core_process
 from heron.engine.protocol import EngineStats
+from heron.proposer.options import with_modelfile_speculation
 from heron.server.adapters import AdapterRegistry, BadAdapterError, engine_config_for
 from heron.server.common import APIError
 from heron.server.model_spec import LoadedModel, ModelSpec, check_stored, spec_from_store
@@ -234,6 +235,7 @@ class ModelManager:
                 self.on_fatal(message)
 
         config = engine_config_for(spec, self.engine_config)
+        config = with_modelfile_speculation(spec.parameters, config)
         engine = AsyncEngineClient(
             spec.path, config, self.max_waiting, fatal, chat_template=spec.template, process=process
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "MESSAGE_ROLES",
+    "ENGINE_PARAMETERS",
     "PARAMETER_TYPES",
     "Modelfile",
     "ModelfileError",
@@ -55,7 +56,12 @@ PARAMETER_TYPES: dict[str, type] = {
     "logits_all": bool,
     "vocab_only": bool,
     "use_mlock": bool,
+    # Heron's own: speculative decoding for the model's engine (ngram, suffix, draft:MODEL,
+    # none) and its most drafts per step. They configure the engine, not a request.
+    "speculative": str,
+    "num_speculative_tokens": int,
 }
+ENGINE_PARAMETERS = frozenset({"speculative", "num_speculative_tokens"})
 MESSAGE_ROLES = ("system", "user", "assistant")
 _TRUE = ("1", "t", "true")
 _FALSE = ("0", "f", "false")
@@ -82,6 +88,8 @@ def coerce_parameter(key: str, value: str | int | float | bool) -> Any:
     if kind is str:
         if not isinstance(value, str):
             raise bad
+        if name == "speculative":
+            _check_speculative(value)
         return value
     if kind is bool:
         if isinstance(value, bool):
@@ -112,6 +120,15 @@ def coerce_parameter(key: str, value: str | int | float | bool) -> Any:
     if not math.isfinite(number):
         raise bad
     return number
+
+
+def _check_speculative(value: str) -> None:
+    from heron.proposer.options import check_speculative_option
+
+    try:
+        check_speculative_option(value)
+    except ValueError as exc:
+        raise ModelfileError(str(exc)) from None
 
 
 @dataclass(slots=True)

@@ -37,9 +37,13 @@ class GrammarBitmask:
         self.vocab_size = vocab_size
         self.words = (vocab_size + 31) // 32
 
-    def fill(self, requests: Sequence[Request]) -> GrammarMask | None:
+    def fill(
+        self, requests: Sequence[Request], prefixes: Sequence[Sequence[int]] | None = None
+    ) -> GrammarMask | None:
         """The mask of the constrained rows of ``requests`` (the step's sampling rows, in
-        order), or None when no row is constrained. Mutates nothing but the matchers' own
+        order), or None when no row is constrained. A row with a ``prefixes[i]`` (drafts
+        being verified, already validated against its grammar) gets the mask after them:
+        its matcher consumes them and rolls back. Mutates nothing but the matchers' own
         mask caches."""
         rows = [i for i, r in enumerate(requests) if r.grammar is not None]
         if not rows:
@@ -50,7 +54,12 @@ class GrammarBitmask:
         width = self.words * 4
         base = bitmask.data_ptr()
         for j, i in enumerate(rows):
-            requests[i].grammar.unsafe_compute_mask_ptr(base + j * width, width)
+            matcher = requests[i].grammar
+            prefix = list(prefixes[i]) if prefixes is not None else []
+            consumed = matcher.try_consume_tokens(prefix) if prefix else 0
+            matcher.unsafe_compute_mask_ptr(base + j * width, width)
+            if consumed:
+                matcher.rollback(consumed)
         return GrammarMask(torch.tensor(rows, dtype=torch.long), bitmask)
 
 

@@ -59,7 +59,7 @@ def view(out: SchedulerOutput) -> list[tuple[str, int, int, list[int], bool]]:
 def step(s: Scheduler, tokens: dict[str, int] | None = None) -> SchedulerOutput:
     out = s.schedule()
     sampled = {
-        x.request.request_id: (tokens or {}).get(x.request.request_id, 7)
+        x.request.request_id: [(tokens or {}).get(x.request.request_id, 7)]
         for x in out.scheduled
         if x.sample
     }
@@ -180,11 +180,13 @@ def test_stop_conditions() -> None:
     s.add_request(req("ignore", 2, first=20, max_tokens=2, ignore_eos=True))
     s.add_request(req("minimum", 2, first=30, max_tokens=5, min_tokens=2))
     out = s.schedule()
-    done = s.update_from_output(out, {"eos": 999, "stopid": 42, "ignore": 999, "minimum": 999})
+    done = s.update_from_output(
+        out, {"eos": [999], "stopid": [42], "ignore": [999], "minimum": [999]}
+    )
     assert sorted(r.request_id for r in done) == ["eos", "stopid"]
     assert s.requests.get("eos") is None
     out = s.schedule()
-    done = s.update_from_output(out, {"ignore": 999, "minimum": 999})
+    done = s.update_from_output(out, {"ignore": [999], "minimum": [999]})
     statuses = {r.request_id: r.status for r in done}
     assert statuses == {
         "ignore": RequestStatus.FINISHED_LENGTH,

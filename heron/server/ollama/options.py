@@ -16,6 +16,7 @@ from heron.server.ollama.protocol import Options
 from heron.server.parsing import ParserFactory
 from heron.server.sampling import engine_fields
 from heron.server.state import ServerState
+from heron.store.modelfile import ENGINE_PARAMETERS
 from heron.structured import StructuredOutputsParams
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,13 @@ class Plan:
 
 def merged_options(options: Options | None, model: LoadedModel) -> Options:
     """The model's Modelfile parameters overridden by the request's ``options``."""
-    if not model.spec.parameters:
+    # (the engine's own parameters configured the model's engine when it loaded)
+    defaults = {k: v for k, v in model.spec.parameters.items() if k not in ENGINE_PARAMETERS}
+    if not defaults:
         return options or Options()
     given = options.model_dump(exclude_unset=True) if options is not None else {}
     try:
-        return Options(**{**model.spec.parameters, **given})
+        return Options(**{**defaults, **given})
     except ValueError as exc:
         raise APIError(400, f"invalid Modelfile parameters: {exc}", param="options") from None
 
