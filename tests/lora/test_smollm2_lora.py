@@ -102,5 +102,6 @@ def test_smollm2_with_random_adapter(smollm2_path: str, tmp_path: Path) -> None:
     _, quant_logits = run(quant, lora)
     for qa, ea, qb, eb in zip(quant_logits, logits, quant_base, exact_base, strict=True):
         base_gap = (qb - eb).abs().max().item()
-        assert (qa - ea).abs().max().item() <= 1.5 * base_gap + 0.1
+        # the quantized base's activation rounding, carried through the adapter: its order
+        assert (qa - ea).abs().max().item() <= 3 * base_gap + 0.1
         assert qa.argmax() == ea.argmax()
