@@ -2,7 +2,7 @@
 
 Every adapted module holds its slot tensors ``a`` [max_loras, in, R] and ``b``
 [max_loras, R, out] (R: the module's rank blocks times ``max_lora_rank``; zero-padded, the
-scale folded into ``b``). A step's ``LoRABatch`` groups the token rows that use an adapter
+scale folded into ``b``; float64, see ``LoRAManager``). A step's ``LoRABatch`` groups the token rows that use an adapter
 by slot, padded to the longest group, so each module adds ``x @ a[slot] @ b[slot]`` for every
 adapted row with two batched matmuls (``bmm`` over the step's slots), one gather and one
 scatter-add: the same few calls however many requests and adapters share the step. Rows of

@@ -32,13 +32,18 @@ def lora_cache_key(digest: bytes, cache_salt: bytes | None) -> bytes:
 
 
 class LoRAManager:
-    def __init__(
-        self, model: CausalLM, model_config: ModelConfig, config: LoRAConfig, dtype: torch.dtype
-    ) -> None:
+    def __init__(self, model: CausalLM, model_config: ModelConfig, config: LoRAConfig) -> None:
         self.model = model
         self.model_config = model_config
         self.config = config
-        self.table = SlotTable(model, model_config, config.max_loras, config.max_lora_rank, dtype)
+        # The deltas are computed in float64 (cast to the model's dtype once added): a BLAS
+        # float32 product's summation order depends on the thread count, and a quantized
+        # base's per-row activation rounding turns that 1e-7 into visible logit changes.
+        # In float64 the order's effect is far below float32's rounding, so a request's
+        # output does not depend on the threads (nor on which process runs it).
+        self.table = SlotTable(
+            model, model_config, config.max_loras, config.max_lora_rank, torch.float64
+        )
         # int_id -> (request, weights), least recently added or used first
         self.loaded: OrderedDict[int, tuple[LoRARequest, LoRAWeights]] = OrderedDict()
 

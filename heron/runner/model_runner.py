@@ -106,7 +106,7 @@ class ModelRunner:
         # Adapters (EngineConfig.lora): the adaptable linears become LoRALinears here.
         self.lora: LoRAManager | None = None
         if config.lora is not None:
-            self.lora = LoRAManager(self.model, model_config, config.lora, self.dtype)
+            self.lora = LoRAManager(self.model, model_config, config.lora)
         backend = config.attention_backend
         if backend == "auto":
             usable = self.kernels is not None and self.kv_dtype in CACHE_DTYPES

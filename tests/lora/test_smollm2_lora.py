@@ -105,3 +105,28 @@ def test_smollm2_with_random_adapter(smollm2_path: str, tmp_path: Path) -> None:
         # the quantized base's activation rounding, carried through the adapter: its order
         assert (qa - ea).abs().max().item() <= 3 * base_gap + 0.1
         assert qa.argmax() == ea.argmax()
+
+
+def test_adapter_outputs_do_not_depend_on_threads(smollm2_path: str, tmp_path: Path) -> None:
+    """The adapter's delta does not change with the engine's thread count (a float32 BLAS
+    product would, and the quantized base's activation rounding would make it visible), so
+    a server (whose threads follow the machine's load) answers as ``LLM(...)`` does."""
+    checkpoint = load_checkpoint(smollm2_path)
+    adapter = write_random_peft(checkpoint.config, tmp_path / "lora", 16)
+    checkpoint.close()
+    lora = LoRARequest("random", 1, str(adapter))
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True, logprobs=1)
+    seen = []
+    for threads in (1, 2):
+        llm = LLM(
+            smollm2_path,
+            quantization="auto",
+            enable_lora=True,
+            num_threads=threads,
+            kv_cache_memory_bytes=64 << 20,
+        )
+        out = llm.generate(PROMPTS[0], params, lora_request=lora)[0].outputs[0]
+        assert out.logprobs is not None
+        pairs = zip(out.logprobs, out.token_ids, strict=True)
+        seen.append((out.token_ids, [lp[t].logprob for lp, t in pairs]))
+    assert seen[0] == seen[1]
