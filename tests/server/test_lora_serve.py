@@ -102,11 +102,6 @@ def test_the_adapter_changes_the_output(lora_server: ServerProcess) -> None:
     assert _complete(client, "tuned") == tuned  # greedy: the same again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: with an adapter the server's greedy tokens diverge from LLM(...)'s after "
-    "about 10 (logprobs differ by ~0.04; without one they are identical)",
-)
 def test_the_adapter_matches_the_offline_engine(
     lora_server: ServerProcess, paths: dict[str, Path]
 ) -> None:
