@@ -102,7 +102,9 @@ class EngineCore:
         self.prompt_logprobs = PromptLogprobsCollector()
         self.speculator: Speculator | None = None
         if config.speculative is not None:
-            self.speculator = Speculator(config.speculative, config)
+            self.speculator = Speculator(
+                config.speculative, config, target_config=self.model_config
+            )
         logger.info("engine core ready in %.1f s", time.perf_counter() - t0)
 
     # ---------------------------------------------------------------- requests

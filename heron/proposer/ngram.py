@@ -21,7 +21,7 @@ import numpy as np
 from heron.proposer.base import SpeculativeConfig
 
 if TYPE_CHECKING:
-    from heron.config import EngineConfig
+    from heron.config import EngineConfig, ModelConfig
     from heron.request import Request
 
 
@@ -59,7 +59,12 @@ def lookup(tokens: np.ndarray, min_n: int, max_n: int, k: int) -> list[int]:
 class NgramProposer:
     """The ``ngram`` method. Stateless: it reads each request's tokens."""
 
-    def __init__(self, config: SpeculativeConfig, engine_config: EngineConfig) -> None:
+    def __init__(
+        self,
+        config: SpeculativeConfig,
+        engine_config: EngineConfig,
+        target_config: ModelConfig | None = None,  # not needed: prompt lookup has no model
+    ) -> None:
         self.min_n = config.prompt_lookup_min
         self.max_n = config.prompt_lookup_max
 

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, cast
 from heron.proposer.base import Proposer, SpeculativeConfig
 
 if TYPE_CHECKING:
-    from heron.config import EngineConfig
+    from heron.config import EngineConfig, ModelConfig
 
-# method -> (module, class); each class is built as ``Cls(config, engine_config)``.
+# method -> (module, class); each class is built as
+# ``Cls(config, engine_config, target_config=...)`` (the target model's config: the draft
+# model checks its vocabulary and sizes its KV pool from it; the others ignore it).
 _PROPOSERS: dict[str, tuple[str, str]] = {
     "ngram": ("heron.proposer.ngram", "NgramProposer"),
     "suffix": ("heron.proposer.suffix", "SuffixProposer"),
@@ -18,7 +20,11 @@ _PROPOSERS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_proposer(config: SpeculativeConfig, engine_config: EngineConfig) -> Proposer:
+def build_proposer(
+    config: SpeculativeConfig,
+    engine_config: EngineConfig,
+    target_config: ModelConfig | None = None,
+) -> Proposer:
     """The proposer ``config.method`` names. Raises ValueError for an unknown method or one
     whose implementation is not available in this build."""
     entry = _PROPOSERS.get(config.method)
@@ -36,4 +42,4 @@ def build_proposer(config: SpeculativeConfig, engine_config: EngineConfig) -> Pr
     cls = getattr(module, class_name, None)
     if cls is None:
         raise ValueError(f"speculative method {config.method!r} is not available in this build")
-    return cast(Proposer, cls(config, engine_config))
+    return cast(Proposer, cls(config, engine_config, target_config=target_config))

@@ -14,7 +14,7 @@ from heron.request import Request, RequestStatus
 from heron.structured.drafts import valid_drafts
 
 if TYPE_CHECKING:
-    from heron.config import EngineConfig
+    from heron.config import EngineConfig, ModelConfig
     from heron.scheduler.output import ScheduledRequest
 
 
@@ -36,9 +36,10 @@ class Speculator:
         config: SpeculativeConfig,
         engine_config: EngineConfig,
         proposer: Proposer | None = None,
+        target_config: ModelConfig | None = None,
     ) -> None:
         self.config = config
-        self.proposer = proposer or build_proposer(config, engine_config)
+        self.proposer = proposer or build_proposer(config, engine_config, target_config)
         self.counters = SpecCounters(accepted_per_pos=[0] * config.num_speculative_tokens)
 
     def propose(self, running: Sequence[Request]) -> None:

@@ -136,13 +136,16 @@ def test_vocabulary_mismatch_is_refused(tiny: Path) -> None:
     config = SpeculativeConfig("draft", draft_model=str(tiny))
     with pytest.raises(ValueError, match="vocabulary has 258 tokens but the target's has 300"):
         DraftProposer(config, EngineConfig(cache=CacheConfig(num_blocks=8)), target)
+    with pytest.raises(ValueError, match="vocabulary has 258 tokens"):  # as the engine builds it
+        build_proposer(config, EngineConfig(cache=CacheConfig(num_blocks=8)), target)
 
 
 def test_registry_builds_it_with_a_pool_sized_from_the_target(tiny: Path) -> None:
     config = SpeculativeConfig("draft", draft_model=str(tiny))
     engine = EngineConfig(cache=CacheConfig(block_size=4, num_blocks=64))
     assert isinstance(build_proposer(config, engine), DraftProposer)
-    sized = DraftProposer(config, engine, load_checkpoint(tiny).config)
+    sized = build_proposer(config, engine, load_checkpoint(tiny).config)
+    assert isinstance(sized, DraftProposer)
     # the target's 64 blocks, plus every running request's drafts (16 tokens: 4 blocks + 1)
     assert sized.runner.num_blocks == 64 + engine.scheduler.max_num_seqs * 5
     assert not sized.engine_config.cache.enable_prefix_caching
