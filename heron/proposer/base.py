@@ -15,6 +15,23 @@ if TYPE_CHECKING:
     from heron.request import Request
 
 SPECULATIVE_METHODS = ("ngram", "suffix", "draft")
+OFF = ("", "none", "off")
+
+
+def check_speculative_option(value: str) -> None:
+    """Raise ValueError unless ``value`` is ``ngram``, ``suffix``, ``draft:MODEL`` or
+    ``none`` (syntax only: the draft model is not looked up). Here, not in ``options``,
+    because the store's Modelfile parser checks it and ``options`` resolves model names
+    through the store."""
+    method, _, model = value.strip().partition(":")
+    if method.lower() in OFF and not model:
+        return
+    if method not in SPECULATIVE_METHODS or (method == "draft") != bool(model):
+        raise ValueError(
+            f"speculative must be ngram, suffix, draft:MODEL or none, got {value[:80]!r}"
+        )
+
+
 # A verified step computes 1 + k tokens per request: beyond this the forward stops being
 # memory-bound and a rejected guess costs real compute.
 MAX_SPECULATIVE_TOKENS = 16

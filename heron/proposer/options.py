@@ -7,25 +7,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from heron.proposer.base import SPECULATIVE_METHODS, SpeculativeConfig
+from heron.proposer.base import OFF, SpeculativeConfig
+from heron.proposer.base import check_speculative_option as check_speculative_option
 
 if TYPE_CHECKING:
     from heron.config import EngineConfig
 
-OFF = ("", "none", "off")
 _FIELDS = {f.name for f in dataclasses.fields(SpeculativeConfig)}
-
-
-def check_speculative_option(value: str) -> None:
-    """Raise ValueError unless ``value`` is ``ngram``, ``suffix``, ``draft:MODEL`` or
-    ``none`` (syntax only: the draft model is not looked up)."""
-    method, _, model = value.strip().partition(":")
-    if method.lower() in OFF and not model:
-        return
-    if method not in SPECULATIVE_METHODS or (method == "draft") != bool(model):
-        raise ValueError(
-            f"speculative must be ngram, suffix, draft:MODEL or none, got {value[:80]!r}"
-        )
 
 
 def parse_speculative_option(

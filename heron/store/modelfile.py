@@ -123,7 +123,7 @@ def coerce_parameter(key: str, value: str | int | float | bool) -> Any:
 
 
 def _check_speculative(value: str) -> None:
-    from heron.proposer.options import check_speculative_option
+    from heron.proposer.base import check_speculative_option
 
     try:
         check_speculative_option(value)
