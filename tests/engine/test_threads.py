@@ -133,9 +133,7 @@ def test_thread_count_never_changes_output(smollm2_path: str) -> None:
         for n in (threads, 1):
             llm = LLM(smollm2_path, num_threads=n)
             outputs = llm.generate(prompts, params)
-            runs.append(
-                [(o.outputs[0].token_ids, repr(o.outputs[0].logprobs)) for o in outputs]
-            )
+            runs.append([(o.outputs[0].token_ids, repr(o.outputs[0].logprobs)) for o in outputs])
             del llm
     finally:
         torch.set_num_threads(threads)
