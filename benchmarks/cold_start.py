@@ -101,7 +101,9 @@ def heron_run(model: str, env: dict[str, str]) -> dict[str, float]:
     env = dict(env, HERON_HOST=f"127.0.0.1:{free_port()}")
     cmd = [sys.executable, "-m", "heron.cli", "run", model, PROMPT]
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )  # stdin: `heron run` reads a piped stdin into the prompt
     assert proc.stdout is not None
     proc.stdout.read(1)
     first = time.monotonic() - start
