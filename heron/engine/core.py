@@ -257,7 +257,7 @@ class EngineCore:
         for i, req in enumerate(requests):
             new = req.output_token_ids[before[i] :]
             out = EngineCoreOutput(req.request_id, new, row_logprobs(req, sampled, i, len(new)))
-            out.prompt_logprobs = self.prompt_logprobs.take(req)
+            out.prompt_logprobs = self.prompt_logprobs.take(req, first_output=before[i] == 0)
             out.num_cached_tokens = req.num_cached_tokens
             if req.is_finished:
                 out.finish_reason = FINISH_REASONS[req.status]

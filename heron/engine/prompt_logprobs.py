@@ -37,10 +37,11 @@ class PromptLogprobsCollector:
             parts.top_logprobs.extend(vals[:k] for vals in chunk.top_logprobs)
             req.num_prompt_logprobs += len(chunk.logprobs)
 
-    def take(self, req: Request) -> PromptLogprobs | None:
+    def take(self, req: Request, first_output: bool) -> PromptLogprobs | None:
         """The scores to send with ``req``'s output this step: all of them on its first
-        output (empty lists for a one-token prompt) when it asked, else None. Forgets them."""
-        if req.sampling_params.prompt_logprobs is None or req.num_output_tokens:
+        output (``first_output``: it had no output tokens before this step; empty lists for a
+        one-token prompt) when it asked, else None. Forgets them."""
+        if req.sampling_params.prompt_logprobs is None or not first_output:
             return None
         return self._parts.pop(req.request_id, None) or PromptLogprobs([], [], [], [])
 
