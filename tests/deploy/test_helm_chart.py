@@ -1,135 +1,31 @@
-"""The Helm chart under deploy/helm/heron, rendered and validated as CI can (no cluster, no helm
-binary): Helm's own engine renders it (helm-python-sdk, a C library build of Helm 4), every
-Kubernetes object is validated against the Kubernetes OpenAPI schemas in strict mode (unknown
-fields are errors; kubernetes-validate ships the schemas), and the ServiceMonitor, a CRD that
-those schemas lack, against the pydantic models generated from the Prometheus Operator's CRDs
-(cloudcoil-models-prometheus-operator), with unknown fields caught by a round trip.
-
-Each check returns the problems it finds, so that the tests at the end can also show that a
-broken chart is caught."""
+"""The Helm chart as shipped renders objects that pass the Kubernetes and CRD schemas (chart.py)
+and keep the chart's promises (probes, the key from a Secret, the store on a claim, a locked
+down container, references that resolve); a broken template, bad values or a broken promise
+are caught."""
 
 from __future__ import annotations
 
-import os
+import base64
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
-import httpx
-import kubernetes_validate
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-CHART = ROOT / "deploy" / "helm" / "heron"
-RELEASE, NAMESPACE = "demo", "llm"
-FULLNAME = f"{RELEASE}-heron"
-# The chart's kubeVersion floor (Chart.yaml) and the newest schemas kubernetes-validate ships.
-KUBE_VERSIONS = ("1.25", "1.37")
-
-SERVICE_MONITOR = {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kp"}}}}
-AUTOSCALED = {"autoscaling": {"enabled": True, "maxReplicas": 6}}
-STATEFUL = {
-    "kind": "StatefulSet",
-    "dataParallelSize": 2,
-    "engine": {"maxNumSeqs": 32, "kvCacheMemoryMb": 2048},
-    "model": {"name": "hf.co/org/repo", "servedModelName": "assistant"},
-    "apiKey": {"existingSecret": "heron-key", "secretKey": "token"},
-    "extraArgs": ["--speculative", "ngram"],
-}
-
-Manifest = dict[str, Any]
-
-
-def render(values: dict[str, Any] | None = None, chart: Path = CHART) -> list[Manifest]:
-    """Every object the chart renders with ``values`` (NOTES.txt left out). Raises Helm's
-    errors (helm.HelmError) when a template does not render, yaml.YAMLError when it renders
-    something that is not YAML."""
-    with helm.Chart.load(chart) as loaded:
-        files = loaded.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    objects: list[Manifest] = []
-    for path, text in sorted(files.items()):
-        if path.endswith("NOTES.txt"):
-            continue
-        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
-    return objects
-
-
-def notes(values: dict[str, Any] | None = None) -> str:
-    with helm.Chart.load(CHART) as loaded:
-        files = loaded.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    return next(text for path, text in files.items() if path.endswith("NOTES.txt"))
-
-
-def service_monitor_problems(obj: Manifest) -> list[str]:
-    """A ServiceMonitor against the CRD's generated models: types, required fields and enums
-    from validation; a field the CRD does not know is dropped by the model, so a round trip
-    that loses something names it."""
-    import pydantic
-    from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
-
-    try:
-        model = ServiceMonitor.model_validate(obj)
-    except pydantic.ValidationError as exc:
-        return [f"ServiceMonitor: {exc}"]
-    kept = model.model_dump(by_alias=True, exclude_unset=True, mode="json")
-    return [f"ServiceMonitor: unknown field {path}" for path in lost_fields(obj, kept)]
-
-
-def lost_fields(given: Any, kept: Any, path: str = "") -> list[str]:
-    """Paths of ``given``'s mapping keys that ``kept`` lacks."""
-    if isinstance(given, dict) and isinstance(kept, dict):
-        lost = []
-        for key, value in given.items():
-            if key not in kept:
-                lost.append(f"{path}.{key}")
-            else:
-                lost.extend(lost_fields(value, kept[key], f"{path}.{key}"))
-        return lost
-    if isinstance(given, list) and isinstance(kept, list):
-        return [
-            p
-            for i, (g, k) in enumerate(zip(given, kept, strict=False))
-            for p in lost_fields(g, k, f"{path}[{i}]")
-        ]
-    return []
-
-
-def schema_problems(objects: list[Manifest]) -> list[str]:
-    """Every object against its schema: Kubernetes kinds strictly, in each version of
-    KUBE_VERSIONS; the ServiceMonitor against its CRD."""
-    problems: list[str] = []
-    for obj in objects:
-        name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
-        if (
-            obj.get("apiVersion") == "monitoring.coreos.com/v1"
-            and obj.get("kind") == "ServiceMonitor"
-        ):
-            problems.extend(service_monitor_problems(obj))
-            continue
-        for version in KUBE_VERSIONS:
-            try:
-                kubernetes_validate.validate(obj, version, strict=True)
-            except kubernetes_validate.ValidationError as exc:
-                where = ".".join(str(p) for p in exc.path)
-                problems.append(f"{name} (Kubernetes {version}): {where}: {exc.message}")
-            except kubernetes_validate.SchemaNotFoundError as exc:
-                problems.append(f"{name}: {exc.message}")
-    return problems
-
-
-def by_kind(objects: list[Manifest], kind: str) -> list[Manifest]:
-    return [o for o in objects if o["kind"] == kind]
-
-
-def one(objects: list[Manifest], kind: str) -> Manifest:
-    found = by_kind(objects, kind)
-    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
-    return found[0]
+from tests.deploy.chart import (
+    AUTOSCALED,
+    CHART,
+    FULLNAME,
+    SERVICE_MONITOR,
+    STATEFUL,
+    Manifest,
+    by_kind,
+    notes,
+    one,
+    render,
+    schema_problems,
+)
 
 
 def promise_problems(objects: list[Manifest], values: dict[str, Any]) -> list[str]:
@@ -294,8 +190,6 @@ def test_overrides_reach_the_command_line_and_the_monitoring_objects() -> None:
 
 
 def test_the_api_key_given_is_the_one_stored() -> None:
-    import base64
-
     secret = one(render({"apiKey": {"value": "s3cret"}}), "Secret")
     assert base64.b64decode(secret["data"]["api-key"]) == b"s3cret"
 
@@ -373,52 +267,3 @@ def test_a_broken_promise_is_caught() -> None:
     one(objects, "ServiceMonitor")["spec"]["endpoints"][0].pop("authorization")
     problems = promise_problems(objects, SERVICE_MONITOR)
     assert len(problems) == 3, problems
-
-
-# --- the rendered commands against a real `heron serve` ---------------------------------------
-
-
-def pod_spec(values: dict[str, Any]) -> Manifest:
-    spec: Manifest = one(render(values), "Deployment")["spec"]["template"]["spec"]
-    return spec
-
-
-def test_the_readiness_probe_asks_a_real_server_with_the_key() -> None:
-    from tests.server.conftest import running_server
-
-    with running_server(model=None, api_key="k-chart") as server:
-        server_spec = pod_spec({"containerPort": server.port})["containers"][0]
-        command = server_spec["readinessProbe"]["exec"]["command"]
-        assert command[0] == "python"
-        probe = [sys.executable, *command[1:]]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HERON_")}
-        assert subprocess.run(probe, env=env | {"HERON_API_KEY": "k-chart"}).returncode == 0
-        refused = subprocess.run(probe, env=env | {"HERON_API_KEY": "wrong"}, capture_output=True)
-        assert refused.returncode != 0 and b"401" in refused.stderr
-        # The liveness and startup probes send no key: /health must not need one.
-        path = server_spec["livenessProbe"]["httpGet"]["path"]
-        assert httpx.get(f"{server.base_url}{path}", timeout=5).status_code == 200
-
-
-def test_the_pull_init_container_fails_on_a_model_it_cannot_pull(tmp_path: Path) -> None:
-    """The init container's script, run as written: it starts a loopback server, the pull of a
-    name the catalog does not know fails, and the script exits non-zero with that server gone."""
-    from tests.server.conftest import free_port
-
-    init = pod_spec({"model": {"name": "no-such-model-xyz"}})["initContainers"][0]
-    shell, flag, script = init["command"]
-    port = free_port()
-    script = script.replace("127.0.0.1:11435", f"127.0.0.1:{port}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HERON_")}
-    env |= {e["name"]: e["value"] for e in init["env"] if "value" in e}
-    env |= {
-        "HERON_API_KEY": "k-chart",
-        "HERON_MODELS": str(tmp_path / "models"),
-        "TMPDIR": str(tmp_path),
-    }
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    done = subprocess.run([shell, flag, script], env=env, capture_output=True, timeout=180)
-    assert done.returncode != 0
-    assert b"no-such-model-xyz" in done.stderr, done.stderr
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # the loopback server let go of its port
