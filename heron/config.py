@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,6 +154,8 @@ class EngineConfig:
     lora: LoRAConfig | None = None  # None: no adapters (requests naming one are refused)
     # Speculative decoding (heron/proposer): None decodes one token per step.
     speculative: SpeculativeConfig | None = None
+    # Processes the attention heads and MLP columns are split across (heron/distributed).
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         if self.max_model_len is not None and self.max_model_len < 1:
@@ -174,3 +177,26 @@ class EngineConfig:
             )
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError("num_threads must be positive")
+        if self.tensor_parallel_size != 1:
+            self._check_tensor_parallel()
+
+    def _check_tensor_parallel(self) -> None:
+        """What tensor parallelism cannot combine with yet; on CPU, also gives each rank
+        cores / N threads when ``num_threads`` is unset. Raises ValueError."""
+        n = self.tensor_parallel_size
+        if n < 1:
+            raise ValueError(f"tensor_parallel_size must be positive, got {n}")
+        if self.lora is not None:
+            raise ValueError("tensor parallelism does not support LoRA adapters yet")
+        if self.speculative is not None:
+            raise ValueError("tensor parallelism does not support speculative decoding yet")
+        if self.quantization == "int8":
+            # fbgemm quantizes a row-parallel shard's activations with the shard's own scale,
+            # so the sum of shards would not be one process's result.
+            raise ValueError("tensor parallelism does not support int8 quantization")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        cores = cores or os.cpu_count() or 1
+        if n > cores:
+            raise ValueError(f"tensor_parallel_size {n} exceeds the {cores} CPU cores available")
+        if self.num_threads is None:
+            self.num_threads = max(1, cores // n)

@@ -115,6 +115,27 @@ SpeculativeOpt = Annotated[
 NumSpecTokensOpt = Annotated[
     int | None, typer.Option(help="Most draft tokens verified per request and step (4).")
 ]
+TensorParallelOpt = Annotated[
+    int,
+    typer.Option(
+        help="Split the model's heads and MLP across this many processes (CPU: for models "
+        "too big for one process's memory; each rank gets cores / N threads)."
+    ),
+]
+DataParallelOpt = Annotated[
+    int,
+    typer.Option(
+        help="Engine replicas of the model, each with its own KV cache, pinned to its share "
+        "of the cores, behind one HTTP server and a prefix-aware router."
+    ),
+]
+RouterOpt = Annotated[
+    str,
+    typer.Option(
+        help="How requests pick a replica: prefix (longest cached prefix, load-aware) or "
+        "round-robin."
+    ),
+]
 KeepAliveOpt = Annotated[
     str, typer.Option(help='How long an idle model stays loaded ("5m", "1h", "-1": for ever).')
 ]
@@ -149,6 +170,9 @@ def serve(
     max_lora_rank: MaxLoraRankOpt = 16,
     speculative: SpeculativeOpt = None,
     num_speculative_tokens: NumSpecTokensOpt = None,
+    tensor_parallel_size: TensorParallelOpt = 1,
+    data_parallel_size: DataParallelOpt = 1,
+    router: RouterOpt = "prefix",
 ) -> None:
     """Serve the OpenAI, Anthropic and Ollama APIs on one port.
 
@@ -163,7 +187,8 @@ def serve(
 
     # The model's engine process starts before the server's modules load: a cold start
     # overlaps the two (heron.engine.process).
-    process = start_core_process() if model is not None else None
+    # (Replicas start later, each pinned to its cores.)
+    process = start_core_process() if model is not None and data_parallel_size == 1 else None
     from heron.server.serve import InsecureBindError, run_server
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -208,6 +233,9 @@ def _serve_config(
     max_lora_rank: int,
     speculative: str | None = None,
     num_speculative_tokens: int | None = None,
+    tensor_parallel_size: int = 1,
+    data_parallel_size: int = 1,
+    router: str = "prefix",
 ) -> ServeConfig:
     """``heron serve``'s options over the environment's defaults. Raises ValueError on a bad
     value."""
@@ -240,9 +268,12 @@ def _serve_config(
             quantization=None if quantization == "none" else quantization,
             lora=LoRAConfig(max_loras, max_lora_rank) if lora or lora_dir else None,
             speculative=_speculative(speculative, num_speculative_tokens),
+            tensor_parallel_size=tensor_parallel_size,
         ),
         lora_modules=[parse_lora_option(x) for x in lora or []],
         lora_dirs=list(lora_dir or []),
+        data_parallel_size=data_parallel_size,
+        router_policy=router.replace("-", "_"),
     )
 
 

@@ -53,6 +53,10 @@ class EmbeddingEngine:
 
     def __init__(self, model_path: str, config: EngineConfig | None = None) -> None:
         self.config = config or EngineConfig()
+        if self.config.tensor_parallel_size != 1:
+            raise ValueError(
+                "tensor parallelism is for generation models; an embedding model runs in one process"
+            )
         t0 = time.perf_counter()
         self.checkpoint = load_checkpoint(model_path)
         self.model_config = self.checkpoint.config

@@ -36,6 +36,8 @@ class LLM:
     ``EngineConfig.lora`` (see ``heron.config.LoRAConfig``); ``generate`` then takes adapters.
     ``speculative_config`` is vLLM's: ``{"method": "ngram", "num_speculative_tokens": 4}``
     (or ``"suffix"``, or ``"draft"`` with ``"model"``), or a ``SpeculativeConfig``.
+    ``tensor_parallel_size`` splits the model across that many processes
+    (``heron.distributed``); ``close()`` stops them.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class LLM:
         max_lora_rank: int = 16,
         max_cpu_loras: int | None = None,
         speculative_config: SpeculativeConfig | Mapping[str, Any] | None = None,
+        tensor_parallel_size: int = 1,
     ) -> None:
         lora = LoRAConfig(max_loras, max_lora_rank, max_cpu_loras) if enable_lora else None
         config = EngineConfig(
@@ -90,6 +93,7 @@ class LLM:
                 if speculative_config is None or isinstance(speculative_config, SpeculativeConfig)
                 else speculative_from_dict(speculative_config)
             ),
+            tensor_parallel_size=tensor_parallel_size,
         )
         from heron.store.resolve import resolve_model  # LLM(...) is a front door
 
@@ -104,6 +108,12 @@ class LLM:
         if self._engine is None:
             raise ValueError("this model is an embedding model: it does not support generate")
         return self._engine
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers, if any (they also stop when this process
+        exits). The engine cannot step afterwards."""
+        if self._engine is not None and self._engine.runner.tp is not None:
+            self._engine.runner.tp.close()
 
     def get_tokenizer(self) -> Tokenizer:
         if self._embedder is not None:

@@ -19,6 +19,9 @@ import torch
 
 from heron.attention import AttentionBatch, get_attention_backend
 from heron.config import EngineConfig, ModelConfig
+from heron.distributed import shard
+from heron.distributed.group import TensorParallelGroup
+from heron.distributed.step import pack_step
 from heron.kernels import CACHE_DTYPES, Kernels, attach_kernels, cpu_kernels, require_cpu_kernels
 from heron.kernels.fused import bind_fused_decoder
 from heron.kernels.quant import auto_kind
@@ -90,23 +93,35 @@ class ModelRunner:
         weights: Callable[[], Iterator[tuple[str, torch.Tensor]]],
         config: EngineConfig,
         source: Path | None = None,
+        tp: TensorParallelGroup | None = None,
     ) -> None:
         """``source``: the checkpoint's file or folder, which keys the prepared-weights cache
-        (None: no cache, e.g. weights built in memory)."""
+        (None: no cache, e.g. weights built in memory). ``tp``: a worker's tensor-parallel
+        group; with ``config.tensor_parallel_size`` > 1 and none given, this runner is rank 0
+        and starts the workers (``heron.distributed``)."""
         self.model_config = model_config
         self.config = config
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         self.dtype = _DTYPES[config.dtype]
-        self.model = build_model(model_config)
+        self.tp = tp
+        built_config = model_config
+        if config.tensor_parallel_size > 1:
+            self.tp, built_config, weights = self._start_tensor_parallel(weights, source)
+            source = None  # the prepared-weights cache holds whole models only
+        self.model = build_model(built_config)
         self.kv_dtype = _DTYPES[config.cache.dtype]
         self.kernels = self._kernels(config)
         self.quantization = self._prepare_weights(weights, config, source)
         self.model.eval()
+        if self.tp is not None:
+            shard.add_all_reduces(self.model, self.tp.all_reduce)
+            if self.tp.rank == 0:
+                self.tp.wait_loaded()
         # Adapters (EngineConfig.lora): the adaptable linears become LoRALinears here.
         self.lora: LoRAManager | None = None
         if config.lora is not None:
-            self.lora = LoRAManager(self.model, model_config, config.lora)
+            self.lora = LoRAManager(self.model, model_config, config.lora, self.kernels)
         backend = config.attention_backend
         if backend == "auto":
             usable = self.kernels is not None and self.kv_dtype in CACHE_DTYPES
@@ -114,7 +129,7 @@ class ModelRunner:
         self.backend = get_attention_backend(backend)
         self.block_size = config.cache.block_size
         self.num_blocks = plan_num_blocks(model_config, config)
-        c = model_config
+        c = built_config  # this rank's KV heads; the block count is the same on every rank
         # [num_layers, K/V, num_blocks, block_size, num_kv_heads, head_dim]
         self.kv_caches = lazy_zeros(
             (
@@ -127,15 +142,35 @@ class ModelRunner:
             ),
             self.kv_dtype,
         )
-        # The fused decode path holds views of these caches: bind it to each new cache.
-        self.model.fused = bind_fused_decoder(
-            self.model, self.kv_caches, self.backend, self.kernels
-        )
+        # The fused decode path holds views of these caches: bind it to each new cache. It
+        # runs every layer in one call, with no place for tensor parallelism's all-reduces.
+        if self.tp is None:
+            self.model.fused = bind_fused_decoder(
+                self.model, self.kv_caches, self.backend, self.kernels
+            )
+        if self.lora is not None:  # adapted steps stay fused: the stack holds the slots
+            self.lora.bind(self.model.fused)
         self.sampler = Sampler(c.vocab_size)
         self.sampler.seed(config.seed)
         self.rejection = RejectionSampler(self.sampler)
         # Called with (sampled rows, logits [num_sampled, vocab]) each step; parity tests use it.
         self.logits_hook: Callable[[list[ScheduledRequest], torch.Tensor], None] | None = None
+
+    def _start_tensor_parallel(
+        self, weights: Callable[[], Iterator[tuple[str, torch.Tensor]]], source: Path | None
+    ) -> tuple[TensorParallelGroup, ModelConfig, Callable[[], Iterator[tuple[str, torch.Tensor]]]]:
+        """(group, this rank's model config, this rank's weight stream). Rank 0 (no group
+        yet) starts the workers. Raises ValueError when the model cannot be split so."""
+        config = self.config
+        shard.check_shardable(self.model_config, config)
+        tp = self.tp
+        if tp is None:
+            if source is None:
+                raise ValueError("tensor parallelism needs a checkpoint path to give the workers")
+            tp = TensorParallelGroup.launch(source, config)
+        n = config.tensor_parallel_size
+        mine = shard.shard_weights(weights, self.model_config, tp.rank, n)
+        return tp, shard.shard_config(self.model_config, n), mine
 
     def _prepare_weights(
         self,
@@ -231,6 +266,8 @@ class ModelRunner:
         per row when drafts were verified), with the prompt scores of the requests that
         asked for them."""
         inputs = self.prepare_inputs(out)
+        if self.tp is not None:  # the workers run this forward with us
+            self.tp.send_step(pack_step(inputs.input_ids, inputs.positions, inputs.attention))
         metadata = self.backend.prepare_metadata(inputs.attention)
         verify = any(s.spec_token_ids for s in inputs.sampled)
         if verify:
