@@ -20,7 +20,7 @@ from typing import Any
 
 from heron.config import EngineConfig, ModelConfig
 from heron.engine.output_processor import OutputProcessor
-from heron.engine.process import CoreProcess, start_core_process
+from heron.engine.process import start_core_process
 from heron.engine.protocol import (
     AbortRequests,
     Embeddings,
@@ -41,6 +41,7 @@ from heron.engine.protocol import (
     decode_from_core,
     encode,
 )
+from heron.engine.replica import EngineReplica
 from heron.kvcache.plan import embedding_max_len, plan_max_model_len
 from heron.loader import load_checkpoint
 from heron.lora.request import LoRARequest
@@ -69,15 +70,16 @@ class AsyncEngineClient:
         max_waiting: int = 256,
         on_fatal: Callable[[str], None] | None = None,
         chat_template: str | None = None,
-        process: CoreProcess | None = None,
+        process: EngineReplica | None = None,
     ) -> None:
-        """``process``: an engine core process started earlier (``start_core_process``),
-        else one is started here, first, so that it imports while this reads the header."""
-        core = process or start_core_process()
+        """``process``: an engine core started earlier (``start_core_process``, or a
+        data-parallel replica), else one is started here, first, so that it imports while
+        this reads the header."""
+        core: EngineReplica = process or start_core_process()
         try:
             self._setup(model_path, config, max_waiting, on_fatal, chat_template, core)
         except BaseException:
-            core.process.kill()
+            core.kill()
             core.conn.close()
             raise
 
@@ -88,7 +90,7 @@ class AsyncEngineClient:
         max_waiting: int,
         on_fatal: Callable[[str], None] | None,
         chat_template: str | None,
-        core: CoreProcess,
+        core: EngineReplica,
     ) -> None:
         self.model_path = model_path
         checkpoint = load_checkpoint(model_path)  # header only: config + tokenizer
@@ -121,7 +123,7 @@ class AsyncEngineClient:
         self._outbox: SimpleQueue[ToCore] = SimpleQueue()
         self._dead: str | None = None
         self._closing = False
-        self._conn, self._proc = core.conn, core.process
+        self._conn, self._replica = core.conn, core
         eos = sorted(self.tokenizer.eos_token_ids)
         self._outbox.put(LoadModel(model_path, config, eos, self.tokenizer.backend.to_str()))
         # The weights load in the engine process while the server already answers /health;
@@ -140,7 +142,7 @@ class AsyncEngineClient:
 
     @property
     def alive(self) -> bool:
-        return self._dead is None and self._proc.is_alive()
+        return self._dead is None and self._replica.is_alive()
 
     def _admit(self) -> None:
         if not self.alive:
@@ -341,7 +343,7 @@ class AsyncEngineClient:
         self._closing = True
         with contextlib.suppress(EngineDeadError):
             self._send(Shutdown())
-        self._proc.join(timeout)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join()
+        self._replica.join(timeout)
+        if self._replica.is_alive():
+            self._replica.kill()
+            self._replica.join()

@@ -22,6 +22,20 @@ class CoreProcess:
     process: BaseProcess
     conn: Connection
 
+    # An ``EngineReplica`` (heron.engine.replica): the one replica of a plain server.
+    def is_alive(self) -> bool:
+        return self.process.is_alive()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.process.join(timeout)
+
+    def describe(self) -> str:
+        return f"pid {self.process.pid}"
+
 
 def start_core_process() -> CoreProcess:
     """Spawn (never fork: the HTTP process has threads) an engine core process."""

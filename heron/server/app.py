@@ -8,6 +8,7 @@ import contextlib
 import importlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +21,9 @@ from heron.engine.protocol import EngineDeadError, QueueFullError
 from heron.server.common import APIError, error_response, family_of
 from heron.server.run import ClientGone
 from heron.server.state import ServerState
+
+if TYPE_CHECKING:
+    from heron.engine.dp_client import ReplicaStatus
 
 logger = logging.getLogger(__name__)
 
@@ -128,13 +132,30 @@ def add_operational_routes(app: FastAPI, state: ServerState) -> None:
                 return PlainTextResponse("loading", status_code=503)
         if state.draining:
             return PlainTextResponse("draining", status_code=503)
+        replicas = _replicas(state)
+        if pinned is not None and pinned.name in replicas:
+            # serving while one replica restarts, and saying so
+            up = sum(r.up for r in replicas[pinned.name])
+            return PlainTextResponse(f"ready ({up} of {len(replicas[pinned.name])} replicas)")
         return PlainTextResponse("ready")
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         state.metrics.update_engines(state.models.engine_stats())
         state.metrics.update_adapters(state.models.adapter_counts())
+        state.metrics.update_replicas(_replicas(state))
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _replicas(state: ServerState) -> dict[str, list[ReplicaStatus]]:
+    """Each data-parallel model's replicas, by model name."""
+    from heron.engine.dp_client import DataParallelClient
+
+    return {
+        m.name: m.engine.replicas()
+        for m in state.models.loaded.values()
+        if isinstance(m.engine, DataParallelClient)
+    }
 
 
 class DrainGuard:

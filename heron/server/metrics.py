@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from heron.engine.protocol import EngineStats
+
+if TYPE_CHECKING:
+    from heron.engine.dp_client import ReplicaStatus
 
 _LATENCY_BUCKETS = (
     0.005,
@@ -87,6 +92,7 @@ class Metrics:
             "lora_requests", "Finished requests per LoRA adapter.", ["adapter"]
         )
         self._last: dict[tuple[str, int], EngineStats] = {}  # (model, engine id) -> stats
+        self._init_replicas()
         self._lora_models: set[str] = set()
         self._gauged: set[str] = set()
         for name in model_names or []:
@@ -189,6 +195,65 @@ class Metrics:
         for m, n in counts.items():
             self.lora_loaded.labels(m).set(n)
         self._lora_models |= set(counts)
+
+    def _init_replicas(self) -> None:
+        """Series of data-parallel replicas, labelled replica="0", "1", ..."""
+        labels, r = ["model_name", "replica"], self.registry
+        self.replica_routed = Counter(
+            "heron:replica_requests_routed", "Requests routed to the replica.", labels, registry=r
+        )
+        self.replica_prefix_queries = Counter(
+            "heron:replica_prefix_cache_queries",
+            "Prompt tokens looked up in the replica's prefix cache.",
+            labels,
+            registry=r,
+        )
+        self.replica_prefix_hits = Counter(
+            "heron:replica_prefix_cache_hits",
+            "Prompt tokens served from the replica's prefix cache.",
+            labels,
+            registry=r,
+        )
+        self.replica_running = Gauge(
+            "heron:replica_num_requests_running", "Requests running.", labels, registry=r
+        )
+        self.replica_waiting = Gauge(
+            "heron:replica_num_requests_waiting", "Requests waiting.", labels, registry=r
+        )
+        self.replica_kv_usage = Gauge(
+            "heron:replica_kv_cache_usage_perc", "KV cache blocks in use (0-1).", labels, registry=r
+        )
+        self.replica_up = Gauge(
+            "heron:replica_up", "1 while the replica serves, 0 while down.", labels, registry=r
+        )
+        # (model, replica) -> (engine id, its last stats, routed count at the last scrape)
+        self._replica_last: dict[tuple[str, int], tuple[int, EngineStats, int]] = {}
+
+    def update_replicas(self, models: dict[str, list[ReplicaStatus]]) -> None:
+        """Mirror each data-parallel model's replicas; counters advance by the difference
+        from the same engine's previous snapshot (a restarted replica starts from zero)."""
+        for m, replicas in models.items():
+            for rep in replicas:
+                key, label = (m, rep.index), (m, str(rep.index))
+                engine_id, last, routed = self._replica_last.get(key, (0, EngineStats(), 0))
+                if engine_id != rep.engine_id:
+                    last = EngineStats()
+                stats = rep.stats
+                for counter, new, old in (
+                    (
+                        self.replica_prefix_queries,
+                        stats.prefix_cache_queries,
+                        last.prefix_cache_queries,
+                    ),
+                    (self.replica_prefix_hits, stats.prefix_cache_hits, last.prefix_cache_hits),
+                    (self.replica_routed, rep.routed, routed),
+                ):
+                    counter.labels(*label).inc(max(0, new - old))
+                self.replica_running.labels(*label).set(stats.num_running)
+                self.replica_waiting.labels(*label).set(stats.num_waiting)
+                self.replica_kv_usage.labels(*label).set(stats.kv_cache_usage)
+                self.replica_up.labels(*label).set(1 if rep.up else 0)
+                self._replica_last[key] = (rep.engine_id, stats, rep.routed)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

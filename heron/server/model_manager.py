@@ -1,10 +1,9 @@
 """Several models behind one server: loaded on first request, unloaded when their
-``keep_alive`` runs out, at most ``max_loaded`` at a time.
-
-Each loaded model is its own engine-core process (``AsyncEngineClient``). A model counts as
-busy while the engine has requests in flight; its expiry clock restarts when the last one
-ends, as Ollama's does. Loading, unloading and eviction all happen here, on the event loop;
-the blocking parts (reading the checkpoint header, joining a process) run in threads.
+``keep_alive`` runs out, at most ``max_loaded`` at a time. Each loaded model is its own
+engine-core process (``AsyncEngineClient``; N routed replicas: ``DataParallelClient``). A
+model counts as busy while the engine has requests in flight; its expiry clock restarts when
+the last one ends, as Ollama's does. Loading, unloading and eviction happen here, on the
+event loop; the blocking parts run in threads.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 from heron.config import EngineConfig
 from heron.engine.process import CoreProcess, start_core_process
 from heron.engine.protocol import EngineStats
+from heron.engine.replica import DataParallelPlan
 from heron.proposer.options import with_modelfile_speculation
 from heron.server.adapters import AdapterRegistry, BadAdapterError, engine_config_for
 from heron.server.common import APIError
@@ -36,8 +36,7 @@ DEFAULT_KEEP_ALIVE_S = 300.0  # Ollama's default, 5m
 LOAD_TIMEOUT_S = 300.0  # Ollama's OLLAMA_LOAD_TIMEOUT
 REAP_INTERVAL_S = 0.25
 CLAIM_S = 2.0
-# The command line's model's engine is restarted when it dies after loading, unless it died
-# this many times within the window: then the server gives up (on_fatal).
+# A dead pinned engine is restarted unless it died this often in the window (then: on_fatal).
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 300.0
 
@@ -67,6 +66,7 @@ class ModelManager:
         self.max_loaded = max_loaded
         self.default_keep_alive = default_keep_alive
         self.on_fatal = on_fatal  # called when the pinned model's engine dies or fails to load
+        self.data_parallel = DataParallelPlan()  # replicas per model (--data-parallel-size)
         self.pinned: ModelSpec | None = None
         self.loaded: dict[str, LoadedModel] = {}  # by spec.name
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
@@ -201,8 +201,9 @@ class ModelManager:
     def _start(
         self, spec: ModelSpec, pinned: bool, process: CoreProcess | None = None
     ) -> LoadedModel:
-        # The core process starts first: it imports the engine while this process imports
-        # the client and reads the checkpoint's header (see heron.engine.process).
+        if self.data_parallel.enabled:  # its client starts the replicas, each pinned
+            return self._start_client(spec, pinned, None)
+        # Started first: the core imports the engine while this reads the header (see process).
         process = process or start_core_process()
         try:
             return self._start_client(spec, pinned, process)
@@ -211,8 +212,10 @@ class ModelManager:
             process.conn.close()
             raise
 
-    def _start_client(self, spec: ModelSpec, pinned: bool, process: CoreProcess) -> LoadedModel:
-        from heron.engine.core_client import AsyncEngineClient
+    def _start_client(
+        self, spec: ModelSpec, pinned: bool, process: CoreProcess | None
+    ) -> LoadedModel:
+        from heron.engine.dp_client import start_engine
 
         holder: list[LoadedModel] = []
 
@@ -236,8 +239,8 @@ class ModelManager:
 
         config = engine_config_for(spec, self.engine_config)
         config = with_modelfile_speculation(spec.parameters, config)
-        engine = AsyncEngineClient(
-            spec.path, config, self.max_waiting, fatal, chat_template=spec.template, process=process
+        engine = start_engine(
+            spec.path, config, self.max_waiting, fatal, spec.template, process, self.data_parallel
         )
         keep = math.inf if pinned else self.default_keep_alive
         loaded = LoadedModel(spec, engine, pinned, keep, _expiry(keep))

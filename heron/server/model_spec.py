@@ -17,6 +17,7 @@ from heron.server.common import APIError
 
 if TYPE_CHECKING:
     from heron.engine.core_client import AsyncEngineClient
+    from heron.engine.dp_client import DataParallelClient
     from heron.store.store import ModelStore, StoredModel
 
 
@@ -53,7 +54,7 @@ class LoadedModel:
     """A model with a live (or loading) engine process."""
 
     spec: ModelSpec
-    engine: AsyncEngineClient
+    engine: AsyncEngineClient | DataParallelClient
     pinned: bool  # the model named on `heron serve`'s command line
     keep_alive: float  # seconds; math.inf for ever
     expires_at: float  # wall-clock seconds

@@ -15,6 +15,7 @@ import uvicorn
 
 from heron.config import EngineConfig, LoRAConfig
 from heron.engine.process import CoreProcess
+from heron.engine.replica import DataParallelPlan, ReplicaFactory
 from heron.env import is_loopback_host
 from heron.server.adapters import AdapterRegistry, add_static
 from heron.server.app import DrainGuard, build_app
@@ -55,6 +56,11 @@ class ServeConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     lora_modules: list[tuple[str, str]] = field(default_factory=list)  # --lora name=path
     lora_dirs: list[str] = field(default_factory=list)  # where load_lora_adapter may read
+    # Engine replicas per model behind the router (heron/engine/dp_client.py); a factory
+    # places them elsewhere (default: local processes pinned to disjoint cores).
+    data_parallel_size: int = 1
+    router_policy: str = "prefix"  # or "round_robin"
+    replica_factory: ReplicaFactory | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -131,6 +137,12 @@ def run_server(cfg: ServeConfig, process: CoreProcess | None = None) -> int:
         on_fatal=on_fatal,
     )
     models.adapters = AdapterRegistry(cfg.lora_dirs)
+    models.data_parallel = DataParallelPlan(
+        cfg.data_parallel_size, cfg.replica_factory, cfg.router_policy
+    )
+    if models.data_parallel.enabled and process is not None:
+        process.kill()  # replicas start pinned, in the data-parallel client
+        process = None
     names: list[str] = []
     if cfg.model is not None:
         names.append(pin_command_line_model(models, store, cfg, process))
