@@ -136,6 +136,23 @@ RouterOpt = Annotated[
         "round-robin."
     ),
 ]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Place the --data-parallel-size replicas on the Ray cluster at this address "
+        "(host:port of its head; needs heron[ray]; see docs/scale-out.md)."
+    ),
+]
+RayCpusOpt = Annotated[
+    int, typer.Option(help="CPUs reserved for each replica on the Ray cluster (its threads).")
+]
+RayListenOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="HOST[:PORT] the Ray replicas dial back to (default: this node's cluster IP, "
+        "a free port). Authenticated, but keep it on the cluster's private network."
+    ),
+]
 KeepAliveOpt = Annotated[
     str, typer.Option(help='How long an idle model stays loaded ("5m", "1h", "-1": for ever).')
 ]
@@ -173,6 +190,9 @@ def serve(
     tensor_parallel_size: TensorParallelOpt = 1,
     data_parallel_size: DataParallelOpt = 1,
     router: RouterOpt = "prefix",
+    ray_address: RayAddressOpt = None,
+    ray_cpus_per_replica: RayCpusOpt = 1,
+    ray_listen: RayListenOpt = None,
 ) -> None:
     """Serve the OpenAI, Anthropic and Ollama APIs on one port.
 
@@ -183,17 +203,26 @@ def serve(
       HERON_PYPI_INDEX_URL  package index for catalog pulls
     """
     options = dict(locals())  # every parameter above, by name
+    for name in ("ray_address", "ray_cpus_per_replica", "ray_listen"):
+        del options[name]  # heron.ray's, not the server config's
     from heron.engine.process import start_core_process
 
     # The model's engine process starts before the server's modules load: a cold start
     # overlaps the two (heron.engine.process).
     # (Replicas start later, each pinned to its cores.)
-    process = start_core_process() if model is not None and data_parallel_size == 1 else None
+    local = model is not None and data_parallel_size == 1 and ray_address is None
+    process = start_core_process() if local else None
     from heron.server.serve import InsecureBindError, run_server
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        status = run_server(_serve_config(**options), process)
+        if ray_address is not None:
+            from heron.ray.launch import run_server_on_ray
+
+            cfg = _serve_config(**options)
+            status = run_server_on_ray(cfg, ray_address, ray_cpus_per_replica, ray_listen)
+        else:
+            status = run_server(_serve_config(**options), process)
     except (InsecureBindError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
