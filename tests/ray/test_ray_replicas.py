@@ -1,0 +1,195 @@
+"""``heron serve --ray-address`` on a real two-node Ray cluster on loopback (a head and a
+worker, one CPU each, started with ``ray start`` and token authentication) with two replicas
+of a tiny random llama: requests through the official client reach both replicas with the
+same greedy output, and a replica's actor killed with SIGKILL is restarted by Ray and joins
+the router again while requests keep being answered.
+
+Ray turns a node address of 127.0.0.1 into the machine's outward IP; 127.0.0.2 is kept, so
+the head is 127.0.0.2 and the worker (seen from there) 127.0.0.1: all of it on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+pytest.importorskip("ray", reason="Ray is not installed (pip install 'heron[ray]')")
+
+from tests.models.tiny import build  # noqa: E402
+from tests.server.conftest import ServerProcess, free_port, running_server  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+HEAD = "127.0.0.2"
+NAME = "tiny-ray"
+PROMPTS = [f"Request {i}: the quick brown fox" for i in range(4)]
+
+
+def _ray_start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``ray start ... --block`` in its own process group: killing the group ends every
+    process of that node (GCS, raylet, workers) and nothing else."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [ray, "start", "--block", "--num-cpus=1", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[tuple[str, dict[str, str]]]:
+    """(address, environment) of a head and a worker; torn down after the module."""
+    # Ray's Unix sockets live under the temp dir: keep its path short.
+    temp = tempfile.mkdtemp(prefix="hr-", dir="/tmp")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env |= {
+        "RAY_AUTH_MODE": "token",  # as docs/scale-out.md sets it up
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Actors take the environment of their node's `ray start`. Torch ops only: this is
+        # about placement and restarts, and a checkout whose kernel sources are newer than
+        # the installed build would compile them in each actor first.
+        "HERON_KERNELS": "0",
+    }
+    head_args = [
+        "--head",
+        f"--port={port}",
+        f"--node-ip-address={HEAD}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp}",
+    ]
+    nodes = [_ray_start(head_args, env, Path(temp) / "head.log")]
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError):
+                socket.create_connection((HEAD, port), timeout=1).close()
+                break
+            assert nodes[0].poll() is None, (Path(temp) / "head.log").read_text()
+            assert time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(0.2)
+        worker_args = [f"--address={HEAD}:{port}"]
+        nodes.append(_ray_start(worker_args, env, Path(temp) / "worker.log"))
+        yield f"{HEAD}:{port}", env
+    finally:
+        for node in nodes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+        for node in nodes:
+            node.wait(30)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_server(
+    ray_cluster: tuple[str, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    address, env = ray_cluster
+    model = build("llama3", tmp_path_factory.mktemp("ray") / "hf")
+    args = (
+        "--ray-address",
+        address,
+        "--data-parallel-size",
+        "2",
+        "--router",
+        "round-robin",  # each replica in turn: both are exercised
+        "--served-model-name",
+        NAME,
+        "--kv-cache-memory-mb",
+        "16",
+        "--quantization",
+        "none",
+    )
+    ray_env = {k: v for k, v in env.items() if k.startswith("RAY_")}
+    with running_server(*args, model=str(model), env=ray_env) as server:
+        server.model = NAME
+        yield server
+
+
+def _client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
+
+
+def _complete(server: ServerProcess, prompt: str) -> str:
+    out = _client(server).completions.create(model=NAME, prompt=prompt, max_tokens=6, temperature=0)
+    assert out.usage is not None and out.usage.completion_tokens == 6
+    return out.choices[0].text
+
+
+def _routed(server: ServerProcess) -> dict[str, float]:
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    pattern = (
+        rf'^heron:replica_requests_routed_total\{{model_name="{NAME}",replica="(\d)"\}} (\S+)$'
+    )
+    return {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.MULTILINE)}
+
+
+def _engine_actors() -> set[int]:
+    """PIDs of the engine actors: Ray titles a worker running a method ``ray::Class.method``."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "cmdline").read_bytes().startswith(b"ray::EngineActor"):
+                    pids.add(int(entry.name))
+    return pids
+
+
+def test_two_ray_replicas_serve_the_same_greedy_output(ray_server: ServerProcess) -> None:
+    before = _routed(ray_server)
+    first = [_complete(ray_server, p) for p in PROMPTS]
+    again = [_complete(ray_server, p) for p in PROMPTS]  # round-robin: the other replica
+    assert first == again
+    after = _routed(ray_server)
+    for replica in ("0", "1"):
+        assert after[replica] - before.get(replica, 0.0) == 4
+    ready = httpx.get(f"{ray_server.base_url}/ready", timeout=10)
+    assert ready.status_code == 200 and "2 of 2 replicas" in ready.text
+    assert len(_engine_actors()) == 2
+
+
+def test_a_killed_actor_is_restarted_by_ray_and_rejoins(ray_server: ServerProcess) -> None:
+    expected = _complete(ray_server, PROMPTS[0])
+    actors = _engine_actors()
+    assert len(actors) == 2
+    victim = min(actors)
+    os.kill(victim, signal.SIGKILL)
+    # Requests keep being answered by the surviving replica while Ray restarts the other.
+    answers, down_seen = [], False
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        answers.append(_complete(ray_server, PROMPTS[0]))
+        ready = httpx.get(f"{ray_server.base_url}/ready", timeout=10).text
+        down_seen = down_seen or "1 of 2 replicas" in ready
+        if down_seen and "2 of 2 replicas" in ready:
+            break
+        time.sleep(0.2)
+    assert down_seen, "the killed replica never left the rotation"
+    assert "2 of 2 replicas" in ready, f"the replica did not come back: {ready}"
+    assert answers and all(a == expected for a in answers)
+    restarted = _engine_actors()
+    assert len(restarted) == 2 and victim not in restarted
+    # Both replicas answer again, alike.
+    before = _routed(ray_server)
+    assert [_complete(ray_server, PROMPTS[0]) for _ in range(4)] == [expected] * 4
+    after = _routed(ray_server)
+    assert all(after[r] > before.get(r, 0.0) for r in ("0", "1"))
