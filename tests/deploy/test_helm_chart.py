@@ -201,12 +201,34 @@ def test_helm_lint_is_clean() -> None:
 
 
 @pytest.mark.parametrize(
-    "values",
-    [{"kind": "DaemonSet"}, {"model": {"pullPolicy": "Sometimes"}}, {"dataParallelSize": 0}],
+    ("values", "problem"),
+    [
+        ({"kind": "DaemonSet"}, "/kind"),
+        ({"model": {"pullPolicy": "Sometimes"}}, "/model/pullPolicy"),
+        ({"dataParallelSize": 0}, "/dataParallelSize"),
+        ({"modle": {"name": "smollm2"}}, "'modle' not allowed"),  # a misspelt key is no default
+        ({"engine": {"maxNumSeq": 8}}, "'maxNumSeq' not allowed"),
+        ({"replicaCount": "two"}, "/replicaCount"),
+    ],
 )
-def test_bad_values_are_refused(values: dict[str, Any]) -> None:
-    with pytest.raises(helm.HelmError):
+def test_bad_values_are_refused(values: dict[str, Any], problem: str) -> None:
+    """values.schema.json refuses them when the chart renders."""
+    with pytest.raises(helm.HelmError, match=problem):
         render(values)
+
+
+def test_the_templates_refuse_bad_values_without_the_schema(tmp_path: Path) -> None:
+    """`helm install --skip-schema-validation` still gets a clear error, not a broken object."""
+    chart = tmp_path / "heron"
+    shutil.copytree(CHART, chart)
+    (chart / "values.schema.json").unlink()
+    for values, problem in [
+        ({"kind": "DaemonSet"}, "kind must be Deployment or StatefulSet"),
+        ({"model": {"pullPolicy": "Sometimes"}}, "model.pullPolicy must be"),
+        ({"dataParallelSize": 0}, "dataParallelSize must be at least 1"),
+    ]:
+        with pytest.raises(helm.HelmError, match=problem):
+            render(values, chart)
 
 
 # --- a broken chart is caught ---------------------------------------------------------------
