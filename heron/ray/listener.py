@@ -40,6 +40,9 @@ MAX_HELLO_BYTES = 1024
 # A node that vanishes (power, network) sends no FIN: probe an idle connection after 10 s,
 # every 5 s, and drop it after 3 unanswered probes (~25 s), so its replica is restarted.
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 10, 5, 3
+# Keepalive waits while data we sent is unacknowledged (requests kept coming): then drop the
+# connection when nothing was acknowledged for this long, not after TCP's ~15 min of retries.
+USER_TIMEOUT_MS = 60_000
 
 
 class ReplicaHello(msgspec.Struct, frozen=True):
@@ -221,3 +224,4 @@ def _keep_alive(conn: Connection) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
