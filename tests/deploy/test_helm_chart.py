@@ -153,6 +153,10 @@ def test_defaults_render_the_basic_objects() -> None:
     assert pod["containers"][0]["args"] == ["serve", "smollm2", "--shutdown-timeout", "30"]
     # One ReadWriteOnce store: a rolling update would leave the new pod waiting for it.
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    rolling = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    shared = {"persistence": {"accessModes": ["ReadWriteMany"]}}
+    assert "strategy" not in one(render(shared), "Deployment")["spec"]
+    assert one(render({"strategy": rolling}), "Deployment")["spec"]["strategy"] == rolling
 
 
 def test_overrides_reach_the_command_line_and_the_monitoring_objects() -> None:
