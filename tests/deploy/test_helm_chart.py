@@ -104,11 +104,14 @@ def promise_problems(objects: list[Manifest], values: dict[str, Any]) -> list[st
         credentials = endpoint.get("authorization", {}).get("credentials")
         if credentials != {"name": key_secret, "key": secret_key}:
             problems.append(f"the ServiceMonitor does not send the API key: {credentials}")
-        if any(
-            service["metadata"]["labels"].get(k) != v
-            for k, v in monitor["spec"]["selector"]["matchLabels"].items()
-        ):
-            problems.append("the ServiceMonitor selects no Service")
+        wanted = monitor["spec"]["selector"]["matchLabels"].items()
+        selected = [
+            o["metadata"]["name"]
+            for o in by_kind(objects, "Service")
+            if all(o["metadata"]["labels"].get(k) == v for k, v in wanted)
+        ]
+        if selected != [FULLNAME]:  # a pod scraped twice would double the HPA's metric
+            problems.append(f"the ServiceMonitor selects Services {selected}, not {FULLNAME}")
 
     for hpa in by_kind(objects, "HorizontalPodAutoscaler"):
         target = hpa["spec"]["scaleTargetRef"]
