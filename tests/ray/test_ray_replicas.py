@@ -123,6 +123,7 @@ def ray_server(
     with running_server(*args, model=str(model), env=ray_env) as server:
         server.model = NAME
         yield server
+        assert server.stop() == 0  # SIGTERM drains, kills the actors and leaves the cluster
 
 
 def _client(server: ServerProcess) -> openai.OpenAI:
@@ -159,9 +160,13 @@ def test_two_ray_replicas_serve_the_same_greedy_output(ray_server: ServerProcess
     first = [_complete(ray_server, p) for p in PROMPTS]
     again = [_complete(ray_server, p) for p in PROMPTS]  # round-robin: the other replica
     assert first == again
+    stream = _client(ray_server).completions.create(
+        model=NAME, prompt=PROMPTS[0], max_tokens=6, temperature=0, stream=True
+    )
+    assert "".join(chunk.choices[0].text for chunk in stream if chunk.choices) == first[0]
     after = _routed(ray_server)
     for replica in ("0", "1"):
-        assert after[replica] - before.get(replica, 0.0) == 4
+        assert after[replica] - before.get(replica, 0.0) >= 4
     ready = httpx.get(f"{ray_server.base_url}/ready", timeout=10)
     assert ready.status_code == 200 and "2 of 2 replicas" in ready.text
     assert len(_engine_actors()) == 2
