@@ -115,6 +115,8 @@ class LevelSummary:
     errors: dict[str, int] = field(default_factory=dict)
     # accepted / proposed draft tokens (speculative decoding), when the endpoint reports them
     spec_acceptance: float | None = None
+    # prefix-cache hits / queries per replica of a data-parallel Heron ("0", "1", ...)
+    replica_hit_rates: dict[str, float] | None = None
 
     @property
     def success_rate(self) -> float:
@@ -151,6 +153,7 @@ class LevelSummary:
             "prompt_tokens_mean": self.prompt_tokens_mean,
             "errors": dict(self.errors),
             "spec_acceptance": self.spec_acceptance,
+            "replica_prefix_hit_rates": self.replica_hit_rates,
         }
 
 

@@ -20,6 +20,12 @@ import httpx
 
 from heron.bench.client import RequestRecord, stream_chat
 from heron.bench.metrics import LevelSummary, summarize, wall_time
+from heron.bench.replica_metrics import (
+    ReplicaCounters,
+    hit_rates,
+    replica_delta,
+    scrape_replica_counters,
+)
 from heron.bench.spec_metrics import delta, scrape_spec_counters
 from heron.bench.targets import Target
 from heron.bench.workload import Endpoint, Level, RequestSettings, Workload, follow_up, run_order
@@ -53,6 +59,8 @@ class Run:
     # growth of the endpoint's speculative (draft, accepted) token counters over the run;
     # None when it exposes none
     spec: tuple[float, float] | None = None
+    # growth of a data-parallel server's per-replica prefix-cache counters; None without
+    replicas: ReplicaCounters | None = None
 
     @property
     def wall_s(self) -> float:
@@ -77,9 +85,15 @@ class BenchResult:
             for name in self.endpoints:
                 runs = [r.records for r in self.runs if r.level == index and r.endpoint == name]
                 if runs:
-                    spec = [r.spec for r in self.runs if r.level == index and r.endpoint == name]
+                    mine = [r for r in self.runs if r.level == index and r.endpoint == name]
                     summary = summarize(name, level.users, runs)
-                    out.append(replace(summary, spec_acceptance=_acceptance(spec)))
+                    out.append(
+                        replace(
+                            summary,
+                            spec_acceptance=_acceptance([r.spec for r in mine]),
+                            replica_hit_rates=hit_rates([r.replicas for r in mine]),
+                        )
+                    )
         return out
 
 
@@ -236,16 +250,22 @@ def run_bench(
                     # Conversation tags: distinct for every level and repeat of this endpoint.
                     first_tag = 1 + (index * workload.repeat + repeat) * level.conversations
                     spec_before = scrape_spec_counters(target.endpoint.url)
+                    replicas_before = scrape_replica_counters(target.endpoint.url)
                     records = asyncio.run(
                         measure_level(
                             target.endpoint, settings, level, workload.prompt, reporter, first_tag
                         )
                     )
                     spec = delta(spec_before, scrape_spec_counters(target.endpoint.url))
+                    replicas = replica_delta(
+                        replicas_before, scrape_replica_counters(target.endpoint.url)
+                    )
                     reporter.run_finished(records)
                     for r in records:
                         r.repeat = repeat
-                    result.runs.append(Run(name, index, level.users, repeat, records, spec))
+                    result.runs.append(
+                        Run(name, index, level.users, repeat, records, spec, replicas)
+                    )
     except KeyboardInterrupt:
         result.interrupted = True
         raise

@@ -191,6 +191,14 @@ def summary_table(summaries: Sequence[LevelSummary]) -> list[str]:
             _num(None if s.spec_acceptance is None else 100 * s.spec_acceptance) for s in summaries
         ]
         rows = [(*row, a) for row, a in zip(rows, accept, strict=True)]
+    if any(s.replica_hit_rates is not None for s in summaries):
+        # a data-parallel Heron's prefix-cache hit rate per replica ("0:85 1:80")
+        header = (*header, "prefix hit % by replica")
+        hits = [
+            " ".join(f"{r}:{100 * v:.0f}" for r, v in (s.replica_hit_rates or {}).items()) or "-"
+            for s in summaries
+        ]
+        rows = [(*row, h) for row, h in zip(rows, hits, strict=True)]
     return _table(header, rows)
 
 

@@ -96,9 +96,11 @@ class DataParallelClient:
         self._restart_times: list[float] = []
         self._retired: list[EngineStats] = []  # replaced clients' last stats: counters go on
         self._ids = itertools.count()
-        replicas = [self._factory(slot) for slot in slots]  # all import at once
+        replicas: list[EngineReplica] = []
         self._members: list[_Member] = []
         try:
+            for slot in slots:  # every core starts first: they import while we read headers
+                replicas.append(self._factory(slot))
             for slot, replica in zip(slots, replicas, strict=True):
                 member = _Member(slot, self._new_client(slot.index, 0, replica))
                 self._members.append(member)

@@ -126,7 +126,10 @@ class Router:
             if holders:
                 lowest = min(loads[i].score for i in holders)
                 return self._next_in_turn([i for i in holders if loads[i].score == lowest])
-        return self._next_in_turn([i for i in candidates if loads[i].score == least])
+        # The least loaded; of those, one whose KV cache is not nearly full.
+        rank = {i: (loads[i].score, loads[i].kv_usage >= KV_FULL) for i in candidates}
+        first = min(rank.values())
+        return self._next_in_turn([i for i in candidates if rank[i] == first])
 
     def _next_in_turn(self, tied: list[int]) -> int:
         """Of ``tied`` (ascending), the first at or after the cursor; moves the cursor past
