@@ -96,6 +96,18 @@ class Kernels(Protocol):
         softcap: float,
     ) -> torch.Tensor: ...
 
+    # LoRA (``heron.lora.layer``): y [T, N] += (x[t] @ a[s]) @ b[s] per row t with slot
+    # s = token_slots[t] >= 0; a [S, K, R], b [S, R, N], spans [S, blocks, 3].
+    def lora_add_(
+        self,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        spans: torch.Tensor,
+        token_slots: torch.Tensor,
+    ) -> None: ...
+
     # The fused decode layer (``heron.kernels.fused``): classes, so typed loosely here.
     LinearWeights: Any
     LayerWeights: Any

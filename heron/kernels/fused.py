@@ -9,6 +9,11 @@ views. The runner binds it once, right after it allocates the KV cache
 Per step the model asks ``FusedDecoder.takes(metadata)`` (the ``cpu`` attention backend's
 per-token rows are there) and then ``run``: one Python call for every layer, no per-sequence
 work and no device sync.
+
+LoRA adapters (``heron.lora``): ``set_adapters`` hands the stack a linear's adapter slot
+tensors once (``LoRAManager.bind``), and a step whose rows use adapters sets
+``adapter_slots`` (each row's slot, -1 for none) for its ``run``: the kernels add each adapted
+row's delta to the linear's output, as ``LoRALinear`` does on the layered path.
 """
 
 from __future__ import annotations
@@ -112,11 +117,21 @@ def fused_linear(linear: Linear) -> FusedLinear | None:
 class FusedDecoder:
     """Every layer of a model, bound to one KV cache, run by one kernel call per step."""
 
-    __slots__ = ("layers", "_stack")
+    __slots__ = ("layers", "_stack", "adapter_slots")
 
     def __init__(self, layers: list[FusedLayerWeights], stack: Any) -> None:
         self.layers = layers
         self._stack = stack
+        # [num_tokens] int64: this step's adapter slot per row (-1: none); None: no deltas
+        self.adapter_slots: torch.Tensor | None = None
+
+    def set_adapters(
+        self, layer: int, linear: str, a: torch.Tensor, b: torch.Tensor, spans: torch.Tensor
+    ) -> None:
+        """Hold the adapter slot tensors of ``linear`` ("qkv", "o", "gate_up" or "down") of
+        ``layer``: a [slots, in, R], b [slots, R, out] float32, spans [slots, blocks, 3]
+        (``heron.lora.layer``). The stack keeps these tensors, so later slot writes show."""
+        self._stack.set_adapters(layer, linear, a, b, spans)
 
     @staticmethod
     def takes(metadata: Any) -> bool:
@@ -128,14 +143,11 @@ class FusedDecoder:
         """x [num_tokens, hidden] goes through every layer in place; cos, sin [num_tokens, 1,
         rotary_dim // 2] from the model's rotary table. Writes the step's K/V into the cache."""
         flat = metadata.flat
-        self._stack.run(
-            x,
-            cos.squeeze(1),
-            sin.squeeze(1),
-            metadata.slot_mapping,
-            flat.block_table,
-            flat.context_lens,
-        )
+        args = (x, cos.squeeze(1), sin.squeeze(1), metadata.slot_mapping)
+        if self.adapter_slots is None:
+            self._stack.run(*args, flat.block_table, flat.context_lens)
+        else:
+            self._stack.run(*args, flat.block_table, flat.context_lens, self.adapter_slots)
 
 
 def bind_fused_decoder(

@@ -28,7 +28,7 @@ from pathlib import Path
 ENV_VAR = "HERON_ISA"
 SOURCES = (
     *("quantize.cpp", "quant.cpp", "packed.cpp", "attention.cpp", "ops.cpp", "layer.cpp"),
-    "bindings.cpp",
+    *("lora.cpp", "bindings.cpp"),
 )
 HEADERS = ("heron_cpu.h", "vec.h")
 # Every level: -ffp-contract=off keeps a * b + c two roundings unless the code asks for an fma,

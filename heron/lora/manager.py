@@ -1,7 +1,8 @@
 """``LoRAManager``: the engine's adapters. Loads and validates them (``add``), keeps up to
 ``max_cpu_loras`` in CPU memory (least recently used dropped first, never one a live request
-names), gives each step's adapters a slot and groups the step's rows by slot (``plan``),
-and makes the step's forward use them (``active``)."""
+names), gives each step's adapters a slot and each row of the step its slot (``plan``), and
+makes the step's forward use them (``active``): the fused decode path where the manager bound
+it (``bind``), else the layers one by one."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import numpy as np
 import torch
 
 from heron.config import LoRAConfig, ModelConfig
-from heron.lora.layer import LoRABatch
+from heron.kernels import Kernels
+from heron.kernels.fused import FusedDecoder
+from heron.lora.layer import LoRABatch, LoRAGroups
 from heron.lora.loader import load_adapter
 from heron.lora.request import LoRARequest
 from heron.lora.slots import SlotTable
@@ -32,18 +35,24 @@ def lora_cache_key(digest: bytes, cache_salt: bytes | None) -> bytes:
 
 
 class LoRAManager:
-    def __init__(self, model: CausalLM, model_config: ModelConfig, config: LoRAConfig) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        model_config: ModelConfig,
+        config: LoRAConfig,
+        kernels: Kernels | None = None,
+    ) -> None:
+        """``kernels``: the runner's CPU kernels (the level its fused decode path runs on).
+        The deltas must not depend on the thread count: a quantized base's per-row activation
+        rounding turns a float32 BLAS sum's thread-dependent 1e-7 into visible logit changes.
+        With kernels they are float32 sums in a fixed order (``lora_add_``), the numbers the
+        fused path computes too; without, float64 torch products (``heron.lora.layer``)."""
         self.model = model
         self.model_config = model_config
         self.config = config
-        # The deltas are computed in float64 (cast to the model's dtype once added): a BLAS
-        # float32 product's summation order depends on the thread count, and a quantized
-        # base's per-row activation rounding turns that 1e-7 into visible logit changes.
-        # In float64 the order's effect is far below float32's rounding, so a request's
-        # output does not depend on the threads (nor on which process runs it).
-        self.table = SlotTable(
-            model, model_config, config.max_loras, config.max_lora_rank, torch.float64
-        )
+        self.kernels = kernels
+        self.table = SlotTable(model, model_config, config.max_loras, config.max_lora_rank, kernels)
+        self._fused: FusedDecoder | None = None  # the fused decoder holding the slot tensors
         # int_id -> (request, weights), least recently added or used first
         self.loaded: OrderedDict[int, tuple[LoRARequest, LoRAWeights]] = OrderedDict()
 
@@ -89,20 +98,25 @@ class LoRAManager:
     # -------------------------------------------------------------------- steps
     def plan(self, order: Sequence[ScheduledRequest], num_tokens: int) -> LoRABatch | None:
         """Give this step's adapters slots (loading any that are missing into the least
-        recently used free ones) and group the rows (``order``'s token layout) by slot.
+        recently used free ones) and give each row (``order``'s token layout) its slot.
         None when no row uses an adapter. Raises LoRAError when an adapter dropped from CPU
         memory can no longer be read."""
         step_ids = {s.request.lora_request.int_id for s in order if s.request.lora_request}
         if not step_ids:
             return None
-        spans: list[tuple[int, int, int]] = []  # (slot, first row, rows)
-        offset = 0
-        for s in order:
+        # each request's slot (-1: the base model), then each row's
+        per_request = np.full(len(order), -1, dtype=np.int64)
+        for i, s in enumerate(order):
             lora = s.request.lora_request
             if lora is not None:
-                spans.append((self._slot(lora, step_ids), offset, s.num_scheduled_tokens))
-            offset += s.num_scheduled_tokens
-        return _group(spans, num_tokens)
+                per_request[i] = self._slot(lora, step_ids)
+        counts = np.fromiter((s.num_scheduled_tokens for s in order), np.int64, len(order))
+        token_slots = np.repeat(per_request, counts)
+        assert len(token_slots) == num_tokens
+        used = tuple(int(v) for v in np.unique(per_request[per_request >= 0]))
+        whole = used[0] if len(used) == 1 and bool((per_request >= 0).all()) else None
+        groups = None if self.kernels is not None or whole is not None else _group(token_slots)
+        return LoRABatch(torch.from_numpy(token_slots), used, whole, groups)
 
     def _slot(self, lora: LoRARequest, step_ids: set[int]) -> int:
         slot = self.table.slot_of(lora.int_id)
@@ -116,44 +130,64 @@ class LoRAManager:
         self.table.touch(slot)
         return slot
 
+    def bind(self, fused: FusedDecoder | None) -> None:
+        """Give the slot tensors of every adapted linear to ``fused`` (the model's fused
+        decoder, just bound by the runner on the same kernels), so steps with adapted rows
+        stay on the fused path. Call it after every ``bind_fused_decoder``; a fused decoder
+        the manager was not given is turned off for such steps instead."""
+        self._fused = None
+        if fused is None or self.kernels is None:
+            return
+        linears = {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj"}
+        linears |= {"gate_up": "mlp.gate_up_proj", "down": "mlp.down_proj"}
+        for i, layer in enumerate(self.table.modules):
+            for short, name in linears.items():
+                m = layer[name]
+                fused.set_adapters(i, short, m.lora_a, m.lora_b, m.lora_spans)
+        self._fused = fused
+
     @contextmanager
     def active(self, batch: LoRABatch | None) -> Iterator[None]:
-        """Within the block, the model's forward adds the batch's deltas. The fused decode
-        path (one kernel call for every layer) has no place for them, so it is off for
-        such steps; a step without adapted rows changes nothing."""
+        """Within the block, the model's forward adds the batch's deltas: the fused decode
+        path's kernels do when the manager bound it (``bind``), else it is off for the step
+        and the adapted linears do. A step without adapted rows changes nothing."""
         if batch is None:
             yield
             return
-        fused, self.model.fused = self.model.fused, None
+        fused = self.model.fused
         self.table.state.batch = batch
         try:
-            yield
+            if fused is not None and fused is self._fused:
+                fused.adapter_slots = batch.token_slots
+                try:
+                    yield
+                finally:
+                    fused.adapter_slots = None
+            else:
+                self.model.fused = None
+                try:
+                    yield
+                finally:
+                    self.model.fused = fused
         finally:
-            self.model.fused = fused
             self.table.state.batch = None
 
 
-def _group(spans: list[tuple[int, int, int]], num_tokens: int) -> LoRABatch:
-    """The batch of ``spans`` (slot, first row, rows) in a step of ``num_tokens`` rows."""
-    slots = {slot for slot, _, _ in spans}
-    if len(slots) == 1 and sum(n for _, _, n in spans) == num_tokens:
-        return LoRABatch(whole=spans[0][0])
-    lo, hi = min(slots), max(slots) + 1
-    counts = np.zeros(hi - lo, dtype=np.int64)
-    for slot, _, n in spans:
-        counts[slot - lo] += n
+def _group(token_slots: np.ndarray) -> LoRAGroups:
+    """The adapted rows of ``token_slots`` [num_tokens] (-1: none) grouped by slot, padded
+    to the largest group, for the torch path."""
+    rows_of = token_slots >= 0
+    lo, hi = int(token_slots[rows_of].min()), int(token_slots.max()) + 1
+    counts = np.bincount(token_slots[rows_of] - lo, minlength=hi - lo)
     width = int(counts.max())
     rows = np.zeros((hi - lo, width), dtype=np.int64)
     mask = np.zeros((hi - lo, width), dtype=np.float32)
-    fill = np.zeros(hi - lo, dtype=np.int64)
-    for slot, start, n in spans:
-        g, at = slot - lo, fill[slot - lo]
-        rows[g, at : at + n] = np.arange(start, start + n)
-        mask[g, at : at + n] = 1.0
-        fill[g] += n
+    for g in np.flatnonzero(counts):  # one per slot of the step, not per request
+        found = np.flatnonzero(token_slots == lo + g)
+        rows[g, : len(found)] = found
+        mask[g, : len(found)] = 1.0
     padded = bool((mask == 0).any())
-    return LoRABatch(
-        whole=None,
+    return LoRAGroups(
         lo=lo,
         hi=hi,
         width=width,

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from heron.config import ModelConfig
+from heron.kernels import Kernels
 from heron.layers.linear import Linear
 from heron.lora.layer import LoRALinear, LoRAState
 from heron.lora.targets import MODULE_BLOCKS, model_targets
@@ -28,8 +29,10 @@ class SlotTable:
         config: ModelConfig,
         max_loras: int,
         max_rank: int,
-        dtype: torch.dtype,
+        kernels: Kernels | None,
     ) -> None:
+        """``kernels``: the deltas run on Heron's CPU kernels in float32 (else in float64 on
+        torch ops; see ``heron.lora.layer``)."""
         self.state = LoRAState()
         self.max_rank = max_rank
         self.targets = model_targets(config)
@@ -41,8 +44,9 @@ class SlotTable:
                 linear = model.get_submodule(f"layers.{i}.{name}")
                 if not isinstance(linear, Linear):
                     raise TypeError(f"layers.{i}.{name} is not a Linear")
-                width = blocks * max_rank
-                layer[name] = LoRALinear.adopt(linear, self.state, max_loras, width, dtype)
+                layer[name] = LoRALinear.adopt(
+                    linear, self.state, max_loras, blocks, max_rank, kernels
+                )
             self.modules.append(layer)
         self.held: list[int | None] = [None] * max_loras  # adapter int_id per slot
         self._recent: OrderedDict[int, None] = OrderedDict()  # slots, least recent first
@@ -86,6 +90,7 @@ class SlotTable:
                 if linear.lora_live[slot]:
                     linear.lora_a[slot].zero_()
                     linear.lora_b[slot].zero_()
+                    linear.lora_spans[slot].zero_()
                     linear.lora_live[slot] = False
         r = self.max_rank
         for (i, name), m in weights.modules.items():
@@ -95,6 +100,8 @@ class SlotTable:
             rows = slice(t.row_start, t.row_start + t.out_features)
             linear.lora_a[slot, :, cols] = m.a.t().to(linear.lora_a.dtype)
             linear.lora_b[slot, cols, rows] = (m.b.t() * m.scale).to(linear.lora_b.dtype)
+            # rank, first output column, columns: what the kernels read of a and b
+            linear.lora_spans[slot, t.block] = torch.tensor([m.rank, t.row_start, t.out_features])
             linear.lora_live[slot] = True
         self.held[slot] = int_id
         self.touch(slot)

@@ -45,9 +45,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   HERON_LAYER_WEIGHTS(HERON_BIND_FIELD)
 #undef HERON_BIND_FIELD
   m.def("decode_layer_", &heron::decode_layer_, "one decode step of a Llama-style layer");
+  m.def("lora_add_", &heron::lora_add_,
+        "y [T, N] += (x[t] @ a[s]) @ b[s] for each row t with slot s = token_slots[t] >= 0");
   pybind11::class_<heron::DecodeStack>(m, "DecodeStack", local, "decode_layer_ over held layers")
       .def(pybind11::init<>())
       .def("add", &heron::DecodeStack::add)
-      .def("run", &heron::DecodeStack::run)
+      .def("set_adapters", &heron::DecodeStack::set_adapters, pybind11::arg("layer"),
+           pybind11::arg("linear"), pybind11::arg("a"), pybind11::arg("b"),
+           pybind11::arg("spans"))
+      .def("run", &heron::DecodeStack::run, pybind11::arg("x"), pybind11::arg("cos"),
+           pybind11::arg("sin"), pybind11::arg("slots"), pybind11::arg("block_table"),
+           pybind11::arg("context_lens"), pybind11::arg("adapter_slots") = pybind11::none())
       .def("__len__", &heron::DecodeStack::size);
 }

@@ -115,21 +115,54 @@ void decode_layer_(at::Tensor& x, const LayerWeights& w, at::Tensor& k_cache,
                    const at::Tensor& slots, const at::Tensor& block_table,
                    const at::Tensor& context_lens);
 
+// lora.cpp: the mixed-adapter LoRA delta (see there for the slot tensors' layout).
+// One linear's adapter slots: a [S, K, R] and b [S, R, N] float32, spans [S, blocks, 3] int64
+// (rank, first output column, columns) per slot and rank block. Undefined: not adapted.
+struct AdapterSlots {
+  at::Tensor a, b, spans;
+  bool defined() const { return a.defined(); }
+};
+// One step's rows that use an adapter (token_slots[t] >= 0), by slot, in tiles of a few rows.
+struct AdapterPlan {
+  std::vector<int64_t> rows;        // token rows, by slot then row
+  std::vector<int64_t> tile_start;  // per tile: its first index into rows
+  std::vector<int64_t> tile_rows;   // per tile: how many rows
+  std::vector<int64_t> tile_slot;   // per tile: the slot
+};
+AdapterPlan plan_adapters(const at::Tensor& token_slots);  // token_slots [T] int64, -1: none
+// y [T, N] += (x[t] @ a[s]) @ b[s] for each planned row t with slot s; x [T, K].
+void apply_adapters_(at::Tensor& y, const at::Tensor& x, const AdapterSlots& slots,
+                     const AdapterPlan& plan);
+// The same from Python, planned from token_slots [T] int64 (-1: the base model's row).
+void lora_add_(at::Tensor& y, const at::Tensor& x, const at::Tensor& a, const at::Tensor& b,
+               const at::Tensor& spans, const at::Tensor& token_slots);
+// A layer's adapted linears (any may be undefined).
+struct LayerAdapters {
+  AdapterSlots qkv, o, gate_up, down;
+};
+
 // Every layer's weights and cache views, held once, so that a whole model's decode step is
 // one call from Python (``run``) instead of one per layer.
 class DecodeStack {
  public:
   // Checks the layer's shapes against its caches.
   void add(const LayerWeights& weights, const at::Tensor& k_cache, const at::Tensor& v_cache);
+  // Adapter slots of one linear ("qkv", "o", "gate_up" or "down") of layer ``layer``; the
+  // stack holds the tensors (views: slot writes show in later steps).
+  void set_adapters(int64_t layer, const std::string& linear, const at::Tensor& a,
+                    const at::Tensor& b, const at::Tensor& spans);
   // x [T, hidden] updated in place through every layer; the rest are the step's inputs.
+  // adapter_slots [T] int64: each row's adapter slot (-1: none); absent: no adapter deltas.
   void run(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& slots,
-           const at::Tensor& block_table, const at::Tensor& context_lens);
+           const at::Tensor& block_table, const at::Tensor& context_lens,
+           const c10::optional<at::Tensor>& adapter_slots = c10::nullopt);
   int64_t size() const { return static_cast<int64_t>(layers_.size()); }
 
  private:
   struct Layer {
     LayerWeights weights;
     at::Tensor k_cache, v_cache;
+    LayerAdapters adapters;
   };
   std::vector<Layer> layers_;
 };

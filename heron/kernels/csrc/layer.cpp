@@ -69,15 +69,28 @@ void check_layer(const LayerWeights& w, const at::Tensor& k_cache, const at::Ten
 
 }  // namespace
 
-void decode_layer_(at::Tensor& x, const LayerWeights& w, at::Tensor& k_cache,
-                   at::Tensor& v_cache, const at::Tensor& cos, const at::Tensor& sin,
-                   const at::Tensor& slots, const at::Tensor& block_table,
-                   const at::Tensor& context_lens) {
+namespace {
+
+// y += the adapters' delta of input x, where the linear is adapted and the step has rows.
+void adapt(at::Tensor& y, const at::Tensor& x, const AdapterSlots& slots,
+           const AdapterPlan* plan) {
+  if (plan != nullptr && slots.defined()) apply_adapters_(y, x, slots, *plan);
+}
+
+// One layer; ``adapters`` and ``plan`` (both or neither) add the step's LoRA deltas to each
+// adapted linear's output, as ``heron.lora.layer.LoRALinear`` does on the layered path.
+void layer_step(at::Tensor& x, const LayerWeights& w, at::Tensor& k_cache, at::Tensor& v_cache,
+                const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& slots,
+                const at::Tensor& block_table, const at::Tensor& context_lens,
+                const LayerAdapters* adapters, const AdapterPlan* plan) {
+  static const LayerAdapters none;
+  const LayerAdapters& ad = adapters != nullptr ? *adapters : none;
   // x [B, hidden]: the residual stream, one row per query token, updated in place.
   const int64_t B = x.size(0);
   const int64_t q_size = w.num_heads * w.head_dim, kv_size = w.num_kv_heads * w.head_dim;
   at::Tensor h = rms_norm(x, w.input_norm, w.input_norm_eps);
   at::Tensor qkv = run_linear(h, w.qkv);  // [B, q_size + 2 * kv_size]
+  adapt(qkv, h, ad.qkv, plan);
   at::Tensor q = qkv.narrow(1, 0, q_size).view({B, w.num_heads, w.head_dim});
   at::Tensor k = qkv.narrow(1, q_size, kv_size).view({B, w.num_kv_heads, w.head_dim});
   at::Tensor v = qkv.narrow(1, q_size + kv_size, kv_size).view({B, w.num_kv_heads, w.head_dim});
@@ -86,24 +99,62 @@ void decode_layer_(at::Tensor& x, const LayerWeights& w, at::Tensor& k_cache,
   cache_write_(k, v, k_cache, v_cache, slots);
   at::Tensor attn = paged_decode_attention(q, k_cache, v_cache, block_table, context_lens,
                                            w.scale, w.window, 0.0);
-  at::Tensor o = run_linear(attn.view({B, q_size}), w.o);
+  const at::Tensor attn_rows = attn.view({B, q_size});
+  at::Tensor o = run_linear(attn_rows, w.o);
+  adapt(o, attn_rows, ad.o, plan);
   h = add_rms_norm_(o, x, w.post_attention_norm, w.post_attention_norm_eps);
   at::Tensor gu = run_linear(h, w.gate_up);  // [B, 2 * inter]
-  x.add_(run_linear(silu_mul(gu), w.down));
+  adapt(gu, h, ad.gate_up, plan);
+  const at::Tensor act = silu_mul(gu);
+  at::Tensor down = run_linear(act, w.down);
+  adapt(down, act, ad.down, plan);
+  x.add_(down);
+}
+
+}  // namespace
+
+void decode_layer_(at::Tensor& x, const LayerWeights& w, at::Tensor& k_cache,
+                   at::Tensor& v_cache, const at::Tensor& cos, const at::Tensor& sin,
+                   const at::Tensor& slots, const at::Tensor& block_table,
+                   const at::Tensor& context_lens) {
+  layer_step(x, w, k_cache, v_cache, cos, sin, slots, block_table, context_lens, nullptr,
+             nullptr);
 }
 
 void DecodeStack::add(const LayerWeights& weights, const at::Tensor& k_cache,
                       const at::Tensor& v_cache) {
   check_layer(weights, k_cache, v_cache);
-  layers_.push_back(Layer{weights, k_cache, v_cache});
+  layers_.push_back(Layer{weights, k_cache, v_cache, {}});
+}
+
+void DecodeStack::set_adapters(int64_t layer, const std::string& linear, const at::Tensor& a,
+                               const at::Tensor& b, const at::Tensor& spans) {
+  TORCH_CHECK(layer >= 0 && layer < size(), "no layer ", layer, " in the stack");
+  LayerAdapters& ad = layers_[layer].adapters;
+  AdapterSlots* target = linear == "qkv"       ? &ad.qkv
+                         : linear == "o"       ? &ad.o
+                         : linear == "gate_up" ? &ad.gate_up
+                         : linear == "down"    ? &ad.down
+                                               : nullptr;
+  TORCH_CHECK(target != nullptr, "unknown linear '", linear, "'; known: qkv, o, gate_up, down");
+  *target = AdapterSlots{a, b, spans};
 }
 
 void DecodeStack::run(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                       const at::Tensor& slots, const at::Tensor& block_table,
-                      const at::Tensor& context_lens) {
+                      const at::Tensor& context_lens,
+                      const c10::optional<at::Tensor>& adapter_slots) {
+  AdapterPlan plan;  // planned once per step for every layer
+  const bool adapted = adapter_slots.has_value();
+  if (adapted) {
+    TORCH_CHECK(adapter_slots->dim() == 1 && adapter_slots->size(0) == x.size(0),
+                "adapter_slots [T] must match x [T, hidden]");
+    plan = plan_adapters(*adapter_slots);
+  }
+  const bool any = adapted && !plan.rows.empty();
   for (auto& l : layers_)
-    decode_layer_(x, l.weights, l.k_cache, l.v_cache, cos, sin, slots, block_table,
-                  context_lens);
+    layer_step(x, l.weights, l.k_cache, l.v_cache, cos, sin, slots, block_table, context_lens,
+               any ? &l.adapters : nullptr, any ? &plan : nullptr);
 }
 
 }  // namespace heron
