@@ -137,23 +137,30 @@ class RayReplicas:
         return RemoteReplica(self.listener, slot.index)
 
     def _watch(self) -> None:
-        """A ``serve`` call that ends while the server runs means its actor will not dial in
-        again (Ray gave up on it, or it could not reach the listener): say so, and fail the
-        replica's waiters instead of leaving them waiting."""
+        """Keep every actor serving. A ``serve`` call returns when its actor could not reach
+        the listener for a while (a network partition): call it again. One that raises means
+        Ray gave up on the actor: say so, and fail the replica's waiters instead of leaving
+        them waiting."""
         pending = list(self._serving)
         while pending and not self._closed.is_set():
             done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             for ref in done:
-                index = self._serving[ref]
+                index = self._serving.pop(ref)
                 try:
                     ray.get(ref)
-                    reason = "its actor stopped serving"
                 except Exception as exc:  # RayActorError and kin: the actor is gone for good
-                    reason = f"its Ray actor failed: {exc}"
-                if self._closed.is_set() or self.listener is None:
+                    if self._closed.is_set() or self.listener is None:
+                        return
+                    logger.error("engine replica %d will not come back: %s", index, exc)
+                    self.listener.fail(index, f"engine replica {index}: its Ray actor failed")
+                    continue
+                actors = self.actors  # emptied by close()
+                if self._closed.is_set() or index >= len(actors):
                     return
-                logger.error("engine replica %d will not come back: %s", index, reason)
-                self.listener.fail(index, f"engine replica {index}: {reason}")
+                logger.warning("engine replica %d lost the server; it dials again", index)
+                again = actors[index].serve.remote()
+                self._serving[again] = index
+                pending.append(again)
 
     def close(self) -> None:
         """Kill the actors (for good), release their bundles, close the listener and leave
