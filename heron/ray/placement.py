@@ -116,10 +116,16 @@ class RayReplicas:
                 ).remote(index, self.listener.address, self.listener.authkey)
             )
         expected = model_files(model_path)
-        problems = ray.get(
-            [a.check_model.remote(model_path, expected) for a in self.actors],
-            timeout=p.ready_timeout_s,
-        )
+        checks = [a.check_model.remote(model_path, expected) for a in self.actors]
+        try:
+            problems = ray.get(checks, timeout=p.ready_timeout_s)
+        except ray.exceptions.RayError as exc:  # a timeout or an actor that died starting
+            # An actor that cannot start: most often Heron missing (or another version) in
+            # the Python environment that runs `ray start` on its node.
+            raise ValueError(
+                f"the engine actors did not start: {exc}; every node needs this Heron and Ray "
+                "installed in the Python that runs `ray start` (docs/scale-out.md)"
+            ) from None
         found = [f"replica {i}: {why}" for i, why in enumerate(problems) if why is not None]
         if found:
             raise ValueError(
