@@ -71,7 +71,12 @@ class Request:
     # ``all_token_ids``, verified by the runner; never part of ``all_token_ids``), and the
     # adaptive rule's memory (heron/proposer/adaptive.py).
     spec_token_ids: list[int] = field(default_factory=list)
-    spec_acceptance: float = 1.0  # running acceptance rate of this request's drafts
+    # estimated chance that each next draft is accepted (spec_accepted over accepted plus
+    # rejections), from running averages per verified step of drafts accepted and of
+    # rejections (0 or 1: the step ended at a rejected draft)
+    spec_acceptance: float = 1.0
+    spec_accepted: float = 1.0
+    spec_rejected: float = 0.0
     spec_idle_steps: int = 0  # decode steps since speculation was turned off for it
 
     def __post_init__(self) -> None:

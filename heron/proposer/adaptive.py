@@ -1,35 +1,42 @@
 """When to speculate, and how far: the per-step choice of k for each decoding request.
 
-Verifying k drafts computes k more rows in the step's forward. With few rows the forward is
-memory-bound (every weight is read once whatever the row count), so the extra rows are
-nearly free and each accepted draft saves a whole step; with a full batch the weights are
-already amortised and rejected rows are pure cost. The rule, deterministic and per step:
+Verifying k drafts computes k more rows in the step's forward. On a GPU, or a CPU whose
+decode is bound by weight reads, those rows are nearly free. On Heron's CPU kernels they
+are not: the int8 dot products of the quantized linears and the LM head cost per row, and
+one more row costs about half a one-row step (``VERIFY_ROW_COST``, measured with SmolLM2-135M
+Q4_1 on AVX2: a 5-row step took 2.8-3.8x a 1-row one). So a draft pays only when it is
+likely to be accepted, and k is chosen by expected tokens per unit of step cost:
 
 1. Load: with more than ``MAX_DECODING`` decoding requests nobody speculates (so a 16-user
    batch runs exactly the plain engine), and the step's drafts are capped at
    ``STEP_DRAFT_BUDGET`` in total, shared evenly (1 user: k, 4 users: 4 each, 8 users: 2).
-2. Acceptance: each request keeps a running acceptance rate (an exponential average of
-   accepted / proposed per verified step, starting at 1). Its k is the cap scaled by that
-   rate, rounded up; below ``MIN_ACCEPTANCE`` speculation is off for the request, and
-   after ``PROBE_EVERY`` decode steps off it tries one draft again, so a request whose text
-   turns repetitive later (a quote, a code block) gets speculation back.
+2. Acceptance: each request estimates the chance ``a`` that its next draft is accepted,
+   from running averages (per verified step) of drafts accepted and of rejections:
+   ``a = accepted / (accepted + rejections)``, the estimate of a geometric run; it starts
+   at 1. With ``B`` decoding requests, a request's k maximises the step's tokens per cost,
+   ``(B - 1 + E(k)) / (1 + c (B - 1) + c k)`` with ``E(k) = 1 + a + ... + a^k`` the
+   expected tokens of its run and ``c = VERIFY_ROW_COST`` (the others counted without
+   drafts). When no k > 0 beats none (one user: ``a`` below about ``c``), speculation is
+   off for the request; after ``PROBE_EVERY`` decode steps off it tries one draft again, so
+   a request whose text turns repetitive later (a quote, a code block) gets it back.
 3. Length: never more drafts than the output has room for after the next token.
 
 Greedy output does not depend on any of this (verification is exact); it only decides how
-much work a step does.
+much work a step does. The rule is deterministic (no timings), so seeded sampling stays
+reproducible.
 """
 
 from __future__ import annotations
-
-import math
 
 from heron.request import Request
 
 MAX_DECODING = 8
 STEP_DRAFT_BUDGET = 16
-MIN_ACCEPTANCE = 0.2
-PROBE_EVERY = 16
-EMA_WEIGHT = 0.3  # weight of the newest verified step in the running acceptance rate
+# The cost of one more verified row in a small step, as a fraction of a one-row step
+# (0: rows taken as free, every request drafts its whole cap).
+VERIFY_ROW_COST = 0.5
+PROBE_EVERY = 32
+EMA_WEIGHT = 0.3  # weight of the newest verified step in the running averages
 
 
 def step_cap(k_max: int, num_decoding: int) -> int:
@@ -39,25 +46,50 @@ def step_cap(k_max: int, num_decoding: int) -> int:
     return min(k_max, max(STEP_DRAFT_BUDGET // num_decoding, 1))
 
 
-def choose_k(request: Request, cap: int) -> int:
-    """How many drafts to ask for ``request`` this step (0: none). Mutates the request's
-    ``spec_idle_steps`` (the probe counter while its speculation is off)."""
+def best_k(acceptance: float, limit: int, num_decoding: int = 1) -> int:
+    """The k in ``[0, limit]`` with the most expected tokens per step cost (module
+    docstring), 0 when no k > 0 beats decoding without drafts. Pure."""
+    if VERIFY_ROW_COST <= 0:  # verification taken as free: always the whole limit
+        return limit
+    others = max(num_decoding, 1) - 1
+    base_cost = 1.0 + VERIFY_ROW_COST * others
+    best, best_rate = 0, (others + 1.0) / base_cost
+    expected, power = 1.0, 1.0
+    for k in range(1, limit + 1):
+        power *= acceptance
+        expected += power
+        rate = (others + expected) / (base_cost + VERIFY_ROW_COST * k)
+        if rate > best_rate * (1 + 1e-9):
+            best, best_rate = k, rate
+    return best
+
+
+def choose_k(request: Request, cap: int, num_decoding: int = 1) -> int:
+    """How many drafts to ask for ``request`` this step (0: none), ``num_decoding``
+    requests decoding in the step. Mutates the request's ``spec_idle_steps`` (the probe
+    counter while its speculation is off)."""
     room = request.max_tokens - request.num_output_tokens - 1
     if cap <= 0 or room <= 0:
         return 0
-    if request.spec_acceptance < MIN_ACCEPTANCE:
-        request.spec_idle_steps += 1
-        if request.spec_idle_steps < PROBE_EVERY:
-            return 0
+    k = best_k(request.spec_acceptance, min(cap, room), num_decoding)
+    if k > 0:
         request.spec_idle_steps = 0
-        return 1
-    return min(math.ceil(cap * request.spec_acceptance), room)
+        return k
+    request.spec_idle_steps += 1
+    if request.spec_idle_steps < PROBE_EVERY:
+        return 0
+    request.spec_idle_steps = 0
+    return 1
 
 
 def record(request: Request, num_drafts: int, num_accepted: int) -> None:
-    """Fold one verified step into the request's running acceptance rate (mutates
-    ``spec_acceptance``). A step without drafts tells nothing and changes nothing."""
+    """Fold one verified step into the request's running averages and acceptance estimate
+    (mutates ``spec_accepted``, ``spec_rejected``, ``spec_acceptance``). A step without
+    drafts tells nothing and changes nothing."""
     if num_drafts <= 0:
         return
-    rate = num_accepted / num_drafts
-    request.spec_acceptance += EMA_WEIGHT * (rate - request.spec_acceptance)
+    rejected = 1.0 if num_accepted < num_drafts else 0.0
+    request.spec_accepted += EMA_WEIGHT * (num_accepted - request.spec_accepted)
+    request.spec_rejected += EMA_WEIGHT * (rejected - request.spec_rejected)
+    total = request.spec_accepted + request.spec_rejected
+    request.spec_acceptance = request.spec_accepted / total if total > 0 else 0.0

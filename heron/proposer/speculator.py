@@ -56,7 +56,7 @@ class Speculator:
         cap = adaptive.step_cap(self.config.num_speculative_tokens, len(decoding))
         if cap == 0:
             return
-        wanted = [(r, adaptive.choose_k(r, cap)) for r in decoding]
+        wanted = [(r, adaptive.choose_k(r, cap, len(decoding))) for r in decoding]
         wanted = [(r, k) for r, k in wanted if k > 0]
         if not wanted:
             return

@@ -65,7 +65,7 @@ def always_speculate(monkeypatch: pytest.MonkeyPatch) -> None:
     """The adaptive rule would back off from drafts this bad; these tests want them all."""
     monkeypatch.setattr(adaptive, "MAX_DECODING", 1 << 20)
     monkeypatch.setattr(adaptive, "STEP_DRAFT_BUDGET", 1 << 20)
-    monkeypatch.setattr(adaptive, "MIN_ACCEPTANCE", 0.0)
+    monkeypatch.setattr(adaptive, "VERIFY_ROW_COST", 0.0)
 
 
 def with_proposer(llm: LLM, proposer: object) -> Speculator:

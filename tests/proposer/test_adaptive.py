@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from heron.proposer import adaptive
 from heron.request import Request
 from heron.sampling_params import SamplingParams
@@ -22,17 +24,43 @@ def test_load_caps_and_turns_speculation_off() -> None:
 
 def test_k_shrinks_with_acceptance_then_probes() -> None:
     req = decoding()
-    assert adaptive.choose_k(req, 4) == 4
-    adaptive.record(req, 4, 0)  # nothing accepted: 1.0 -> 0.7
-    assert adaptive.choose_k(req, 4) == 3
-    for _ in range(5):
+    assert adaptive.choose_k(req, 4) == 4  # a fresh request is trusted: a = 1
+    adaptive.record(req, 4, 2)  # two accepted, then a rejection
+    assert 0.4 < req.spec_acceptance < 0.9
+    assert 0 < adaptive.choose_k(req, 4) < 4
+    for _ in range(6):
         adaptive.record(req, 4, 0)
-    assert req.spec_acceptance < adaptive.MIN_ACCEPTANCE
+    assert req.spec_acceptance < adaptive.VERIFY_ROW_COST  # below break-even: off
     ks = [adaptive.choose_k(req, 4) for _ in range(adaptive.PROBE_EVERY)]
     assert ks == [0] * (adaptive.PROBE_EVERY - 1) + [1]
-    adaptive.record(req, 1, 1)
-    adaptive.record(req, 1, 1)
-    assert adaptive.choose_k(req, 4) >= 2
+    for _ in range(6):
+        adaptive.record(req, 4, 4)  # the text turned repetitive: everything accepted
+    assert adaptive.choose_k(req, 4) == 4
+
+
+def test_acceptance_is_accepted_over_trials() -> None:
+    """The estimate of a geometric run: drafts accepted over accepted plus rejections."""
+    req = decoding()
+    for _ in range(50):
+        adaptive.record(req, 4, 3)  # three accepted, the fourth rejected, every step
+    assert abs(req.spec_acceptance - 0.75) < 1e-6
+
+
+def test_best_k_weighs_expected_tokens_against_row_cost() -> None:
+    c = adaptive.VERIFY_ROW_COST
+    assert adaptive.best_k(1.0, 4) == 4
+    assert adaptive.best_k(0.0, 4) == 0
+    assert adaptive.best_k(c * 0.9, 4) == 0  # one draft costs more than it brings
+    assert adaptive.best_k(0.95, 8) > adaptive.best_k(0.7, 8) > 0
+    # More requests in the step: the step's cost is shared, so drafts need more acceptance.
+    assert adaptive.best_k(0.75, 4, num_decoding=1) > 0
+    assert adaptive.best_k(0.75, 4, num_decoding=8) == 0
+    assert adaptive.best_k(0.99, 4, num_decoding=8) > 0
+
+
+def test_free_rows_take_the_whole_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(adaptive, "VERIFY_ROW_COST", 0.0)
+    assert adaptive.best_k(0.0, 3) == 3
 
 
 def test_no_drafts_past_max_tokens() -> None:
