@@ -217,6 +217,8 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if ray_address is not None:
+            if tensor_parallel_size > 1:
+                raise ValueError("--tensor-parallel-size is not supported with --ray-address yet")
             from heron.ray.launch import run_server_on_ray
 
             cfg = _serve_config(**options)
@@ -273,6 +275,8 @@ def _serve_config(
     from heron.server.serve import ServeConfig
     from heron.server.state import ServerLimits
 
+    if tensor_parallel_size > 1 and data_parallel_size > 1:
+        raise ValueError("--tensor-parallel-size with --data-parallel-size is not supported yet")
     env_host, env_port = env.split_host_port(env.host())
     return ServeConfig(
         model=model,

@@ -4,9 +4,12 @@ gives offline."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import openai
+import pytest
 
 from heron import LLM, SamplingParams
 from tests.models.tiny import build
@@ -35,3 +38,18 @@ def test_tp2_server_matches_offline(tmp_path: Path) -> None:
             model="tiny", prompt=PROMPT, max_tokens=24, temperature=0, stream=True
         )
         assert "".join(c.choices[0].text for c in stream if c.choices) == want
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--data-parallel-size", "2"], "with --data-parallel-size is not supported"),
+        (["--quantization", "int8"], "does not support int8"),
+        (["--speculative", "ngram"], "does not support speculative decoding"),
+    ],
+)
+def test_tp_refusals_at_the_cli(args: list[str], problem: str) -> None:
+    cmd = [sys.executable, "-m", "heron.cli", "serve", "x", "--tensor-parallel-size", "2"]
+    done = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert problem in done.stderr
