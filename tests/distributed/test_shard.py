@@ -15,16 +15,18 @@ from heron.proposer.base import SpeculativeConfig
 
 
 def config(**kw: int) -> ModelConfig:
-    shape = {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, **kw}
-    return ModelConfig(
-        "LlamaForCausalLM",
-        vocab_size=100,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        max_position_embeddings=64,
-        **shape,
-    )
+    shape = {
+        "vocab_size": 100,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "max_position_embeddings": 64,
+        **kw,
+    }
+    return ModelConfig("LlamaForCausalLM", **shape)
 
 
 def test_step_inputs_round_trip() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from heron import LLM, SamplingParams
 from tests.models.test_gemma3_tiny import build_gemma3
-from tests.models.tiny import build
+from tests.models.tiny import build, write_gguf
 
 PARAMS = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
 
@@ -48,8 +48,11 @@ def same_tokens(path: Path, batch: list[dict[str, list[int]]], **kw: object) -> 
 )
 def test_tp2_matches_one_process(kind: str, quantization: str | None, tmp_path: Path) -> None:
     """Prompts past the 16-token sliding windows, prefill chunked in 24-token steps; Q8_0/Q4_1
-    weights split at multiples of the 32-wide block quantize as the whole weight does."""
+    weights split at multiples of the 32-wide block quantize as the whole weight does. Phi-3
+    loads from GGUF (fused attn_qkv and ffn_up tensors)."""
     path = build(kind, tmp_path / kind)
+    if kind == "phi3":
+        path = write_gguf(path, tmp_path / "phi3.gguf")
     same_tokens(path, prompts(3, 30, 1), max_num_batched_tokens=24, quantization=quantization)
 
 
