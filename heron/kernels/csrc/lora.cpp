@@ -26,9 +26,10 @@ namespace {
 constexpr int64_t kTile = 4;     // token rows of one slot computed together (reuse A and B)
 constexpr int64_t kCols = 16;    // columns of one register tile
 constexpr int64_t kChunk = 256;  // output columns per task of the up-projection
-// Multiply-adds below which a phase runs on the calling thread: one user's delta is a few
-// microseconds of work, less than waking the other threads costs.
-constexpr int64_t kMinWork = 1 << 15;
+// Multiply-adds below which a phase runs on the calling thread: one user's delta (at most
+// ~50k per phase for SmolLM2's MLP) is a few microseconds of work, and waking the other
+// threads costs about as much, far more on a busy machine.
+constexpr int64_t kMinWork = 1 << 17;
 
 // Tasks per thread so that each thread gets at least kMinWork (all on one: run inline).
 int64_t grain(int64_t work_per_task) {
