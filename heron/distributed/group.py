@@ -54,6 +54,7 @@ class TensorParallelGroup:
         self.store = store
         self.workers = workers
         self.closed = False
+        self.broken: str | None = None  # why the group can no longer step
         self._finalizer: util.Finalize | None = None
         if rank == 0:
             self._wait_for("joined")
@@ -144,11 +145,32 @@ class TensorParallelGroup:
 
     # --------------------------------------------------------------- each step
     def all_reduce(self, tensor: torch.Tensor) -> None:
-        """Sum ``tensor`` over the ranks, in place (the same bytes on every rank)."""
-        self.pg.allreduce([tensor]).wait()
+        """Sum ``tensor`` over the ranks, in place (the same bytes on every rank). Raises
+        WorkerError when a rank is gone."""
+        try:
+            self.pg.allreduce([tensor]).wait()
+        except RuntimeError as exc:
+            self._break(exc)
+
+    def _break(self, exc: Exception) -> None:
+        """A collective failed: the ranks are out of step for good (a worker died, or a
+        forward failed on one rank). Every later step raises the same error."""
+        dead = [r for r, w in enumerate(self.workers, 1) if w.poll() is not None]
+        who = f"rank {dead[0]} exited" if dead else str(exc)
+        self.broken = f"tensor-parallel group failed ({who}); restart the engine"
+        raise WorkerError(self.broken) from exc
 
     def send_step(self, packed: torch.Tensor) -> None:
-        """Rank 0: broadcast one step's packed inputs (int64, ``heron.distributed.step``)."""
+        """Rank 0: broadcast one step's packed inputs (int64, ``heron.distributed.step``).
+        Raises WorkerError once the group has failed."""
+        if self.broken is not None:
+            raise WorkerError(self.broken)
+        try:
+            self._send(packed)
+        except RuntimeError as exc:
+            self._break(exc)
+
+    def _send(self, packed: torch.Tensor) -> None:
         n = packed.numel()
         first = min(n, _CAPACITY - 2)
         buf = torch.empty(_CAPACITY, dtype=torch.int64)

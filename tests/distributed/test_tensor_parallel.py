@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from heron import LLM, SamplingParams
+from heron.distributed.group import WorkerError
 from tests.models.test_gemma3_tiny import build_gemma3
 from tests.models.tiny import build, write_gguf
 
@@ -66,3 +67,18 @@ def test_tp2_llama_large_step_and_biases(tmp_path: Path) -> None:
     0), Q8_0, and a first step of 1600 tokens whose inputs take more than one broadcast."""
     path = build("llama3", tmp_path / "llama3", attention_bias=True, mlp_bias=True)
     same_tokens(path, prompts(8, 200, 3), quantization="q8_0")
+
+
+def test_dead_worker_fails_steps_clearly(tmp_path: Path) -> None:
+    """A worker that dies makes each later step raise at once (never hang), naming it."""
+    path = build("llama3", tmp_path / "llama3", num_hidden_layers=1)
+    llm = LLM(str(path), tensor_parallel_size=2, kv_cache_memory_bytes=8 << 20)
+    try:
+        worker = llm.engine.runner.tp.workers[0]  # type: ignore[union-attr]
+        worker.kill()
+        worker.wait()
+        for _ in range(2):
+            with pytest.raises(WorkerError, match="rank 1 exited"):
+                llm.generate("hello", PARAMS)
+    finally:
+        llm.close()
