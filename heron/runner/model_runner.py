@@ -277,10 +277,15 @@ class ModelRunner:
         lora: AbstractContextManager[None] = nullcontext()
         if self.lora is not None:
             lora = self.lora.active(inputs.lora)
-        with lora:
-            hidden = self.model(
-                inputs.input_ids, inputs.positions, self.kv_caches, self.backend, metadata
-            )
+        try:
+            with lora:
+                hidden = self.model(
+                    inputs.input_ids, inputs.positions, self.kv_caches, self.backend, metadata
+                )
+        except Exception:
+            if self.tp is not None:  # the workers wait in this step's collectives for good
+                self.tp.broken = self.tp.broken or "a forward failed on rank 0; restart the engine"
+            raise
         prompt = inputs.prompt_logprobs.score(hidden, self.model.compute_logits)
         if not inputs.sampled:
             return [], SamplerOutput([], [], prompt)
