@@ -29,6 +29,9 @@ DEFAULT_MAX_BLOCKS = 1 << 16
 DEFAULT_BALANCE_SLACK = 2
 # A replica whose KV cache is this full gets new prompts only as the least loaded one.
 KV_FULL = 0.95
+# A match shorter than this share of the prompt's blocks (a system prompt every request
+# shares) does not choose the replica: such prompts spread by load instead.
+DEFAULT_MIN_MATCH = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,7 @@ class Router:
         policy: str = "prefix",
         max_blocks: int = DEFAULT_MAX_BLOCKS,
         balance_slack: int = DEFAULT_BALANCE_SLACK,
+        min_match: float = DEFAULT_MIN_MATCH,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown router policy {policy!r}; use one of {POLICIES}")
@@ -73,6 +77,7 @@ class Router:
         self.policy = policy
         self.max_blocks = max_blocks
         self.balance_slack = balance_slack
+        self.min_match = min_match
         self._cursor = 0  # the replica after the last round-robin pick
         # digest of a block (and its whole prefix) -> bit i set: sent to replica i
         self._index: OrderedDict[bytes, int] = OrderedDict()
@@ -115,7 +120,7 @@ class Router:
         least = min(loads[i].score for i in candidates)
         matches = {i: self.matched_blocks(i, digests) for i in candidates}
         best = max(matches.values())
-        if best > 0:
+        if best > 0 and best >= self.min_match * len(digests):
             holders = [
                 i
                 for i in candidates

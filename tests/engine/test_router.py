@@ -60,6 +60,21 @@ def test_no_match_goes_to_the_least_loaded_and_ties_rotate() -> None:
     assert [router.choose(fresh, [IDLE, IDLE, IDLE]) for _ in range(3)] == [2, 0, 1]
 
 
+def test_a_short_shared_head_does_not_attract_every_prompt() -> None:
+    router = Router(2, block_size=4)
+    head = list(range(8))  # two blocks every prompt starts with (a system prompt)
+    first = router.hash_prompt(head + list(range(100, 120)))  # 7 blocks
+    router.record(0, first)
+    second = router.hash_prompt(head + list(range(200, 220)))
+    assert router.matched_blocks(0, second) == 2  # 2 of 7: below half, spread by load
+    assert router.choose(second, [IDLE, IDLE]) == 0  # the tie's turn (cursor at 0)
+    assert router.choose(second, [load(1), IDLE]) == 1
+    # half the prompt or more: the holder wins despite a little load
+    third = router.hash_prompt(head + list(range(100, 108)) + list(range(300, 312)))
+    assert router.matched_blocks(0, third) == 4
+    assert router.choose(third, [load(1), IDLE]) == 0
+
+
 def test_equal_matches_go_to_the_less_loaded_holder() -> None:
     router = Router(3, block_size=4)
     a = router.hash_prompt(list(range(8)))
