@@ -105,6 +105,13 @@ LoraDirOpt = Annotated[
 ]
 MaxLorasOpt = Annotated[int, typer.Option(help="LoRA adapters in one batch (slots).")]
 MaxLoraRankOpt = Annotated[int, typer.Option(help="Largest LoRA rank served.")]
+EnableLoraOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Run LoRA adapters on loaded models without --lora or --lora-dir: a stored "
+        "model with a Modelfile ADAPTER then runs on its loaded base model's engine."
+    ),
+]
 SpeculativeOpt = Annotated[
     str | None,
     typer.Option(
@@ -185,6 +192,7 @@ def serve(
     lora_dir: LoraDirOpt = None,
     max_loras: MaxLorasOpt = 4,
     max_lora_rank: MaxLoraRankOpt = 16,
+    enable_lora: EnableLoraOpt = False,
     speculative: SpeculativeOpt = None,
     num_speculative_tokens: NumSpecTokensOpt = None,
     tensor_parallel_size: TensorParallelOpt = 1,
@@ -262,6 +270,7 @@ def _serve_config(
     lora_dir: list[str] | None,
     max_loras: int,
     max_lora_rank: int,
+    enable_lora: bool = False,
     speculative: str | None = None,
     num_speculative_tokens: int | None = None,
     tensor_parallel_size: int = 1,
@@ -299,7 +308,7 @@ def _serve_config(
                 max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs
             ),
             quantization=None if quantization == "none" else quantization,
-            lora=LoRAConfig(max_loras, max_lora_rank) if lora or lora_dir else None,
+            lora=LoRAConfig(max_loras, max_lora_rank) if lora or lora_dir or enable_lora else None,
             speculative=_speculative(speculative, num_speculative_tokens),
             tensor_parallel_size=tensor_parallel_size,
         ),

@@ -1,6 +1,8 @@
 """LoRA adapters served on the command line's model, as vLLM serves them: named on the
 command line (``--lora name=path``) or loaded and unloaded at run time
-(``/v1/load_lora_adapter``), each answering to its own model name.
+(``/v1/load_lora_adapter``), each answering to its own model name. A stored model with an
+ADAPTER (Modelfile) runs on a loaded engine of its base model too, where the server runs
+adapters (``shared_adapter_spec``), instead of loading an engine of its own.
 
 A request whose ``model`` names an adapter resolves here to a ``ModelSpec`` whose ``base`` is
 the command line's model and whose ``lora`` is the adapter's ``LoRARequest``: the request runs
@@ -10,6 +12,7 @@ directories the operator allowed (``--lora-dir``); symlinks are resolved before 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import os
@@ -25,7 +28,9 @@ from heron.store.adapters import MAX_ADAPTER_RANK
 
 if TYPE_CHECKING:
     from heron.config import ModelConfig
+    from heron.server.model_manager import ModelManager
     from heron.server.model_spec import ModelSpec
+    from heron.store.store import ModelStore
 
 # Adapter names are model names in every API, metric labels and log lines.
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{0,127}")
@@ -60,6 +65,52 @@ def engine_config_for(spec: ModelSpec, config: EngineConfig) -> EngineConfig:
     return dataclasses.replace(config, lora=LoRAConfig(max_loras=1, max_lora_rank=rank))
 
 
+# int_ids of stored models' adapters on a shared engine: above any the registry hands out.
+_STORED_IDS = 1 << 48
+
+
+def shared_adapter_spec(spec: ModelSpec, host: ModelSpec) -> ModelSpec:
+    """``spec`` (a stored model with an ADAPTER) running on the engine of ``host`` (its base
+    model, loaded with adapters enabled): its name, template and parameters, ``host`` as its
+    base, and an int_id of its own taken from its digest, so two stored adapters never share
+    the engine's copy or cached blocks."""
+    assert spec.lora is not None
+    int_id = _STORED_IDS + int((spec.digest or "0")[:12], 16)
+    lora = LoRARequest(name=spec.lora.name, int_id=int_id, path=spec.lora.path)
+    return dataclasses.replace(spec, lora=lora, base=host.name)
+
+
+def _fits(path: str, model_config: ModelConfig, max_rank: int) -> bool:
+    """Whether the adapter at ``path`` loads on the model with ``model_config`` within
+    ``max_rank``. Reads the whole adapter; run it off the event loop."""
+    try:
+        check_adapter(path, model_config, max_rank)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def adapter_parent(
+    spec: ModelSpec, pinned: ModelSpec | None, store: ModelStore | None
+) -> str | None:
+    """The base model of an adapter: ``spec.base`` for one served on a loaded engine, else,
+    for a stored model with an ADAPTER, the command line's or a stored model with the same
+    weights and no adapter (None when there is none, or ``spec`` is no adapter)."""
+    if spec.lora is None or spec.base is not None:
+        return spec.base
+    if pinned is not None and pinned.lora is None and pinned.path == spec.path:
+        return pinned.name
+    if store is None:
+        return None
+    from heron.server.model_spec import spec_from_store
+
+    for stored in store.list():
+        other = spec_from_store(store, stored)
+        if other.lora is None and other.path == spec.path:
+            return other.name
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Adapter:
     request: LoRARequest
@@ -79,6 +130,7 @@ class AdapterRegistry:
         self.allowed_dirs = [_allowed_dir(d) for d in allowed_dirs or []]
         self.adapters: dict[str, Adapter] = {}
         self._ids = itertools.count(1)
+        self._fits: dict[tuple[str, str], bool] = {}  # (adapter path, base name) -> fits
 
     @property
     def dynamic(self) -> bool:
@@ -111,6 +163,29 @@ class AdapterRegistry:
         """The spec of every adapter, in the order they were added."""
         found = (self.spec(a.request.name, base) for a in self.adapters.values())
         return [s for s in found if s is not None]
+
+    async def on_base(self, spec: ModelSpec, models: ModelManager) -> ModelSpec:
+        """``spec``, or for a stored model with an ADAPTER, ``spec`` on a loaded engine of
+        its base model (the same weights, no adapter of its own; ``shared_adapter_spec``),
+        mixed into that engine's batches, when the server runs adapters and this one loads
+        there (targets and rank, checked once per adapter and base). Otherwise it loads an
+        engine of its own."""
+        lora = models.engine_config.lora
+        if spec.lora is None or spec.base is not None or lora is None:
+            return spec
+        for model in list(models.loaded.values()):
+            base = model.spec
+            if base.lora is not None or base.path != spec.path or model.failure is not None:
+                continue
+            if not model.engine.alive or not model.engine.ready:
+                continue
+            key = (spec.lora.path, base.name)
+            if key not in self._fits:
+                config, rank = model.engine.model_config, lora.max_lora_rank
+                self._fits[key] = await asyncio.to_thread(_fits, spec.lora.path, config, rank)
+            if self._fits[key]:
+                return shared_adapter_spec(spec, base)
+        return spec
 
     def check_new(self, name: str, base: ModelSpec | None) -> None:
         """Refuse a name that is malformed, taken by an adapter or by the base model, or a

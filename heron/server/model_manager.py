@@ -126,7 +126,7 @@ class ModelManager:
 
         ``task`` ("generate" or "embed") is checked before anything loads: asking an
         embedding model to generate, or a generating model to embed, is a 400."""
-        spec = self.resolve(name)
+        spec = await self.adapters.on_base(self.resolve(name), self)
         if spec.base is not None:  # an adapter: a request on its base model's engine
             return (await self.get(spec.base, keep_alive, task)).with_spec(spec)
         if task is not None and not self.supports(spec, task):

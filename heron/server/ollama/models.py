@@ -300,14 +300,16 @@ def _go_quote(text: str) -> str:
 
 # ------------------------------------------------------------------------------- routes
 def _all_specs(state: ServerState) -> list[ModelSpec]:
-    """The command line's model (if not a stored one) and every stored model."""
+    """The command line's model and every stored model it does not shadow (a stored
+    command-line model is listed once, as itself)."""
     models = state.models
+    pinned = models.pinned
     specs: list[ModelSpec] = []
-    if models.pinned is not None and models.pinned.stored is None:
-        specs.append(models.pinned)
+    if pinned is not None and pinned.stored is None:
+        specs.append(pinned)
     if models.store is not None:
         for stored in models.store.list():
-            if models.pinned is not None and models.pinned.matches(stored.name.display):
+            if pinned is not None and pinned.stored is None and pinned.matches(stored.name.display):
                 continue  # the command line's model answers to this name
             specs.append(spec_from_store(models.store, stored))
     return specs

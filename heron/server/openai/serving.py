@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from heron import __version__
 from heron.outputs import GenerationDelta
+from heron.server.adapters import adapter_parent
 from heron.server.common import APIError, sse, tokenize
 from heron.server.defaults import context_limit, load_model, sampling_defaults, with_model_messages
 from heron.server.model_spec import LoadedModel, ModelSpec, spec_from_store
@@ -90,13 +91,15 @@ class OpenAIServing:
     # ------------------------------------------------------------------ models
     def _card(self, spec: ModelSpec) -> ModelCard:
         loaded = self.state.models.loaded.get(spec.base or spec.name)
-        adapter = spec.lora if spec.base is not None else None
+        models = self.state.models
+        parent = adapter_parent(spec, models.pinned, models.store)  # --lora's or a Modelfile's
+        adapter = spec.lora if parent is not None else None
         return ModelCard(
             id=spec.name,
             created=int(spec.modified_at),
             max_model_len=loaded.engine.max_model_len if loaded is not None else None,
             root=adapter.path if adapter is not None else None,
-            parent=spec.base,
+            parent=parent,
         )
 
     def list_models(self) -> ModelList:
