@@ -38,8 +38,9 @@ def parse_replica_counters(text: str) -> ReplicaCounters | None:
 def scrape_replica_counters(url: str) -> ReplicaCounters | None:
     """The endpoint's counters now (``url`` is its base URL); None when it has none or does
     not answer."""
+    base = url.rstrip("/").removesuffix("/v1").removesuffix("/api")  # an API root: its server's
     try:
-        r = httpx.get(url.rstrip("/") + "/metrics", timeout=5.0)
+        r = httpx.get(base + "/metrics", timeout=5.0)
     except httpx.HTTPError:
         return None
     return parse_replica_counters(r.text) if r.status_code == 200 else None
