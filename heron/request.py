@@ -73,10 +73,11 @@ class Request:
     spec_token_ids: list[int] = field(default_factory=list)
     # estimated chance that each next draft is accepted (spec_accepted over accepted plus
     # rejections), from running averages per verified step of drafts accepted and of
-    # rejections (0 or 1: the step ended at a rejected draft)
-    spec_acceptance: float = 1.0
+    # rejections (0 or 1: the step ended at a rejected draft); the prior is 2/3, so a new
+    # request starts with one draft and earns more
+    spec_acceptance: float = 2.0 / 3.0
     spec_accepted: float = 1.0
-    spec_rejected: float = 0.0
+    spec_rejected: float = 0.5
     spec_idle_steps: int = 0  # decode steps since speculation was turned off for it
 
     def __post_init__(self) -> None:

@@ -13,12 +13,13 @@ likely to be accepted, and k is chosen by expected tokens per unit of step cost:
 2. Acceptance: each request estimates the chance ``a`` that its next draft is accepted,
    from running averages (per verified step) of drafts accepted and of rejections:
    ``a = accepted / (accepted + rejections)``, the estimate of a geometric run; it starts
-   at 1. With ``B`` decoding requests, a request's k maximises the step's tokens per cost,
+   at 2/3 (one draft at one user: a first guess in open chat costs little). With ``B`` decoding requests, a request's k maximises the step's tokens per cost,
    ``(B - 1 + E(k)) / (1 + c (B - 1) + c k)`` with ``E(k) = 1 + a + ... + a^k`` the
    expected tokens of its run and ``c = VERIFY_ROW_COST`` (the others counted without
    drafts). When no k > 0 beats none (one user: ``a`` below about ``c``), speculation is
-   off for the request; after ``PROBE_EVERY`` decode steps off it tries one draft again, so
-   a request whose text turns repetitive later (a quote, a code block) gets it back.
+   off for the request; after ``PROBE_EVERY`` decode steps off it tries one draft again
+   (and again at the next step while the proposer has nothing to offer), so a request
+   whose text turns repetitive later (a quote, a code block) gets it back.
 3. Length: never more drafts than the output has room for after the next token.
 
 Greedy output does not depend on any of this (verification is exact); it only decides how
@@ -35,7 +36,7 @@ STEP_DRAFT_BUDGET = 16
 # The cost of one more verified row in a small step, as a fraction of a one-row step
 # (0: rows taken as free, every request drafts its whole cap).
 VERIFY_ROW_COST = 0.5
-PROBE_EVERY = 32
+PROBE_EVERY = 8
 EMA_WEIGHT = 0.3  # weight of the newest verified step in the running averages
 
 
@@ -80,6 +81,14 @@ def choose_k(request: Request, cap: int, num_decoding: int = 1) -> int:
         return 0
     request.spec_idle_steps = 0
     return 1
+
+
+def proposed_nothing(request: Request, num_decoding: int = 1) -> None:
+    """The proposer had nothing for ``request`` this step. If its speculation is off (this
+    was a probe), probe again next step: an empty proposal costs the step nothing, and a
+    probe should land where there is something to copy. Mutates ``spec_idle_steps``."""
+    if best_k(request.spec_acceptance, 1, num_decoding) == 0:
+        request.spec_idle_steps = PROBE_EVERY - 1
 
 
 def record(request: Request, num_drafts: int, num_accepted: int) -> None:

@@ -63,6 +63,8 @@ class Speculator:
         drafts = self.proposer.propose([r for r, _ in wanted], [k for _, k in wanted])
         for (r, k), d in zip(wanted, drafts, strict=True):
             r.spec_token_ids = valid_drafts(r, list(d[:k]))
+            if not d:
+                adaptive.proposed_nothing(r, len(decoding))
 
     def record(self, rows: Sequence[ScheduledRequest], runs: Sequence[list[int]]) -> None:
         """Count one verified step (``runs`` as the runner returned them, before stops) and

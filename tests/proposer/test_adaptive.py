@@ -24,7 +24,10 @@ def test_load_caps_and_turns_speculation_off() -> None:
 
 def test_k_shrinks_with_acceptance_then_probes() -> None:
     req = decoding()
-    assert adaptive.choose_k(req, 4) == 4  # a fresh request is trusted: a = 1
+    assert adaptive.choose_k(req, 4) == 1  # a fresh request starts with one draft (a = 2/3)
+    for _ in range(8):
+        adaptive.record(req, 1, 1)
+    assert adaptive.choose_k(req, 4) == 4  # earned
     adaptive.record(req, 4, 2)  # two accepted, then a rejection
     assert 0.4 < req.spec_acceptance < 0.9
     assert 0 < adaptive.choose_k(req, 4) < 4
@@ -58,6 +61,26 @@ def test_best_k_weighs_expected_tokens_against_row_cost() -> None:
     assert adaptive.best_k(0.99, 4, num_decoding=8) > 0
 
 
+def test_a_probe_that_finds_nothing_is_retried_next_step() -> None:
+    req = decoding()
+    for _ in range(6):
+        adaptive.record(req, 4, 0)
+    ks = [adaptive.choose_k(req, 4) for _ in range(adaptive.PROBE_EVERY)]
+    assert ks[-1] == 1
+    adaptive.proposed_nothing(req)  # nothing to copy yet: probe again at once
+    assert adaptive.choose_k(req, 4) == 1
+    adaptive.record(req, 1, 0)  # a probe that was rejected waits a full period again
+    assert [adaptive.choose_k(req, 4) for _ in range(3)] == [0, 0, 0]
+
+
+def test_speculation_on_keeps_probing_when_on() -> None:
+    req = decoding()
+    for _ in range(6):
+        adaptive.record(req, 4, 4)
+    adaptive.proposed_nothing(req)  # on: an empty proposal changes nothing
+    assert req.spec_idle_steps == 0
+
+
 def test_free_rows_take_the_whole_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(adaptive, "VERIFY_ROW_COST", 0.0)
     assert adaptive.best_k(0.0, 3) == 3
@@ -65,6 +88,7 @@ def test_free_rows_take_the_whole_cap(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_no_drafts_past_max_tokens() -> None:
     req = decoding(max_tokens=3)
+    req.spec_acceptance = 1.0  # drafts always accepted: only the room limits them
     assert adaptive.choose_k(req, 4) == 2  # the next token plus two drafts reach 3
     req.append_output_token(5)
     req.append_output_token(5)
@@ -73,5 +97,6 @@ def test_no_drafts_past_max_tokens() -> None:
 
 def test_a_step_without_drafts_changes_nothing() -> None:
     req = decoding()
+    before = req.spec_acceptance
     adaptive.record(req, 0, 0)
-    assert req.spec_acceptance == 1.0
+    assert req.spec_acceptance == before
