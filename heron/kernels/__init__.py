@@ -253,6 +253,10 @@ def _build(level: IsaLevel) -> Kernels:
     # One build per key across processes: engine processes of several models may start at once.
     with open(build_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        # torch's own build lock is a file that a build killed midway (Ctrl-C, kill -9) leaves
+        # behind, and every later load would wait on it forever. Holding the flock, nobody
+        # else is building here, so such a file is stale.
+        (build_dir / "lock").unlink(missing_ok=True)
         module = cpp_extension.load(
             name=f"heron_cpu_{level.name}_{key}",
             sources=[str(_CSRC / s) for s in isa.SOURCES],

@@ -283,3 +283,26 @@ def test_an_editable_install_older_than_its_sources_is_stale(
     assert not heron.kernels._stale(built[0])  # not a git checkout: an installed package
     (tmp_path / "repo" / ".git").mkdir()
     assert heron.kernels._stale(built[0])
+
+
+def test_a_build_killed_midway_does_not_wedge_later_builds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's build lock file, left by a build that was killed, is cleared under Heron's own
+    lock instead of making every later load wait on it forever."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("HERON_CACHE", str(tmp_path))
+    level = isa.LEVELS[0]
+    build_dir = heron.kernels.cache_dir() / f"{level.name}-{heron.kernels._build_key(level)}"
+    build_dir.mkdir(parents=True)
+    (build_dir / "lock").write_text("")  # what a killed build leaves
+    seen: list[bool] = []
+
+    def load(**kwargs: object) -> str:
+        seen.append((Path(str(kwargs["build_directory"])) / "lock").exists())
+        return "module"
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    assert heron.kernels._build(level) == "module"
+    assert seen == [False]
