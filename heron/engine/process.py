@@ -9,6 +9,7 @@ child imports the engine only inside ``_main``.
 from __future__ import annotations
 
 import multiprocessing as mp
+import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -42,9 +43,29 @@ def start_core_process() -> CoreProcess:
     ctx = mp.get_context("spawn")
     conn, child = ctx.Pipe()
     process = ctx.Process(target=_main, args=(child,), daemon=True, name="heron-engine")
-    process.start()
+    start_spawned(process)
     child.close()
     return CoreProcess(process, conn)
+
+
+def start_spawned(process: BaseProcess) -> None:
+    """Start a spawned ``process`` without it running this program's main script first.
+
+    Why: a spawned child re-runs a ``__main__`` that has a file but no module spec (the
+    ``heron`` console script), so every engine would import the CLI (typer and friends, about
+    0.3 s of CPU) before torch, on the critical path of a cold start. ``python -m heron.cli``
+    has a spec and is already skipped. The child's target lives in an importable module, so
+    it needs nothing from ``__main__``."""
+    main = sys.modules["__main__"]
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is not None or path is None:
+        process.start()
+        return
+    del main.__file__  # multiprocessing reads it while preparing the child, in start()
+    try:
+        process.start()
+    finally:
+        main.__file__ = path
 
 
 def _main(conn: Connection) -> None:

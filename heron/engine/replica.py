@@ -23,6 +23,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Protocol
 
+from heron.engine.process import start_spawned
+
 logger = logging.getLogger(__name__)
 
 
@@ -125,7 +127,7 @@ def start_local_replica(slot: ReplicaSlot) -> LocalReplica:
     process = ctx.Process(
         target=_main, args=(child, cpus), daemon=True, name=f"heron-engine-{slot.index}"
     )
-    process.start()
+    start_spawned(process)
     child.close()
     return LocalReplica(process, conn)
 
