@@ -110,13 +110,26 @@ inline void tile_q8(const uint8_t* wq, const uint16_t* wd, const int8_t* xq, con
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, acc[r]);
 }
 
-// Runs tile(R, row) over all M rows in tiles of 8, then 4, then 1.
+// Runs tile(R, row) over all M rows in tiles of 8, then 4, then one tile of the last 1-3 rows
+// (so 2 or 3 rows, a verify step or a small batch, read each weight block once, not per row).
 template <typename Tile>
 inline void over_rows(int64_t M, Tile tile) {
   int64_t r = 0;
   for (; r + 8 <= M; r += 8) tile(std::integral_constant<int, 8>{}, r);
   for (; r + 4 <= M; r += 4) tile(std::integral_constant<int, 4>{}, r);
-  for (; r < M; ++r) tile(std::integral_constant<int, 1>{}, r);
+  switch (M - r) {
+    case 3:
+      tile(std::integral_constant<int, 3>{}, r);
+      break;
+    case 2:
+      tile(std::integral_constant<int, 2>{}, r);
+      break;
+    case 1:
+      tile(std::integral_constant<int, 1>{}, r);
+      break;
+    default:
+      break;
+  }
 }
 #endif
 

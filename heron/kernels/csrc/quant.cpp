@@ -266,9 +266,24 @@ at::Tensor linear_q4_1(const at::Tensor& x, const at::Tensor& qs, const at::Tens
       for (; r + 4 <= M; r += 4)
         dot_q4_rows<4>(wrow, drow, mrow, xq + r * K, xd + r * nb, xs + r * nb, K, nb,
                        op + r * N + n, N);
-      for (; r < M; ++r)
-        dot_q4_rows<1>(wrow, drow, mrow, xq + r * K, xd + r * nb, xs + r * nb, K, nb,
-                       op + r * N + n, N);
+      // The last 1-3 rows in one call, so 2 or 3 rows (a verify step, a small batch)
+      // unpack each weight block once, not once per row.
+      switch (M - r) {
+        case 3:
+          dot_q4_rows<3>(wrow, drow, mrow, xq + r * K, xd + r * nb, xs + r * nb, K, nb,
+                         op + r * N + n, N);
+          break;
+        case 2:
+          dot_q4_rows<2>(wrow, drow, mrow, xq + r * K, xd + r * nb, xs + r * nb, K, nb,
+                         op + r * N + n, N);
+          break;
+        case 1:
+          dot_q4_rows<1>(wrow, drow, mrow, xq + r * K, xd + r * nb, xs + r * nb, K, nb,
+                         op + r * N + n, N);
+          break;
+        default:
+          break;
+      }
 #else
       for (; r < M; ++r)
         op[r * N + n] = dot_q4_scalar(wrow, drow, mrow, xq + r * K, xd + r * nb, xs + r * nb, nb);
@@ -306,8 +321,19 @@ at::Tensor linear_q8_0(const at::Tensor& x, const at::Tensor& qs, const at::Tens
         dot_q8_rows<8>(wrow, drow, xq + r * K, xd + r * nb, K, nb, op + r * N + n, N);
       for (; r + 4 <= M; r += 4)
         dot_q8_rows<4>(wrow, drow, xq + r * K, xd + r * nb, K, nb, op + r * N + n, N);
-      for (; r < M; ++r)
-        dot_q8_rows<1>(wrow, drow, xq + r * K, xd + r * nb, K, nb, op + r * N + n, N);
+      switch (M - r) {  // the last 1-3 rows in one call, as for q4_1
+        case 3:
+          dot_q8_rows<3>(wrow, drow, xq + r * K, xd + r * nb, K, nb, op + r * N + n, N);
+          break;
+        case 2:
+          dot_q8_rows<2>(wrow, drow, xq + r * K, xd + r * nb, K, nb, op + r * N + n, N);
+          break;
+        case 1:
+          dot_q8_rows<1>(wrow, drow, xq + r * K, xd + r * nb, K, nb, op + r * N + n, N);
+          break;
+        default:
+          break;
+      }
 #else
       for (; r < M; ++r) op[r * N + n] = dot_q8_scalar(wrow, drow, xq + r * K, xd + r * nb, nb);
 #endif
