@@ -3,8 +3,9 @@
 The front end (``AsyncEngineClient``) needs only a channel that sends and receives whole
 messages (``multiprocessing.connection.Connection``'s ``send_bytes`` / ``recv_bytes`` /
 ``poll`` / ``close``), a liveness check and a way to stop the core. Where the core runs is
-the replica's business: a spawned local process (``LocalReplica``, here) or, e.g., a Ray
-actor that connects back over TCP with ``multiprocessing.connection.Client``. A
+the replica's business: a spawned local process (a ``heron.engine.process.CoreProcess``,
+started here) or, e.g., a Ray actor that connects back over TCP with
+``multiprocessing.connection.Client``. A
 ``ReplicaFactory`` starts a replica for a ``ReplicaSlot``; the data-parallel client calls it
 once per slot at start and again, with the same slot, to restart a replica that died.
 
@@ -20,10 +21,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from typing import Protocol
 
-from heron.engine.process import start_spawned
+from heron.engine.process import CoreProcess, start_spawned
 
 logger = logging.getLogger(__name__)
 
@@ -72,31 +72,6 @@ class EngineReplica(Protocol):
 ReplicaFactory = Callable[[ReplicaSlot], EngineReplica]
 
 
-@dataclass(slots=True)
-class LocalReplica:
-    """An engine core in a spawned child process, behind a ``Pipe``."""
-
-    process: BaseProcess
-    pipe: Connection
-
-    @property
-    def conn(self) -> CoreChannel:
-        return self.pipe
-
-    def is_alive(self) -> bool:
-        return self.process.is_alive()
-
-    def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-
-    def join(self, timeout: float | None = None) -> None:
-        self.process.join(timeout)
-
-    def describe(self) -> str:
-        return f"pid {self.process.pid}"
-
-
 def plan_slots(size: int, cpus: frozenset[int]) -> list[ReplicaSlot]:
     """Split ``cpus`` into ``size`` disjoint, contiguous shares (the first ones get one more
     when they do not divide). Raises ValueError for fewer CPUs than replicas: two replicas on
@@ -118,7 +93,7 @@ def plan_slots(size: int, cpus: frozenset[int]) -> list[ReplicaSlot]:
     return slots
 
 
-def start_local_replica(slot: ReplicaSlot) -> LocalReplica:
+def start_local_replica(slot: ReplicaSlot) -> CoreProcess:
     """Spawn (never fork: the HTTP process has threads) an engine core pinned to
     ``slot.cpus``. The default ``ReplicaFactory``."""
     ctx = mp.get_context("spawn")
@@ -129,7 +104,7 @@ def start_local_replica(slot: ReplicaSlot) -> LocalReplica:
     )
     start_spawned(process)
     child.close()
-    return LocalReplica(process, conn)
+    return CoreProcess(process, conn)
 
 
 def _main(conn: Connection, cpus: list[int] | None) -> None:
