@@ -44,10 +44,23 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+def wait_all_replicas(server: ServerProcess, timeout: float = 180.0) -> None:
+    """Until /ready says both replicas serve: /ready turns 200 as soon as one does, and a
+    test that counts where requests go needs both (the second may still be loading on a
+    busy machine)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if httpx.get(f"{server.base_url}/ready", timeout=5).text == "ready (2 of 2 replicas)":
+            return
+        time.sleep(0.2)
+    pytest.fail("both replicas did not come up")
+
+
 @pytest.fixture(scope="module")
 def dp_server(model_dir: Path) -> Iterator[ServerProcess]:
     with running_server(*ARGS, "--data-parallel-size", "2", model=str(model_dir)) as server:
         server.model = NAME
+        wait_all_replicas(server)
         yield server
 
 
@@ -187,13 +200,7 @@ def test_a_killed_replica_fails_its_requests_and_comes_back(dp_server: ServerPro
     assert ready.status_code == 200
     r = client(dp_server).completions.create(model=NAME, prompt="still here", max_tokens=4)
     assert r.choices[0].finish_reason == "length"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if httpx.get(f"{dp_server.base_url}/ready", timeout=5).text == "ready (2 of 2 replicas)":
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail("the killed replica did not come back")
+    wait_all_replicas(dp_server, timeout=120)  # the killed replica comes back
     after = _replica_pids(dp_server)
     assert len(after) == 2 and victim not in after
     assert metric(dp_server, "replica_up", "1") == 1
