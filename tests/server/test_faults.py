@@ -41,7 +41,10 @@ def wait_for(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-de
 
 
 def test_ready_fails_while_loading_health_does_not() -> None:
-    s = start_server("--kv-cache-memory-mb", "64", wait=False)
+    # Without the prepared-weights cache the weights take seconds to load, so the port opens
+    # well before they are ready however busy the machine is (from the cache the engine,
+    # started first, could be ready before the HTTP process listens).
+    s = start_server("--kv-cache-memory-mb", "64", env={"HERON_WEIGHT_CACHE": "0"}, wait=False)
     try:
         seen_loading = False
         deadline = time.monotonic() + 180
