@@ -9,6 +9,11 @@ in its client with EngineDeadError; those that had streamed nothing are retried 
 another replica, the others end with the error. The replica is restarted through its
 factory (the same slot), at most ``MAX_RESTARTS`` times per ``RESTART_WINDOW_S``; the
 server's ``on_fatal`` hears of it only when no replica is left.
+
+``rolling_restart`` restarts every replica in turn (``heron.engine.rolling``): a draining
+replica gets no new requests, and is restarted once its requests are done; a replica that
+restarts in place (``SupervisedReplica``: a Ray actor) is restarted by its supervisor. These
+restarts never count against the crash budget.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 from heron.config import EngineConfig
 from heron.engine.core_client import AsyncEngineClient
@@ -29,9 +33,12 @@ from heron.engine.replica import (
     EngineReplica,
     ReplicaFactory,
     ReplicaSlot,
+    SupervisedReplica,
     plan_slots,
     start_local_replica,
 )
+from heron.engine.replica_member import ReplicaMember, ReplicaStatus
+from heron.engine.rolling import RollingRestart, RollInProgressError, RollProgress
 from heron.engine.router import NoReplicaError, ReplicaLoad, Router
 from heron.engine.threads import usable_cpus
 from heron.lora.request import LoRARequest
@@ -42,29 +49,7 @@ logger = logging.getLogger(__name__)
 
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 300.0
-
-
-@dataclass(slots=True)
-class _Member:
-    """One slot's current client; ``generation`` counts its restarts (a late death report
-    from an older client is ignored)."""
-
-    slot: ReplicaSlot
-    client: AsyncEngineClient
-    generation: int = 0
-    restarting: bool = False
-    routed: int = 0  # requests routed to this slot, restarts included
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaStatus:
-    """One replica, for /metrics and /ready. ``engine_id`` changes when it restarts."""
-
-    index: int
-    up: bool
-    engine_id: int
-    routed: int
-    stats: EngineStats
+STOP_TIMEOUT_S = 30.0  # a replica being replaced has this long to exit before it is killed
 
 
 class DataParallelClient:
@@ -96,13 +81,14 @@ class DataParallelClient:
         self._restart_times: list[float] = []
         self._retired: list[EngineStats] = []  # replaced clients' last stats: counters go on
         self._ids = itertools.count()
+        self._roll: RollingRestart | None = None
         replicas: list[EngineReplica] = []
-        self._members: list[_Member] = []
+        self._members: list[ReplicaMember] = []
         try:
             for slot in slots:  # every core starts first: they import while we read headers
                 replicas.append(self._factory(slot))
             for slot, replica in zip(slots, replicas, strict=True):
-                member = _Member(slot, self._new_client(slot.index, 0, replica))
+                member = ReplicaMember(slot, replica, self._new_client(slot.index, 0, replica))
                 self._members.append(member)
         except BaseException:
             for replica in replicas:
@@ -125,14 +111,7 @@ class DataParallelClient:
         def died(message: str) -> None:
             self._died(index, generation, message)
 
-        return AsyncEngineClient(
-            model_path,
-            config,
-            max_waiting,
-            died,
-            chat_template=chat_template,
-            process=replica,
-        )
+        return AsyncEngineClient(model_path, config, max_waiting, died, chat_template, replica)
 
     # ------------------------------------------------------------------ surface
     @property
@@ -180,41 +159,37 @@ class DataParallelClient:
 
     def replicas(self) -> list[ReplicaStatus]:
         """Each replica's state, in slot order."""
-        return [
-            ReplicaStatus(
-                m.slot.index,
-                m.client.ready and m.client.alive,
-                id(m.client),
-                m.routed,
-                m.client.stats,
-            )
-            for m in self._members
-        ]
+        return [m.status() for m in self._members]
+
+    @property
+    def crash_restarts_left(self) -> int:
+        """Crash restarts allowed now (``MAX_RESTARTS`` per ``RESTART_WINDOW_S``)."""
+        now = time.monotonic()
+        return MAX_RESTARTS - sum(now - t < RESTART_WINDOW_S for t in self._restart_times)
 
     # ------------------------------------------------------------------ routing
-    def _loads(self) -> list[ReplicaLoad]:
-        return [
-            ReplicaLoad(
-                c.ready and c.alive, c.num_in_flight, c.stats.num_waiting, c.stats.kv_cache_usage
+    def _loads(self, excluded: set[int], draining_ok: bool) -> list[ReplicaLoad]:
+        loads = []
+        for i, m in enumerate(self._members):
+            c = m.client
+            ok = c.ready and c.alive and i not in excluded and (draining_ok or not m.draining)
+            loads.append(
+                ReplicaLoad(ok, c.num_in_flight, c.stats.num_waiting, c.stats.kv_cache_usage)
             )
-            for c in self.clients
-        ]
+        return loads
 
     def _route(self, digests: list[bytes], excluded: set[int]) -> tuple[int, AsyncEngineClient]:
-        """Pick a replica (none of ``excluded``) and record the prompt's blocks on it.
-        Raises EngineLoadingError while replicas load or restart, EngineDeadError when none
-        is left."""
+        """Pick a replica (none of ``excluded``; a draining one only when no other serves)
+        and record the prompt's blocks on it. Raises EngineLoadingError while replicas load
+        or restart, EngineDeadError when none is left."""
         with self._lock:
-            loads = [
-                ReplicaLoad(False) if i in excluded else load
-                for i, load in enumerate(self._loads())
-            ]
             try:
-                index = self.router.choose(digests, loads)
+                try:
+                    index = self.router.choose(digests, self._loads(excluded, False))
+                except NoReplicaError:
+                    index = self.router.choose(digests, self._loads(excluded, True))
             except NoReplicaError:
-                if any(
-                    m.restarting or (m.client.alive and not m.client.ready) for m in self._members
-                ):
+                if any(m.state in ("restarting", "loading") for m in self._members):
                     raise EngineLoadingError("every engine replica is loading") from None
                 raise EngineDeadError("every engine replica has exited") from None
             self.router.record(index, digests)
@@ -278,6 +253,9 @@ class DataParallelClient:
                 return
             loaded = member.client.ready
             self.router.forget(index)
+            if member.draining:  # the rolling restart replaces it next; no crash restart
+                logger.warning("engine replica %d exited while draining: %s", index, message)
+                return
             if not loaded and generation == 0:
                 restart = False  # failed to load: the model fails, as with one engine
             else:
@@ -301,28 +279,79 @@ class DataParallelClient:
         self._restart_times.append(now)
         return True
 
-    def _restart(self, member: _Member) -> None:
-        """Replace a dead replica's core and client (its own thread)."""
-        index = member.slot.index
+    def _restart(self, member: ReplicaMember) -> None:
+        """Replace a dead replica (its own thread)."""
         try:
-            with contextlib.suppress(Exception):
-                member.client.shutdown(timeout=5.0)
-            try:
-                client = self._new_client(index, member.generation + 1, self._factory(member.slot))
-            except Exception as exc:
-                logger.error("cannot restart engine replica %d: %s", index, exc)
-                return
-            with self._lock:
-                if self._closing:
-                    client.shutdown()
-                    return
-                self._retired.append(member.client.stats)
-                member.client = client
-                member.generation += 1
+            self._replace(member, "crash")
+        except Exception as exc:
+            logger.error("cannot restart engine replica %d: %s", member.slot.index, exc)
         finally:
             member.restarting = False
             if not self.alive and not self._closing and self.on_fatal is not None:
                 self.on_fatal(f"every engine replica of {self.model_path} has exited")
+
+    def _replace(self, member: ReplicaMember, reason: str) -> None:
+        """Stop ``member``'s core (one that restarts in place, through its supervisor) and
+        start its next incarnation through the factory, counted under ``reason``. Mutates
+        the member; raises when the factory fails."""
+        index = member.slot.index
+        with self._lock:
+            member.generation += 1  # from here the old client's death report is stale
+            generation, old_client, old = member.generation, member.client, member.replica
+            self.router.forget(index)
+        if isinstance(old, SupervisedReplica) and old.is_alive():
+            old.restart_in_place()
+            old.join(STOP_TIMEOUT_S)  # its channel closes as the old process ends
+        with contextlib.suppress(Exception):
+            old_client.shutdown(timeout=STOP_TIMEOUT_S)
+        replica = self._factory(member.slot)
+        client = self._new_client(index, generation, replica)
+        with self._lock:
+            if self._closing:
+                client.shutdown()
+                return
+            self._retired.append(old_client.stats)
+            member.client, member.replica = client, replica
+            member.restarts[reason] += 1
+
+    # ------------------------------------------------------------------ rolling restarts
+    def rolling_restart(self, drain_timeout_s: float) -> RollProgress:
+        """Start restarting every replica in turn (``heron.engine.rolling``) and return its
+        progress at once. Raises NothingToRollError with one replica, RollInProgressError
+        while a rolling restart runs."""
+        with self._lock:
+            if self._roll is not None and self._roll.running:
+                raise RollInProgressError(
+                    f"a rolling restart of {self.model_path}'s replicas is already running"
+                )
+            roll = RollingRestart(self, drain_timeout_s, stopped=lambda: self._closing)
+            self._roll = roll
+        roll.start()
+        return roll.progress
+
+    @property
+    def last_roll(self) -> RollProgress | None:
+        """The running or last rolling restart's progress (None: none yet)."""
+        return None if self._roll is None else self._roll.progress
+
+    def serving(self, index: int) -> bool:
+        return self._members[index].state == "serving"
+
+    def in_flight(self, index: int) -> int:
+        return self._members[index].client.num_in_flight
+
+    def set_draining(self, index: int, draining: bool) -> None:
+        with self._lock:
+            self._members[index].draining = draining
+
+    def restart_replica(self, index: int) -> None:
+        """The rolling restart's step: replace replica ``index``; not a crash restart."""
+        member = self._members[index]
+        member.restarting = True
+        try:
+            self._replace(member, "rolling")
+        finally:
+            member.restarting = False
 
     # ------------------------------------------------------------------ lifecycle
     def wait_ready(self, timeout: float | None = None) -> bool:
@@ -361,13 +390,5 @@ def start_engine(
     replicas behind a router when it is enabled (``process`` is then unused)."""
     if not plan.enabled:
         return AsyncEngineClient(model_path, config, max_waiting, on_fatal, chat_template, process)
-    return DataParallelClient(
-        model_path,
-        config,
-        plan.size,
-        max_waiting,
-        on_fatal,
-        chat_template,
-        plan.factory,
-        plan.policy,
-    )
+    args = (max_waiting, on_fatal, chat_template, plan.factory, plan.policy)
+    return DataParallelClient(model_path, config, plan.size, *args)

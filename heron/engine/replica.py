@@ -7,7 +7,8 @@ the replica's business: a spawned local process (a ``heron.engine.process.CorePr
 started here) or, e.g., a Ray actor that connects back over TCP with
 ``multiprocessing.connection.Client``. A
 ``ReplicaFactory`` starts a replica for a ``ReplicaSlot``; the data-parallel client calls it
-once per slot at start and again, with the same slot, to restart a replica that died.
+once per slot at start and again, with the same slot, to restart a replica that died or
+that a rolling restart replaces.
 
 This module imports nothing heavy: the child imports the engine only in ``_main``, after it
 pinned itself to its cores (so torch's thread pool sizes itself to them).
@@ -21,7 +22,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from heron.engine.process import CoreProcess, start_spawned
 
@@ -66,6 +67,18 @@ class EngineReplica(Protocol):
 
     def describe(self) -> str:
         """For logs: where it runs ("pid 1234")."""
+        ...
+
+
+@runtime_checkable
+class SupervisedReplica(EngineReplica, Protocol):
+    """A replica whose supervisor restarts its core in place (a Ray actor: Ray restarts it
+    in its placement-group bundle). A rolling restart asks the supervisor instead of
+    stopping the core itself; the factory's next replica for the slot is the new core."""
+
+    def restart_in_place(self) -> None:
+        """Have the supervisor end this core's process and start it again; returns at once
+        (``is_alive`` turns False when the old process is gone). Never raises."""
         ...
 
 

@@ -6,7 +6,8 @@ nodes where the cluster allows), starts the actors and checks that every node ca
 model, before the server listens. ``factory`` is the data-parallel client's
 ``ReplicaFactory``. Health and restarts are Ray's: an actor whose process dies is restarted
 (``max_restarts=-1``) and its ``serve`` call retried; a node that is lost has its bundles
-placed again where resources allow. ``close`` releases everything.
+placed again where resources allow. A rolling restart has Ray restart each actor in turn
+(``restart_actor``). ``close`` releases everything.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class RayReplicas:
         self.group: Any = None
         self.actors: list[Any] = []
         self._serving: dict[Any, int] = {}  # serve() ObjectRef -> replica index
+        self._restarted: set[int] = set()  # replicas whose actor restart_actor killed
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -140,7 +142,16 @@ class RayReplicas:
         connection (a restart after its death included)."""
         if self.listener is None or slot.size != self.placement.size:
             raise ValueError(f"{slot.size} replicas asked for, {self.placement.size} placed")
-        return RemoteReplica(self.listener, slot.index)
+        index = slot.index
+        return RemoteReplica(self.listener, index, lambda: self.restart_actor(index))
+
+    def restart_actor(self, index: int) -> None:
+        """Have Ray restart replica ``index``'s actor: ``ray.kill(no_restart=False)`` ends its
+        process and Ray starts it again in its bundle (``max_restarts``), where it dials back.
+        Its ``serve`` call, if Ray fails it rather than retrying it, is called again by the
+        watcher. Raises what ``ray.kill`` raises."""
+        self._restarted.add(index)
+        ray.kill(self.actors[index], no_restart=False)
 
     def _watch(self) -> None:
         """Keep every actor serving. A ``serve`` call returns when its actor could not reach
@@ -154,9 +165,18 @@ class RayReplicas:
                 index = self._serving.pop(ref)
                 try:
                     ray.get(ref)
-                except Exception as exc:  # RayActorError and kin: the actor is gone for good
-                    if self._closed.is_set() or self.listener is None:
+                except Exception as exc:  # RayActorError and kin
+                    actors = self.actors  # emptied by close()
+                    if self._closed.is_set() or self.listener is None or index >= len(actors):
                         return
+                    if index in self._restarted:  # killed for a rolling restart: Ray restarts it
+                        self._restarted.discard(index)
+                        logger.info("engine replica %d is restarted by Ray", index)
+                        again = actors[index].serve.remote()
+                        self._serving[again] = index
+                        pending.append(again)
+                        continue
+                    # any other failure: the actor is gone for good
                     logger.error("engine replica %d will not come back: %s", index, exc)
                     self.listener.fail(index, f"engine replica {index}: its Ray actor failed")
                     continue

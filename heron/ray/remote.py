@@ -6,6 +6,7 @@ the actor's connection the first time the client's writer or reader touches it (
 sends ``LoadModel`` through it). Its liveness is the connection's: the actor's process dying
 closes it (a vanished node is found by TCP keepalive). Ray, not this class, restarts the
 actor; the restarted actor dials in again and the next replica for the same slot takes it.
+A rolling restart has Ray do the same on purpose (``restart_in_place``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from heron.ray.listener import Arrival, ReplicaListener, connection_closed, shutdown_connection
 
@@ -20,11 +22,15 @@ logger = logging.getLogger(__name__)
 
 
 class RemoteReplica:
-    """The engine core of replica ``index``, in the Ray actor that dials ``listener``."""
+    """The engine core of replica ``index``, in the Ray actor that dials ``listener``.
+    ``restart``: has Ray kill the actor and restart it (``RayReplicas.restart_actor``)."""
 
-    def __init__(self, listener: ReplicaListener, index: int) -> None:
+    def __init__(
+        self, listener: ReplicaListener, index: int, restart: Callable[[], None] | None = None
+    ) -> None:
         self._listener = listener
         self.index = index
+        self._restart = restart
         self._arrival: Arrival | None = None
         self._resolving = threading.Lock()
         self._stopped = threading.Event()
@@ -79,6 +85,19 @@ class RemoteReplica:
         arrival = self._arrival
         if arrival is not None:
             shutdown_connection(arrival.conn)
+
+    def restart_in_place(self) -> None:
+        """A ``SupervisedReplica``: Ray kills the actor's process and restarts it; the
+        connection closes when the old process is gone. The new actor dials in for the next
+        replica of this slot. Without ``restart``, only the engine restarts (``kill``)."""
+        if self._restart is None:
+            self.kill()
+            return
+        try:
+            self._restart()
+        except Exception as exc:  # Ray refused (the actor is gone for good): a crash follows
+            logger.error("replica %d: Ray did not restart its actor: %s", self.index, exc)
+            self.kill()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait until the connection has closed (or ``timeout`` seconds)."""

@@ -18,12 +18,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from heron import __version__
 from heron.engine.protocol import EngineDeadError, QueueFullError
+from heron.server import replicas as replica_routes
 from heron.server.common import APIError, error_response, family_of
 from heron.server.run import ClientGone
 from heron.server.state import ServerState
 
 if TYPE_CHECKING:
-    from heron.engine.dp_client import ReplicaStatus
+    from heron.engine.replica_member import ReplicaStatus
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def build_app(state: ServerState, families: list[str] | None = None) -> FastAPI:
     add_error_handlers(app)
 
     add_operational_routes(app, state)
+    replica_routes.register(app, state)
     for name in list(API_FAMILIES) if families is None else families:
         module = importlib.import_module(API_FAMILIES[name])
         module.register(app, state)

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from heron.engine.protocol import EngineStats
 
 if TYPE_CHECKING:
-    from heron.engine.dp_client import ReplicaStatus
+    from heron.engine.replica_member import ReplicaStatus
 
 _LATENCY_BUCKETS = (
     0.005,
@@ -226,8 +226,15 @@ class Metrics:
         self.replica_up = Gauge(
             "heron:replica_up", "1 while the replica serves, 0 while down.", labels, registry=r
         )
+        self.replica_restarts = Counter(
+            "heron:replica_restarts",
+            "Restarts of the replica by reason: crash (it died) or rolling (a rolling restart).",
+            [*labels, "reason"],
+            registry=r,
+        )
         # (model, replica) -> (engine id, its last stats, routed count at the last scrape)
         self._replica_last: dict[tuple[str, int], tuple[int, EngineStats, int]] = {}
+        self._replica_restarts: dict[tuple[str, int, str], int] = {}  # at the last scrape
 
     def update_replicas(self, models: dict[str, list[ReplicaStatus]]) -> None:
         """Mirror each data-parallel model's replicas; counters advance by the difference
@@ -253,6 +260,10 @@ class Metrics:
                 self.replica_waiting.labels(*label).set(stats.num_waiting)
                 self.replica_kv_usage.labels(*label).set(stats.kv_cache_usage)
                 self.replica_up.labels(*label).set(1 if rep.up else 0)
+                for reason, count in rep.restarts.items():
+                    before = self._replica_restarts.get((m, rep.index, reason), 0)
+                    self.replica_restarts.labels(*label, reason).inc(max(0, count - before))
+                    self._replica_restarts[(m, rep.index, reason)] = count
                 self._replica_last[key] = (rep.engine_id, stats, rep.routed)
 
     def render(self) -> bytes:

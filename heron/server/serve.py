@@ -1,12 +1,16 @@
 """Start ``heron serve``: checks the bind address, starts the engine process, runs uvicorn,
-and drains on SIGTERM."""
+drains on SIGTERM, and rolls the replicas (a rolling restart) on SIGHUP."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import os
 import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -19,10 +23,12 @@ from heron.engine.replica import DataParallelPlan, ReplicaFactory
 from heron.env import is_loopback_host
 from heron.server.adapters import AdapterRegistry, add_static
 from heron.server.app import DrainGuard, build_app
+from heron.server.common import APIError
 from heron.server.http import ConnectionLimits, http_protocol
 from heron.server.metrics import Metrics
 from heron.server.model_manager import ModelManager
 from heron.server.model_spec import ModelSpec, parse_duration, spec_from_path, spec_from_store
+from heron.server.replicas import start_rolling_restart
 from heron.server.security import SecurityMiddleware
 from heron.server.state import ServerLimits, ServerState
 from heron.store.adapters import MAX_ADAPTER_RANK
@@ -112,6 +118,32 @@ class _Server(uvicorn.Server):
         if sig == signal.SIGTERM and sig in self._captured_signals:
             self._captured_signals.remove(sig)
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's SIGINT / SIGTERM handling, and SIGHUP: a rolling restart of the command
+        line's model's replicas (as nginx reloads on SIGHUP). Handled on the event loop,
+        never inside the signal handler: starting one takes the replicas' lock."""
+        with super().capture_signals():
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, self._roll_replicas)
+            try:
+                yield
+            finally:
+                loop.remove_signal_handler(signal.SIGHUP)
+
+    def _roll_replicas(self) -> None:
+        if self.heron_state.draining:
+            return
+        try:
+            name, progress = start_rolling_restart(self.heron_state)
+        except APIError as exc:
+            logger.warning("SIGHUP: no rolling restart: %s", exc.message)
+            return
+        logger.info("SIGHUP: rolling restart of %s's replicas %s", name, progress.order)
+
 
 def run_server(cfg: ServeConfig, process: CoreProcess | None = None) -> int:
     """Serve until stopped. Returns the exit status: 0 after a clean stop or drain, 1 if the
@@ -147,6 +179,7 @@ def run_server(cfg: ServeConfig, process: CoreProcess | None = None) -> int:
     if cfg.model is not None:
         names.append(pin_command_line_model(models, store, cfg, process))
     state = ServerState(models=models, metrics=Metrics(names), limits=cfg.limits)
+    state.drain_timeout_s = cfg.shutdown_timeout
     app = build_app(state)
     guarded = SecurityMiddleware(
         DrainGuard(app, state),

@@ -38,3 +38,4 @@ class ServerState:
     limits: ServerLimits = field(default_factory=ServerLimits)
     started_at: float = field(default_factory=time.time)
     draining: bool = False
+    drain_timeout_s: float = 30.0  # --shutdown-timeout: also each replica's in a rolling restart

@@ -35,8 +35,9 @@ from tests.models.tiny import build
 
 @dataclass
 class ScriptedReplica:
-    """A core on a thread: "ok" answers every request with two tokens; "die" closes its
-    pipe on the first request; "stream-then-die" sends one token, then closes."""
+    """A core on a thread: "ok" answers every request with two tokens; "slow" streams them
+    0.1 s apart; "die" closes its pipe on the first request; "stream-then-die" sends one
+    token, then closes; "stream-then-hang" sends one token and nothing more until Shutdown."""
 
     behaviour: str
     pipe: Connection = field(init=False)
@@ -65,10 +66,20 @@ class ScriptedReplica:
                     rid = msg.request_id
                     if self.behaviour == "die":
                         break
-                    if self.behaviour == "stream-then-die":
+                    if self.behaviour.startswith("stream-then-"):
                         core.send_bytes(encode(EngineCoreOutputs([EngineCoreOutput(rid, [65])])))
-                        time.sleep(0.2)
+                        if self.behaviour == "stream-then-die":
+                            time.sleep(0.2)
+                            break
+                        while not isinstance(decode_to_core(core.recv_bytes()), Shutdown):
+                            pass
                         break
+                    if self.behaviour == "slow":
+                        core.send_bytes(encode(EngineCoreOutputs([EngineCoreOutput(rid, [65])])))
+                        time.sleep(0.1)
+                        out = EngineCoreOutput(rid, [66], finish_reason="length")
+                        core.send_bytes(encode(EngineCoreOutputs([out], EngineStats())))
+                        continue
                     out = EngineCoreOutput(rid, [65, 66], finish_reason="length")
                     core.send_bytes(encode(EngineCoreOutputs([out], EngineStats())))
         except (EOFError, OSError):

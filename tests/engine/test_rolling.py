@@ -1,0 +1,158 @@
+"""Rolling restarts of ``DataParallelClient`` replicas over scripted engine cores (threads
+speaking the real protocol on real pipes, tests/engine/test_dp_client.py): replicas restart
+one at a time in slot order, never two out at once, every request during the roll
+succeeds, a second roll is refused, one replica cannot roll, requests still running at the
+drain timeout end with the replica's error, and none of it touches the crash budget."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from heron.config import EngineConfig
+from heron.engine.dp_client import MAX_RESTARTS, DataParallelClient
+from heron.engine.protocol import EngineDeadError
+from heron.engine.replica import ReplicaSlot
+from heron.engine.rolling import NothingToRollError, RollInProgressError
+from heron.sampling_params import SamplingParams
+from tests.engine.test_dp_client import Factory, ScriptedReplica, collect, start, wait_for
+from tests.models.tiny import build
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(build("llama3", tmp_path_factory.mktemp("rolling") / "hf"))
+
+
+class WatchedFactory(Factory):
+    """Also records, at every restart, the states of the other replicas then."""
+
+    def __init__(self, script: dict[int, list[str]]) -> None:
+        super().__init__(script)
+        self.client: DataParallelClient | None = None
+        self.others_at_restart: list[list[str]] = []
+
+    def __call__(self, slot: ReplicaSlot) -> ScriptedReplica:
+        if self.client is not None:
+            states = [r.state for r in self.client.replicas() if r.index != slot.index]
+            self.others_at_restart.append(states)
+        return super().__call__(slot)
+
+
+async def traffic_until(client: DataParallelClient, done: object) -> tuple[list[object], int]:
+    """Four users sending requests back to back until ``done()``; every result (token ids
+    or the exception) and the most replicas seen out of rotation at once."""
+    results: list[object] = []
+    most_out = 0
+
+    async def user(u: int) -> None:
+        nonlocal most_out
+        i = 0
+        while not done():  # type: ignore[operator]
+            states = [r.state for r in client.replicas()]
+            most_out = max(most_out, sum(s != "serving" for s in states))
+            try:
+                results.append(await collect(client, f"u{u}-{i}"))
+            except Exception as exc:
+                results.append(exc)
+            i += 1
+
+    await asyncio.gather(*(user(u) for u in range(4)))
+    return results, most_out
+
+
+def test_a_rolling_restart_takes_one_replica_at_a_time_and_fails_no_request(
+    model_dir: str,
+) -> None:
+    factory = WatchedFactory({0: ["slow"], 1: ["slow"]})
+    client = start(model_dir, factory)
+    factory.client = client
+    try:
+        progress = client.rolling_restart(drain_timeout_s=30)
+        assert progress.order == [0, 1]
+        results, most_out = asyncio.run(traffic_until(client, lambda: not progress.running))
+        assert progress.phase == "done" and progress.done == [0, 1], progress
+        assert factory.started == [0, 1, 0, 1]  # each replica restarted once, in slot order
+        assert factory.others_at_restart == [["serving"], ["serving"]]
+        assert most_out == 1  # draining or restarting, never two at once
+        assert len(results) >= 8 and all(r == [65, 66] for r in results), results
+        statuses = client.replicas()
+        assert [r.restarts for r in statuses] == [{"crash": 0, "rolling": 1}] * 2
+        assert client.crash_restarts_left == MAX_RESTARTS  # the crash budget is untouched
+        wait_for(lambda: all(r.state == "serving" for r in client.replicas()))
+        assert asyncio.run(collect(client, "after")) == [65, 66]
+    finally:
+        client.shutdown(timeout=1)
+
+
+def test_a_second_roll_is_refused_while_one_runs_and_one_replica_cannot_roll(
+    model_dir: str,
+) -> None:
+    factory = Factory({0: ["ok"], 1: ["ok"]})
+    client = start(model_dir, factory)
+    try:
+        first = client.rolling_restart(drain_timeout_s=30)
+        with pytest.raises(RollInProgressError, match="already running"):
+            client.rolling_restart(drain_timeout_s=30)
+        wait_for(lambda: not first.running)
+        assert first.phase == "done" and factory.started == [0, 1, 0, 1]
+        assert client.last_roll is first
+        second = client.rolling_restart(drain_timeout_s=30)  # the first one is over
+        wait_for(lambda: not second.running)
+        assert second.phase == "done" and factory.started == [0, 1, 0, 1, 0, 1]
+        assert [r.restarts["rolling"] for r in client.replicas()] == [2, 2]
+    finally:
+        client.shutdown(timeout=1)
+    single = DataParallelClient(model_dir, EngineConfig(), 1, factory=Factory({0: ["ok"]}))
+    try:
+        with pytest.raises(NothingToRollError, match="nothing to serve"):
+            single.rolling_restart(drain_timeout_s=30)
+    finally:
+        single.shutdown(timeout=1)
+
+
+def test_a_draining_replica_gets_requests_only_when_no_other_serves(model_dir: str) -> None:
+    client = start(model_dir, Factory({0: ["ok"], 1: ["ok"]}))
+    try:
+        client.set_draining(0, True)
+        for i in range(4):
+            assert asyncio.run(collect(client, f"a{i}")) == [65, 66]
+        assert [r.routed for r in client.replicas()] == [0, 4]
+        assert [r.state for r in client.replicas()] == ["draining", "serving"]
+        client.set_draining(1, True)  # both draining: better served than refused
+        assert asyncio.run(collect(client, "b")) == [65, 66]
+    finally:
+        client.shutdown(timeout=1)
+
+
+def test_a_request_still_running_at_the_drain_timeout_ends_with_the_replica_error(
+    model_dir: str,
+) -> None:
+    factory = Factory({0: ["stream-then-hang", "ok"], 1: ["ok"]})
+    client = start(model_dir, factory)
+
+    async def scenario() -> list[int]:
+        params = SamplingParams(max_tokens=2, temperature=0.0)
+        stuck = client.generate([1, 2, 3], params, request_id="stuck")  # idle tie: replica 0
+        first = await anext(stuck)
+        progress = client.rolling_restart(drain_timeout_s=0.3)
+        started = time.monotonic()
+        with pytest.raises(EngineDeadError, match="engine replica 0 exited"):
+            async for _ in stuck:
+                pass
+        assert 0.3 <= time.monotonic() - started < 10
+        others = [await collect(client, f"o{i}") for i in range(3)]  # on replica 1 meanwhile
+        while progress.running:
+            await asyncio.sleep(0.02)
+        assert progress.phase == "done", progress
+        return first.token_ids + [t for o in others for t in o]
+
+    try:
+        assert asyncio.run(scenario()) == [65] + [65, 66] * 3
+        assert factory.started == [0, 1, 0, 1]
+        assert client.crash_restarts_left == MAX_RESTARTS
+        assert [r.restarts for r in client.replicas()] == [{"crash": 0, "rolling": 1}] * 2
+    finally:
+        client.shutdown(timeout=1)
