@@ -1,7 +1,9 @@
 """``heron serve --data-parallel-size 2`` on a tiny random llama, with the official client:
 greedy output equals one engine's, multi-turn conversations return to the replica holding
 their history (``cached_tokens``), per-replica metrics, and a replica killed mid-run: no
-hang, its requests end with a clear error, the rest succeed, it comes back."""
+hang, its requests end with a clear error, the rest succeed, it comes back; a rolling restart
+(the admin API, then SIGHUP) under streaming traffic fails no request and replaces each
+replica's process once."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -95,8 +98,11 @@ def test_greedy_output_equals_one_engine(dp_server: ServerProcess, model_dir: Pa
     with running_server(*ARGS, model=str(model_dir)) as single:
         single.model = NAME
         assert completions(single) == replicated
-        # one engine: no replica series at all
+        # one engine: no replica series at all, and nothing to roll onto
         assert "heron:replica_up{" not in httpx.get(f"{single.base_url}/metrics").text
+        refused = httpx.post(f"{single.base_url}/admin/replicas/restart", timeout=10)
+        assert refused.status_code == 409, refused.text
+        assert "one engine replica" in refused.json()["error"]["message"]
 
 
 def test_multi_turn_conversations_stay_on_their_replica(dp_server: ServerProcess) -> None:
@@ -205,3 +211,120 @@ def test_a_killed_replica_fails_its_requests_and_comes_back(dp_server: ServerPro
     assert len(after) == 2 and victim not in after
     assert metric(dp_server, "replica_up", "1") == 1
     assert dp_server.proc.poll() is None
+
+
+def _admin(server: ServerProcess) -> dict[str, Any]:
+    r = httpx.get(f"{server.base_url}/admin/replicas", timeout=10)
+    assert r.status_code == 200, r.text
+    (model,) = r.json()["data"]
+    assert model["model"] == NAME
+    return dict(model)
+
+
+def _pid(where: str) -> int:
+    found = re.fullmatch(r"pid (\d+)", where)
+    assert found is not None, where
+    return int(found.group(1))
+
+
+def test_a_rolling_restart_under_streaming_traffic_fails_no_request(
+    dp_server: ServerProcess,
+) -> None:
+    wait_all_replicas(dp_server)
+    before = _admin(dp_server)
+    assert [r["state"] for r in before["replicas"]] == ["serving", "serving"]
+    pids_before = [_pid(r["where"]) for r in before["replicas"]]
+    crashes_before = [r["restarts"]["crash"] for r in before["replicas"]]
+    stop = threading.Event()
+    finished: list[str] = []
+    failures: list[BaseException] = []
+
+    def user(u: int) -> None:
+        oai = client(dp_server)
+        i = 0
+        while not stop.is_set():
+            try:
+                stream = oai.chat.completions.create(
+                    model=NAME,
+                    messages=[{"role": "user", "content": f"user {u} turn {i}"}],
+                    max_tokens=48,
+                    temperature=0,
+                    stream=True,
+                    extra_body={"ignore_eos": True},
+                )
+                reasons = [c.choices[0].finish_reason for c in stream if c.choices]
+                finished.append(str(reasons[-1]))
+            except Exception as exc:  # any failed request fails the test
+                failures.append(exc)
+            i += 1
+
+    users = [threading.Thread(target=user, args=(u,), daemon=True) for u in range(3)]
+    for t in users:
+        t.start()
+    time.sleep(0.5)
+    started = httpx.post(f"{dp_server.base_url}/admin/replicas/restart", timeout=10)
+    assert started.status_code == 202, started.text
+    plan = started.json()
+    assert plan["model"] == NAME and plan["order"] == [0, 1] and plan["status"] == "running"
+    again = httpx.post(f"{dp_server.base_url}/admin/replicas/restart", json={}, timeout=10)
+    assert again.status_code == 409, again.text
+    assert "already running" in again.json()["error"]["message"]
+    # Progress, sampled: never two replicas out, and each replica's pid changes once.
+    pids_seen = [{pid} for pid in pids_before]
+    states_seen: set[str] = set()
+    deadline = time.monotonic() + 240
+    while True:
+        report = _admin(dp_server)
+        states = [r["state"] for r in report["replicas"]]
+        assert sum(s != "serving" for s in states) <= 1, states
+        states_seen |= set(states)
+        for i, r in enumerate(report["replicas"]):
+            if r["state"] == "serving":
+                pids_seen[i].add(_pid(r["where"]))
+        if report["rolling_restart"]["status"] != "running":
+            break
+        assert time.monotonic() < deadline, report
+        time.sleep(0.1)
+    time.sleep(0.5)  # requests that start after the roll too
+    stop.set()
+    for t in users:
+        t.join(60)
+    assert report["rolling_restart"]["status"] == "done", report
+    assert report["rolling_restart"]["restarted"] == [0, 1]
+    assert not failures, failures[:3]
+    assert len(finished) >= 6 and set(finished) == {"length"}
+    assert "restarting" in states_seen  # draining may pass between two samples
+    pids_after = [_pid(r["where"]) for r in report["replicas"]]
+    for i in range(2):
+        assert pids_seen[i] == {pids_before[i], pids_after[i]}
+        assert pids_after[i] != pids_before[i]
+    assert [r["restarts"]["rolling"] for r in report["replicas"]] == [1, 1]
+    assert [r["restarts"]["crash"] for r in report["replicas"]] == crashes_before
+    assert report["crash_restarts_left"] == before["crash_restarts_left"]
+    assert [restarts_metric(dp_server, r, "rolling") for r in "01"] == [1, 1]
+    assert [restarts_metric(dp_server, r, "crash") for r in "01"] == crashes_before
+
+
+def restarts_metric(server: ServerProcess, replica: str, reason: str) -> float:
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    labels = f'model_name="{NAME}",reason="{reason}",replica="{replica}"'
+    found = re.search(rf"^heron:replica_restarts_total\{{{labels}\}} (\S+)$", text, re.MULTILINE)
+    assert found is not None, f"replica_restarts_total for {replica}/{reason} missing"
+    return float(found.group(1))
+
+
+def test_sighup_starts_a_rolling_restart(dp_server: ServerProcess) -> None:
+    wait_all_replicas(dp_server)
+    last = _admin(dp_server)["rolling_restart"]
+    dp_server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 240
+    while (roll := _admin(dp_server)["rolling_restart"]) == last or roll["status"] == "running":
+        assert time.monotonic() < deadline, roll
+        assert dp_server.proc.poll() is None, "SIGHUP stopped the server"
+        time.sleep(0.2)
+    assert roll["status"] == "done" and roll["started_at"] > last["started_at"], roll
+    report = _admin(dp_server)
+    assert [r["restarts"]["rolling"] for r in report["replicas"]] == [2, 2]
+    wait_all_replicas(dp_server)
+    r = client(dp_server).completions.create(model=NAME, prompt="still here", max_tokens=4)
+    assert r.choices[0].finish_reason == "length"
