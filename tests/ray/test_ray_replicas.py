@@ -1,8 +1,9 @@
 """``heron serve --ray-address`` on a real two-node Ray cluster on loopback (a head and a
 worker, one CPU each, started with ``ray start`` and token authentication) with two replicas
 of a tiny random llama: requests through the official client reach both replicas with the
-same greedy output, and a replica's actor killed with SIGKILL is restarted by Ray and joins
-the router again while requests keep being answered (the cluster: tests/ray/conftest.py)."""
+same greedy output, a replica's actor killed with SIGKILL is restarted by Ray and joins the
+router again while requests keep being answered, and a rolling restart under traffic has Ray
+restart each actor once with no request failing (the cluster: tests/ray/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import contextlib
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -52,6 +55,7 @@ def ray_server(
     ray_env = {k: v for k, v in env.items() if k.startswith("RAY_")}
     with running_server(*args, model=str(model), env=ray_env) as server:
         server.model = NAME
+        _wait_both_serving(server)  # /ready is 200 once one serves; the tests count on both
         yield server
         assert server.stop() == 0  # SIGTERM drains, kills the actors and leaves the cluster
 
@@ -128,3 +132,80 @@ def test_a_killed_actor_is_restarted_by_ray_and_rejoins(ray_server: ServerProces
     assert [_complete(ray_server, PROMPTS[0]) for _ in range(4)] == [expected] * 4
     after = _routed(ray_server)
     assert all(after[r] > before.get(r, 0.0) for r in ("0", "1"))
+
+
+def _replicas(server: ServerProcess) -> dict[str, Any]:
+    r = httpx.get(f"{server.base_url}/admin/replicas", timeout=10)
+    assert r.status_code == 200, r.text
+    (model,) = r.json()["data"]
+    return dict(model)
+
+
+def _actor_pid(where: str) -> int:
+    found = re.fullmatch(r"Ray replica \d, node \S+, pid (\d+)", where)
+    assert found is not None, where
+    return int(found.group(1))
+
+
+def _wait_both_serving(server: ServerProcess) -> None:
+    deadline = time.monotonic() + 120
+    while "2 of 2 replicas" not in httpx.get(f"{server.base_url}/ready", timeout=10).text:
+        assert time.monotonic() < deadline, "both replicas did not serve"
+        time.sleep(0.2)
+
+
+def test_a_rolling_restart_has_ray_restart_each_actor_once_under_traffic(
+    ray_server: ServerProcess,
+) -> None:
+    _wait_both_serving(ray_server)
+    expected = _complete(ray_server, PROMPTS[1])
+    before = _replicas(ray_server)
+    pids_before = [_actor_pid(r["where"]) for r in before["replicas"]]
+    assert set(pids_before) == _engine_actors()
+    stop = threading.Event()
+    answers: list[str] = []
+    failures: list[BaseException] = []
+
+    def user() -> None:
+        while not stop.is_set():
+            try:
+                stream = _client(ray_server).completions.create(
+                    model=NAME, prompt=PROMPTS[1], max_tokens=6, temperature=0, stream=True
+                )
+                answers.append("".join(c.choices[0].text for c in stream if c.choices))
+            except Exception as exc:  # any failed request fails the test
+                failures.append(exc)
+
+    users = [threading.Thread(target=user, daemon=True) for _ in range(2)]
+    for t in users:
+        t.start()
+    started = httpx.post(f"{ray_server.base_url}/admin/replicas/restart", timeout=10)
+    assert started.status_code == 202, started.text
+    assert started.json()["order"] == [0, 1]
+    pids_seen = [{pid} for pid in pids_before]
+    deadline = time.monotonic() + 240
+    while True:
+        report = _replicas(ray_server)
+        states = [r["state"] for r in report["replicas"]]
+        assert sum(s != "serving" for s in states) <= 1, states
+        for i, r in enumerate(report["replicas"]):
+            if r["state"] == "serving":
+                pids_seen[i].add(_actor_pid(r["where"]))
+        if report["rolling_restart"]["status"] != "running":
+            break
+        assert time.monotonic() < deadline, report
+        time.sleep(0.1)
+    stop.set()
+    for t in users:
+        t.join(60)
+    assert report["rolling_restart"]["status"] == "done", report
+    assert not failures, failures[:3]
+    assert answers and set(answers) == {expected}
+    pids_after = [_actor_pid(r["where"]) for r in report["replicas"]]
+    for i in range(2):  # Ray started each actor's process again, once
+        assert pids_seen[i] == {pids_before[i], pids_after[i]} and pids_after[i] != pids_before[i]
+    assert _engine_actors() == set(pids_after)
+    assert [r["restarts"]["rolling"] for r in report["replicas"]] == [1, 1]
+    assert report["crash_restarts_left"] == before["crash_restarts_left"]
+    _wait_both_serving(ray_server)
+    assert [_complete(ray_server, PROMPTS[1]) for _ in range(2)] == [expected] * 2
