@@ -147,9 +147,9 @@ class RayReplicas:
 
     def restart_actor(self, index: int) -> None:
         """Have Ray restart replica ``index``'s actor: ``ray.kill(no_restart=False)`` ends its
-        process and Ray starts it again in its bundle (``max_restarts``), where it dials back.
-        Its ``serve`` call, if Ray fails it rather than retrying it, is called again by the
-        watcher. Raises what ``ray.kill`` raises."""
+        process and Ray starts it again in its bundle (``max_restarts``), where Ray retries its
+        ``serve`` call (``max_task_retries``) and it dials back. Should Ray fail that call
+        instead, the watcher calls it again. Raises what ``ray.kill`` raises."""
         self._restarted.add(index)
         ray.kill(self.actors[index], no_restart=False)
 
