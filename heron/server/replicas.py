@@ -12,17 +12,19 @@ Errors take the OpenAI shape, as every path outside the Ollama and Anthropic fam
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from heron.engine.dp_client import DataParallelClient
 from heron.engine.rolling import NothingToRollError, RollInProgressError, RollProgress
 from heron.server.common import APIError
 from heron.server.model_spec import LoadedModel
 from heron.server.state import ServerState
+
+if TYPE_CHECKING:
+    from heron.engine.dp_client import DataParallelClient
 
 MAX_DRAIN_TIMEOUT_S = 3600.0
 
@@ -57,8 +59,8 @@ def start_rolling_restart(
     Raises APIError: 404 (no such loaded model), 400 (no model named and none to default
     to), 409 (one replica, or a rolling restart already running)."""
     loaded = _target(state, model)
-    engine = loaded.engine
-    if not isinstance(engine, DataParallelClient):
+    engine = _parallel(loaded.engine)
+    if engine is None:
         raise APIError(
             409,
             f"model '{loaded.name}' runs one engine replica: nothing to roll onto; a rolling "
@@ -75,8 +77,8 @@ def replica_report(state: ServerState) -> list[dict[str, Any]]:
     """Every loaded data-parallel model's replicas and rolling restart, for the admin API."""
     report = []
     for loaded in state.models.loaded.values():
-        engine = loaded.engine
-        if not isinstance(engine, DataParallelClient):
+        engine = _parallel(loaded.engine)
+        if engine is None:
             continue
         roll = engine.last_roll
         replicas = [
@@ -112,10 +114,20 @@ def _target(state: ServerState, model: str | None) -> LoadedModel:
     pinned = state.models.pinned_model
     if pinned is not None:
         return pinned
-    parallel = [m for m in loaded if isinstance(m.engine, DataParallelClient)]
+    parallel = [m for m in loaded if _parallel(m.engine) is not None]
     if len(parallel) == 1:
         return parallel[0]
     raise APIError(400, "name the model whose replicas to restart", param="model")
+
+
+def _parallel(engine: object) -> DataParallelClient | None:
+    """``engine`` when it is a data-parallel client, else None. Imports that client only
+    then: it imports torch (for its CPU planning), which the HTTP process otherwise avoids."""
+    if type(engine).__module__ != "heron.engine.dp_client":
+        return None
+    from heron.engine.dp_client import DataParallelClient
+
+    return engine if isinstance(engine, DataParallelClient) else None
 
 
 def _roll_json(name: str, progress: RollProgress) -> dict[str, Any]:

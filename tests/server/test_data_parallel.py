@@ -235,6 +235,12 @@ def test_a_rolling_restart_under_streaming_traffic_fails_no_request(
     assert [r["state"] for r in before["replicas"]] == ["serving", "serving"]
     pids_before = [_pid(r["where"]) for r in before["replicas"]]
     crashes_before = [r["restarts"]["crash"] for r in before["replicas"]]
+    url = f"{dp_server.base_url}/admin/replicas/restart"
+    missing = httpx.post(url, json={"model": "no-such-model"}, timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert httpx.post(url, json={"drain_timeout": -1}, timeout=10).status_code == 400
+    assert httpx.post(url, json={"drain": 1}, timeout=10).status_code == 400
+    assert _admin(dp_server)["rolling_restart"] == before["rolling_restart"]  # none started
     stop = threading.Event()
     finished: list[str] = []
     failures: list[BaseException] = []
@@ -262,11 +268,11 @@ def test_a_rolling_restart_under_streaming_traffic_fails_no_request(
     for t in users:
         t.start()
     time.sleep(0.5)
-    started = httpx.post(f"{dp_server.base_url}/admin/replicas/restart", timeout=10)
+    started = httpx.post(url, timeout=10)
     assert started.status_code == 202, started.text
     plan = started.json()
     assert plan["model"] == NAME and plan["order"] == [0, 1] and plan["status"] == "running"
-    again = httpx.post(f"{dp_server.base_url}/admin/replicas/restart", json={}, timeout=10)
+    again = httpx.post(url, json={"model": NAME}, timeout=10)
     assert again.status_code == 409, again.text
     assert "already running" in again.json()["error"]["message"]
     # Progress, sampled: never two replicas out, and each replica's pid changes once.
