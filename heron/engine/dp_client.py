@@ -49,7 +49,8 @@ logger = logging.getLogger(__name__)
 
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 300.0
-STOP_TIMEOUT_S = 30.0  # a replica being replaced has this long to exit before it is killed
+STOP_TIMEOUT_S = 10.0  # a drained replica has this long to exit before it is killed
+SUPERVISOR_TIMEOUT_S = 30.0  # and a supervisor (Ray) this long to end its process
 
 
 class DataParallelClient:
@@ -282,7 +283,7 @@ class DataParallelClient:
     def _restart(self, member: ReplicaMember) -> None:
         """Replace a dead replica (its own thread)."""
         try:
-            self._replace(member, "crash")
+            self._replace(member, "crash", stop_timeout=5.0)
         except Exception as exc:
             logger.error("cannot restart engine replica %d: %s", member.slot.index, exc)
         finally:
@@ -290,7 +291,7 @@ class DataParallelClient:
             if not self.alive and not self._closing and self.on_fatal is not None:
                 self.on_fatal(f"every engine replica of {self.model_path} has exited")
 
-    def _replace(self, member: ReplicaMember, reason: str) -> None:
+    def _replace(self, member: ReplicaMember, reason: str, stop_timeout: float) -> None:
         """Stop ``member``'s core (one that restarts in place, through its supervisor) and
         start its next incarnation through the factory, counted under ``reason``. Mutates
         the member; raises when the factory fails."""
@@ -301,9 +302,9 @@ class DataParallelClient:
             self.router.forget(index)
         if isinstance(old, SupervisedReplica) and old.is_alive():
             old.restart_in_place()
-            old.join(STOP_TIMEOUT_S)  # its channel closes as the old process ends
+            old.join(SUPERVISOR_TIMEOUT_S)  # its channel closes as the old process ends
         with contextlib.suppress(Exception):
-            old_client.shutdown(timeout=STOP_TIMEOUT_S)
+            old_client.shutdown(timeout=stop_timeout)
         replica = self._factory(member.slot)
         client = self._new_client(index, generation, replica)
         with self._lock:
@@ -349,7 +350,7 @@ class DataParallelClient:
         member = self._members[index]
         member.restarting = True
         try:
-            self._replace(member, "rolling")
+            self._replace(member, "rolling", STOP_TIMEOUT_S)
         finally:
             member.restarting = False
 
