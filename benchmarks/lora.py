@@ -1,6 +1,6 @@
 """Multi-LoRA throughput: adapters against the base model on one server, same run.
 
-    .venv/bin/python -m benchmarks.lora [--repeat 2]
+    .venv/bin/python -m benchmarks.lora [--repeat 2] [--lora-dtype auto|float16|float32]
 
 Writes four random rank-16 PEFT adapters for SmolLM2-135M (every attention and MLP
 projection of every layer, as a fine-tune would), starts ``heron serve smollm2 --lora
@@ -98,12 +98,13 @@ async def workload(models: list[str], requests: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--lora-dtype", default="auto", help="heron serve --lora-dtype")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         names = [f"a{i}" for i in range(4)]
         lora = [f"{n}={write_adapter(Path(tmp) / n, seed=i)}" for i, n in enumerate(names)]
         cmd = [sys.executable, "-m", "heron.cli", "serve", "smollm2", "--port", str(PORT)]
-        cmd += ["--max-loras", "4", "--max-lora-rank", "16"]
+        cmd += ["--max-loras", "4", "--max-lora-rank", "16", "--lora-dtype", args.lora_dtype]
         for spec in lora:
             cmd += ["--lora", spec]
         server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

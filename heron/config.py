@@ -106,20 +106,31 @@ class SchedulerConfig:
             raise ValueError(f"scheduling policy must be 'fcfs' or 'priority', got {self.policy!r}")
 
 
+# What LoRA slots can hold adapter weights in ("auto": float16).
+LORA_DTYPES = ("auto", "float16", "float32")
+
+
 @dataclass(slots=True)
 class LoRAConfig:
     """Multi-LoRA. ``max_loras`` adapters sit in the slot table at once (requests with any
     of them share a step); ``max_lora_rank`` caps an adapter's rank (the slot tensors are
     padded to it); ``max_cpu_loras`` adapters stay loaded in CPU memory, least recently
-    used swapped out."""
+    used swapped out. ``lora_dtype``: the precision the slots hold adapter weights in
+    ("auto" is float16: one user's delta is bound by reading them; the arithmetic is float32
+    either way)."""
 
     max_loras: int = 4
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None  # defaults to max_loras
+    lora_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.max_loras < 1 or self.max_lora_rank < 1:
             raise ValueError("max_loras and max_lora_rank must be positive")
+        if self.lora_dtype not in LORA_DTYPES:
+            raise ValueError(
+                f"lora_dtype must be one of {', '.join(LORA_DTYPES)}, got {self.lora_dtype!r}"
+            )
         if self.max_cpu_loras is None:
             self.max_cpu_loras = self.max_loras
         if self.max_cpu_loras < self.max_loras:
@@ -127,6 +138,11 @@ class LoRAConfig:
                 f"max_cpu_loras ({self.max_cpu_loras}) must be at least max_loras "
                 f"({self.max_loras})"
             )
+
+    @property
+    def held_dtype(self) -> str:
+        """The dtype adapter weights are rounded to in the slots: "float16" or "float32"."""
+        return "float16" if self.lora_dtype == "auto" else self.lora_dtype
 
 
 QUANTIZATIONS = (None, "auto", "q4_1", "q8_0", "int8")

@@ -105,6 +105,13 @@ LoraDirOpt = Annotated[
 ]
 MaxLorasOpt = Annotated[int, typer.Option(help="LoRA adapters in one batch (slots).")]
 MaxLoraRankOpt = Annotated[int, typer.Option(help="Largest LoRA rank served.")]
+LoraDtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help="Precision LoRA slots hold adapter weights in: auto (float16), float16 or "
+        "float32. Arithmetic is float32 either way; float16 halves what one user reads."
+    ),
+]
 EnableLoraOpt = Annotated[
     bool,
     typer.Option(
@@ -192,6 +199,7 @@ def serve(
     lora_dir: LoraDirOpt = None,
     max_loras: MaxLorasOpt = 4,
     max_lora_rank: MaxLoraRankOpt = 16,
+    lora_dtype: LoraDtypeOpt = "auto",
     enable_lora: EnableLoraOpt = False,
     speculative: SpeculativeOpt = None,
     num_speculative_tokens: NumSpecTokensOpt = None,
@@ -271,6 +279,7 @@ def _serve_config(
     max_loras: int,
     max_lora_rank: int,
     enable_lora: bool = False,
+    lora_dtype: str = "auto",
     speculative: str | None = None,
     num_speculative_tokens: int | None = None,
     tensor_parallel_size: int = 1,
@@ -308,7 +317,9 @@ def _serve_config(
                 max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs
             ),
             quantization=None if quantization == "none" else quantization,
-            lora=LoRAConfig(max_loras, max_lora_rank) if lora or lora_dir or enable_lora else None,
+            lora=LoRAConfig(max_loras, max_lora_rank, lora_dtype=lora_dtype)
+            if lora or lora_dir or enable_lora
+            else None,
             speculative=_speculative(speculative, num_speculative_tokens),
             tensor_parallel_size=tensor_parallel_size,
         ),

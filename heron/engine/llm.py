@@ -32,8 +32,9 @@ class LLM:
     ``model`` is a GGUF file or an HF checkpoint directory. The keyword arguments map one to
     one onto ``EngineConfig`` fields (an embedding model uses dtype, quantization, threads,
     max_model_len and max_num_batched_tokens, its padded tokens per forward).
-    ``enable_lora`` with ``max_loras``, ``max_lora_rank`` and ``max_cpu_loras`` sets
-    ``EngineConfig.lora`` (see ``heron.config.LoRAConfig``); ``generate`` then takes adapters.
+    ``enable_lora`` with ``max_loras``, ``max_lora_rank``, ``max_cpu_loras`` and
+    ``lora_dtype`` sets ``EngineConfig.lora`` (see ``heron.config.LoRAConfig``); ``generate``
+    then takes adapters.
     ``speculative_config`` is vLLM's: ``{"method": "ngram", "num_speculative_tokens": 4}``
     (or ``"suffix"``, or ``"draft"`` with ``"model"``), or a ``SpeculativeConfig``.
     ``tensor_parallel_size`` splits the model across that many processes
@@ -63,10 +64,13 @@ class LLM:
         max_loras: int = 4,
         max_lora_rank: int = 16,
         max_cpu_loras: int | None = None,
+        lora_dtype: str = "auto",
         speculative_config: SpeculativeConfig | Mapping[str, Any] | None = None,
         tensor_parallel_size: int = 1,
     ) -> None:
-        lora = LoRAConfig(max_loras, max_lora_rank, max_cpu_loras) if enable_lora else None
+        lora = (
+            LoRAConfig(max_loras, max_lora_rank, max_cpu_loras, lora_dtype) if enable_lora else None
+        )
         config = EngineConfig(
             cache=CacheConfig(
                 block_size=block_size,

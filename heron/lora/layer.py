@@ -5,15 +5,17 @@ out] (R: the module's rank blocks times ``max_lora_rank``; zero-padded, the scal
 ``b``) and ``spans`` [max_loras, blocks, 3] (per slot and rank block: the adapter's rank, the
 first output column and the number of columns it covers; rank 0 where unused).
 
-With Heron's CPU kernels (``LoRALinear.lora_kernels``) the slot tensors are float32 and the
-delta is the kernels' ``lora_add_``: per token row, ``(x @ a[slot]) @ b[slot]`` with every
-output one sum in a fixed order, so a row's numbers depend neither on the thread count nor on
-the rest of the batch, and they are the very numbers the fused decode path computes
-(``heron.kernels.fused``). Without kernels the slot tensors are float64 and the delta is
-grouped by slot into two batched matmuls (``bmm``): a float32 BLAS sum's order depends on
-the thread count, and in float64 that effect is far below float32's rounding. Either way the
-step's work is a few calls however many requests and adapters share it; rows of the base
-model are left as the base computed them.
+With Heron's CPU kernels (``LoRALinear.lora_kernels``) the slot tensors are float16 or
+float32 (``LoRAConfig.lora_dtype``; float16 by default: one user's delta is bound by reading
+them) and the delta is the kernels' ``lora_add_``, float32 arithmetic either way: per token
+row, ``(x @ a[slot]) @ b[slot]`` with every output one sum in a fixed order, so a row's
+numbers depend neither on the thread count nor on the rest of the batch, and they are the
+very numbers the fused decode path computes (``heron.kernels.fused``). Without kernels the
+slot tensors are float64, holding the same rounded weights, and the delta is grouped by slot
+into two batched matmuls (``bmm``): a float32 BLAS sum's order depends on the thread count,
+and in float64 that effect is far below float32's rounding. Either way the step's work is a
+few calls however many requests and adapters share it; rows of the base model are left as
+the base computed them.
 """
 
 from __future__ import annotations
@@ -111,14 +113,15 @@ class LoRALinear(Linear):
         blocks: int,
         max_rank: int,
         kernels: Kernels | None,
+        held: torch.dtype = torch.float32,
     ) -> LoRALinear:
         """Make ``linear`` a LoRALinear with zeroed slot tensors: ``slots`` slots of
-        ``blocks`` rank blocks of ``max_rank`` (float32 for ``kernels``, else float64);
-        mutates and returns it."""
+        ``blocks`` rank blocks of ``max_rank`` (``held``, float16 or float32, for ``kernels``;
+        else float64); mutates and returns it."""
         linear.__class__ = cls  # same object and state, LoRA forward
         adopted = linear if isinstance(linear, LoRALinear) else None
         assert adopted is not None
-        dtype = torch.float32 if kernels is not None else torch.float64
+        dtype = held if kernels is not None else torch.float64
         width = blocks * max_rank
         adopted.lora_state = state
         adopted.lora_kernels = kernels

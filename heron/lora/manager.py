@@ -45,13 +45,21 @@ class LoRAManager:
         """``kernels``: the runner's CPU kernels (the level its fused decode path runs on).
         The deltas must not depend on the thread count: a quantized base's per-row activation
         rounding turns a float32 BLAS sum's thread-dependent 1e-7 into visible logit changes.
-        With kernels they are float32 sums in a fixed order (``lora_add_``), the numbers the
-        fused path computes too; without, float64 torch products (``heron.lora.layer``)."""
+        With kernels they are float32 sums in a fixed order (``lora_add_``) over slot weights
+        held in ``config.held_dtype``, the numbers the fused path computes too; without,
+        float64 torch products of the same rounded weights (``heron.lora.layer``)."""
         self.model = model
         self.model_config = model_config
         self.config = config
         self.kernels = kernels
-        self.table = SlotTable(model, model_config, config.max_loras, config.max_lora_rank, kernels)
+        self.table = SlotTable(
+            model,
+            model_config,
+            config.max_loras,
+            config.max_lora_rank,
+            kernels,
+            getattr(torch, config.held_dtype),
+        )
         self._fused: FusedDecoder | None = None  # the fused decoder holding the slot tensors
         # int_id -> (request, weights), least recently added or used first
         self.loaded: OrderedDict[int, tuple[LoRARequest, LoRAWeights]] = OrderedDict()

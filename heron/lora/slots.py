@@ -30,11 +30,14 @@ class SlotTable:
         max_loras: int,
         max_rank: int,
         kernels: Kernels | None,
+        held: torch.dtype = torch.float16,
     ) -> None:
         """``kernels``: the deltas run on Heron's CPU kernels in float32 (else in float64 on
-        torch ops; see ``heron.lora.layer``)."""
+        torch ops; see ``heron.lora.layer``). ``held``: adapter weights are rounded to this
+        dtype (float16 or float32) on either path, so both compute from the same numbers."""
         self.state = LoRAState()
         self.max_rank = max_rank
+        self.weight_dtype = held
         self.targets = model_targets(config)
         # [layer][heron module name] -> the adopted linear
         self.modules: list[dict[str, LoRALinear]] = []
@@ -45,7 +48,7 @@ class SlotTable:
                 if not isinstance(linear, Linear):
                     raise TypeError(f"layers.{i}.{name} is not a Linear")
                 layer[name] = LoRALinear.adopt(
-                    linear, self.state, max_loras, blocks, max_rank, kernels
+                    linear, self.state, max_loras, blocks, max_rank, kernels, held
                 )
             self.modules.append(layer)
         self.held: list[int | None] = [None] * max_loras  # adapter int_id per slot
@@ -98,8 +101,12 @@ class SlotTable:
             linear = self.modules[i][t.module]
             cols = slice(t.block * r, t.block * r + m.rank)
             rows = slice(t.row_start, t.row_start + t.out_features)
-            linear.lora_a[slot, :, cols] = m.a.t().to(linear.lora_a.dtype)
-            linear.lora_b[slot, cols, rows] = (m.b.t() * m.scale).to(linear.lora_b.dtype)
+            # rounded to the held dtype first: the torch path's float64 slots then hold the
+            # very numbers the kernels' float16 or float32 slots do
+            a = m.a.t().to(self.weight_dtype)
+            b = (m.b.t() * m.scale).to(self.weight_dtype)
+            linear.lora_a[slot, :, cols] = a.to(linear.lora_a.dtype)
+            linear.lora_b[slot, cols, rows] = b.to(linear.lora_b.dtype)
             # rank, first output column, columns: what the kernels read of a and b
             linear.lora_spans[slot, t.block] = torch.tensor([m.rank, t.row_start, t.out_features])
             linear.lora_live[slot] = True

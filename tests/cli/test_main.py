@@ -20,6 +20,14 @@ def test_version_and_verbs(no_server: Heron) -> None:
     assert "--max-loaded-models" in r.stdout and "--keep-alive" in r.stdout
 
 
+def test_a_bad_serve_option_value_is_a_clear_error(no_server: Heron) -> None:
+    r = no_server("serve", "--enable-lora", "--lora-dtype", "bfloat16")
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "error: lora_dtype must be one of auto, float16, float32, got 'bfloat16'"
+    ), r.stderr
+
+
 def test_no_server_is_a_clear_error(no_server: Heron) -> None:
     url = "http://" + no_server.env["HERON_HOST"]
     for args in (("list",), ("ls",), ("ps",), ("show", "smollm2"), ("pull", "smollm2"),

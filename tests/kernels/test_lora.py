@@ -1,6 +1,7 @@
 """The kernels' LoRA delta (``lora_add_``): each adapted row gets ``(x @ A[s]) @ B[s]`` of its
 own slot, with numbers that depend neither on the thread count, nor on the rest of the batch,
-nor on the ISA level (every output one fixed-order float32 sum, products and adds apart)."""
+nor on the ISA level (every output one fixed-order float32 sum, products and adds apart), from
+float32 or float16 slot weights."""
 
 from __future__ import annotations
 
@@ -83,6 +84,10 @@ def test_bad_inputs_are_errors(kernels: ModuleType) -> None:
         kernels.lora_add_(torch.randn(2, 199), x, a, b, spans, torch.tensor([0, 1]))
     with pytest.raises(RuntimeError, match="token_slots"):
         kernels.lora_add_(y, x, a, b, spans, torch.tensor([0]))
+    with pytest.raises(RuntimeError, match="both float32 or both float16"):
+        kernels.lora_add_(y, x, a.half(), b, spans, torch.tensor([0, 1]))
+    with pytest.raises(RuntimeError, match="both float32 or both float16"):
+        kernels.lora_add_(y, x, a.double(), b.double(), spans, torch.tensor([0, 1]))
     bad = spans.clone()
     bad[1, 0, 0] = MAX_RANK + 1
     with pytest.raises(RuntimeError, match="spans out of range"):
@@ -116,13 +121,32 @@ def test_numbers_do_not_depend_on_threads_or_batch(kernels: ModuleType) -> None:
         assert torch.equal(alone[0], outs[0][t]), t
 
 
+@pytest.mark.parametrize("cols", [QKV, ONE])
+def test_float16_slots_compute_exactly_their_float32_widening(
+    kernels: ModuleType, cols: list[tuple[int, int]]
+) -> None:
+    """float16 slots are only a storage format: every weight widens to float32 exactly and
+    the sums are the float32 kernel's, bit for bit (one row, a tile of four, and a mix)."""
+    a, b, spans = _slots(64, cols, [16, 8, 0, 5])
+    a16, b16 = a.half(), b.half()
+    for slots in (torch.tensor([1]), torch.tensor([0, 0, 0, 0, 0]), torch.tensor([0, -1, 3, 1])):
+        x = torch.randn(len(slots), 64)
+        y16 = torch.randn(len(slots), b.shape[2])
+        y32 = y16.clone()
+        kernels.lora_add_(y16, x, a16, b16, spans, slots)
+        kernels.lora_add_(y32, x, a16.float(), b16.float(), spans, slots)
+        assert torch.equal(y16, y32)
+
+
 LEVELS = available_isas()
 
 
-def test_every_isa_level_gives_the_same_numbers() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_every_isa_level_gives_the_same_numbers(dtype: torch.dtype) -> None:
     if len(LEVELS) < 2:
         pytest.skip("this CPU runs one level only")
     x, y0, a, b, spans, slots = _big_case()
+    a, b = a.to(dtype), b.to(dtype)
     outs = {}
     for name in LEVELS:
         y = y0.clone()

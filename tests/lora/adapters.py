@@ -56,16 +56,35 @@ def make_peft(
     return out
 
 
-def merged_reference(base: Path, adapter: Path | None) -> Any:
+def merged_reference(base: Path, adapter: Path | None, held: str | None = "float16") -> Any:
     """transformers' model of ``base`` with ``adapter`` merged into its weights (None: the
-    base alone)."""
+    base alone). ``held``: first round the adapter's factors as Heron's slots hold them
+    (``LoRAConfig.lora_dtype``: lora_A, and lora_B times the scale, in that dtype), so the
+    reference computes from the very weights Heron does; None keeps PEFT's float32."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
     if adapter is None:
         return model
-    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+    peft_model = PeftModel.from_pretrained(model, str(adapter))
+    if held is not None:
+        round_as_held(peft_model, getattr(torch, held))
+    return peft_model.merge_and_unload().eval()
+
+
+@torch.no_grad()
+def round_as_held(peft_model: Any, dtype: torch.dtype) -> None:
+    """Round every LoRA factor of ``peft_model`` (its "default" adapter) to ``dtype`` the way
+    Heron's slots do: A itself, B with the scale folded in (so B holds round(B * s) / s)."""
+    for module in peft_model.modules():
+        if not hasattr(module, "lora_A") or "default" not in module.lora_A:
+            continue
+        scale = module.scaling["default"]
+        a = module.lora_A["default"].weight
+        b = module.lora_B["default"].weight
+        a.copy_(a.to(dtype).float())
+        b.copy_((b * scale).to(dtype).float() / scale)
 
 
 def reference_logits(model: Any, prompt: list[int], gen: list[int]) -> torch.Tensor:

@@ -134,6 +134,11 @@ def test_one_int_id_is_one_adapter(llm: LLM, llama_set: dict[str, Path]) -> None
     expect_refused(llm, other, "int_id 42 is already adapter 'qv8'")
 
 
+def test_an_unknown_lora_dtype_is_refused(llama_set: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="lora_dtype must be one of auto, float16, float32"):
+        lora_llm(llama_set["base"], lora_dtype="bfloat16")
+
+
 def test_lora_needs_enable_lora(llama_set: dict[str, Path]) -> None:
     plain = LLM(str(llama_set["base"]), num_kv_blocks=32)
     lora = LoRARequest("qv8", 1, str(llama_set["qv8"]))

@@ -27,15 +27,18 @@ from tests.lora.adapters import (
 ATOL = 2e-4
 
 
-def check_against_peft(kind: str, rank: int, tmp_path: Path) -> None:
+def check_against_peft(kind: str, rank: int, tmp_path: Path, lora_dtype: str = "auto") -> None:
+    """``lora_dtype``: the slots' precision; the reference rounds the adapter the same way
+    (float16 for "auto"), so the comparison is of the computation alone."""
     base = base_of(kind, tmp_path / "base")
     adapter = make_peft(base, tmp_path / "lora", rank, targets=targets_for(kind), rslora=rank == 8)
-    llm = lora_llm(base)
+    llm = lora_llm(base, lora_dtype=lora_dtype)
     captured = capture_logits(llm)
     ps = prompts(3)
     lora = LoRARequest("tuned", 1, str(adapter))
     outs = llm.generate([{"prompt_token_ids": p} for p in ps], greedy(), lora_request=lora)
-    ref, plain = merged_reference(base, adapter), merged_reference(base, None)
+    held = "float16" if lora_dtype == "auto" else lora_dtype
+    ref, plain = merged_reference(base, adapter, held), merged_reference(base, None)
     for prompt, out in zip(ps, outs, strict=True):
         gen = out.outputs[0].token_ids
         want = reference_logits(ref, prompt, gen)
@@ -49,6 +52,32 @@ def check_against_peft(kind: str, rank: int, tmp_path: Path) -> None:
 
 def test_llama_rank16_matches_merged_peft(tmp_path: Path) -> None:
     check_against_peft("llama3", 16, tmp_path)
+
+
+def test_float32_slots_match_unrounded_peft(tmp_path: Path) -> None:
+    """``lora_dtype="float32"``: PEFT's own float32 factors, nothing rounded."""
+    check_against_peft("llama3", 8, tmp_path, lora_dtype="float32")
+
+
+def test_float16_slots_round_only_the_adapter(tmp_path: Path) -> None:
+    """The float16 slots' only error is the adapter's rounding: against the unrounded
+    reference they are off by far more than the computation's own error (so the rounded
+    reference above is not vacuous), yet far less than the adapter's effect, with the same
+    greedy tokens."""
+    base = base_of("llama3", tmp_path / "base")
+    adapter = make_peft(base, tmp_path / "lora", 16, seed=4)
+    llm = lora_llm(base)
+    captured = capture_logits(llm)
+    lora = LoRARequest("tuned", 1, str(adapter))
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts(2)], greedy(), lora_request=lora)
+    exact, plain = merged_reference(base, adapter, None), merged_reference(base, None)
+    for prompt, out in zip(prompts(2), outs, strict=True):
+        gen = out.outputs[0].token_ids
+        want = reference_logits(exact, prompt, gen)
+        error = (torch.stack(captured[out.request_id]) - want).abs().max().item()
+        effect = (reference_logits(plain, prompt, gen) - want).abs().max().item()
+        assert ATOL < error < effect / 20, (error, effect)
+        assert want.argmax(-1).tolist() == gen
 
 
 @pytest.mark.slow

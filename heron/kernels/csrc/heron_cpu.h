@@ -116,8 +116,9 @@ void decode_layer_(at::Tensor& x, const LayerWeights& w, at::Tensor& k_cache,
                    const at::Tensor& context_lens);
 
 // lora.cpp: the mixed-adapter LoRA delta (see there for the slot tensors' layout).
-// One linear's adapter slots: a [S, K, R] and b [S, R, N] float32, spans [S, blocks, 3] int64
-// (rank, first output column, columns) per slot and rank block. Undefined: not adapted.
+// One linear's adapter slots: a [S, K, R] and b [S, R, N] (both float32 or both float16),
+// spans [S, blocks, 3] int64 (rank, first output column, columns) per slot and rank block.
+// Undefined: not adapted.
 struct AdapterSlots {
   at::Tensor a, b, spans;
   bool defined() const { return a.defined(); }

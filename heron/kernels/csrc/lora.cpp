@@ -1,5 +1,10 @@
 // The mixed-adapter LoRA delta of one linear: for every token row t whose adapter slot
-// s = token_slots[t] is >= 0, y[t] += (x[t] @ A[s]) @ B[s], in float32.
+// s = token_slots[t] is >= 0, y[t] += (x[t] @ A[s]) @ B[s], in float32 from float32 or float16
+// slot weights (``--lora-dtype``).
+//
+// Why float16 slots: for one user the delta is bound by reading the adapters (19.6 MB a token
+// for rank-16 adapters on every SmolLM2 projection in float32); float16 halves the bytes, and
+// every product and sum is still float32 (a float16 weight widens to float32 exactly).
 //
 // Slot tensors (``heron.lora.slots``): A [S, K, R] and B [S, R, N], R = blocks * max_rank (a
 // fused module such as q/k/v has one rank block per target), the scale folded into B;
@@ -18,6 +23,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 namespace heron {
@@ -29,24 +35,31 @@ constexpr int64_t kChunk = 256;  // output columns per task of the up-projection
 // Multiply-adds below which a phase runs on the calling thread: one user's delta (at most
 // ~50k per phase for SmolLM2's MLP) is a few microseconds of work, and waking the other
 // threads costs about as much, far more on a busy machine.
-constexpr int64_t kMinWork = 1 << 17;
+// HERON_LORA_SPLIT_WORK overrides it (read once), to measure where the split starts to pay.
+int64_t min_work() {
+  static const int64_t value = [] {
+    const char* env = std::getenv("HERON_LORA_SPLIT_WORK");
+    return env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : int64_t{1} << 17;
+  }();
+  return value;
+}
 
-// Tasks per thread so that each thread gets at least kMinWork (all on one: run inline).
+// Tasks per thread so that each thread gets at least min_work() (all on one: run inline).
 int64_t grain(int64_t work_per_task) {
-  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_task));
+  return std::max<int64_t>(1, min_work() / std::max<int64_t>(1, work_per_task));
 }
 
 // out[r][j] (+)= sum_i xs[r][i] * w[i * ldw + j] for r < R, j < cols (<= kCols): the plain
 // form, which compilers vectorize across j only (the same per-element order as the AVX path).
-template <int R>
-void tile_plain(const float* const* xs, const float* w, int64_t ldw, int64_t I, int64_t cols,
+template <int R, typename W>
+void tile_plain(const float* const* xs, const W* w, int64_t ldw, int64_t I, int64_t cols,
                 float* const* out, bool add) {
   float acc[R][kCols] = {};
   for (int64_t i = 0; i < I; ++i) {
-    const float* wr = w + i * ldw;
+    const W* wr = w + i * ldw;
     for (int r = 0; r < R; ++r) {
       const float xv = xs[r][i];
-      for (int64_t j = 0; j < cols; ++j) acc[r][j] = acc[r][j] + xv * wr[j];
+      for (int64_t j = 0; j < cols; ++j) acc[r][j] = acc[r][j] + xv * static_cast<float>(wr[j]);
     }
   }
   for (int r = 0; r < R; ++r)
@@ -54,16 +67,22 @@ void tile_plain(const float* const* xs, const float* w, int64_t ldw, int64_t I, 
 }
 
 #ifdef HERON_AVX2
+// 8 weights as float32 (float16 widened exactly, F16C).
+inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
+inline __m256 load8(const at::Half* w) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+}
+
 // The same for V * 8 columns, in registers.
-template <int R, int V>
-void tile_avx(const float* const* xs, const float* w, int64_t ldw, int64_t I, float* const* out,
+template <int R, int V, typename W>
+void tile_avx(const float* const* xs, const W* w, int64_t ldw, int64_t I, float* const* out,
               bool add) {
   __m256 acc[R][V];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v) acc[r][v] = _mm256_setzero_ps();
   for (int64_t i = 0; i < I; ++i) {
     __m256 wv[V];
-    for (int v = 0; v < V; ++v) wv[v] = _mm256_loadu_ps(w + i * ldw + 8 * v);
+    for (int v = 0; v < V; ++v) wv[v] = load8(w + i * ldw + 8 * v);
     for (int r = 0; r < R; ++r) {
       const __m256 xv = _mm256_set1_ps(xs[r][i]);
       for (int v = 0; v < V; ++v) acc[r][v] = _mm256_add_ps(acc[r][v], _mm256_mul_ps(xv, wv[v]));
@@ -78,49 +97,105 @@ void tile_avx(const float* const* xs, const float* w, int64_t ldw, int64_t I, fl
 #endif
 
 // out[r][0 .. cols) (+)= xs[r] @ w[:, 0 .. cols) for R rows, in column tiles.
-template <int R>
-void rows_gemm(const float* const* xs, const float* w, int64_t ldw, int64_t I, int64_t cols,
+template <int R, typename W>
+void rows_gemm(const float* const* xs, const W* w, int64_t ldw, int64_t I, int64_t cols,
                float* const* out, bool add) {
   float* o[R];
   int64_t j = 0;
 #ifdef HERON_AVX2
   for (; j + 16 <= cols; j += 16) {
     for (int r = 0; r < R; ++r) o[r] = out[r] + j;
-    tile_avx<R, 2>(xs, w + j, ldw, I, o, add);
+    tile_avx<R, 2, W>(xs, w + j, ldw, I, o, add);
   }
   for (; j + 8 <= cols; j += 8) {
     for (int r = 0; r < R; ++r) o[r] = out[r] + j;
-    tile_avx<R, 1>(xs, w + j, ldw, I, o, add);
+    tile_avx<R, 1, W>(xs, w + j, ldw, I, o, add);
   }
 #endif
   for (; j < cols; j += kCols) {
     for (int r = 0; r < R; ++r) o[r] = out[r] + j;
-    tile_plain<R>(xs, w + j, ldw, I, std::min(kCols, cols - j), o, add);
+    tile_plain<R, W>(xs, w + j, ldw, I, std::min(kCols, cols - j), o, add);
   }
 }
 
-void small_gemm(int64_t rows, const float* const* xs, const float* w, int64_t ldw, int64_t I,
+template <typename W>
+void small_gemm(int64_t rows, const float* const* xs, const W* w, int64_t ldw, int64_t I,
                 int64_t cols, float* const* out, bool add) {
   switch (rows) {
-    case 4: return rows_gemm<4>(xs, w, ldw, I, cols, out, add);
-    case 3: return rows_gemm<3>(xs, w, ldw, I, cols, out, add);
-    case 2: return rows_gemm<2>(xs, w, ldw, I, cols, out, add);
-    default: return rows_gemm<1>(xs, w, ldw, I, cols, out, add);
+    case 4: return rows_gemm<4, W>(xs, w, ldw, I, cols, out, add);
+    case 3: return rows_gemm<3, W>(xs, w, ldw, I, cols, out, add);
+    case 2: return rows_gemm<2, W>(xs, w, ldw, I, cols, out, add);
+    default: return rows_gemm<1, W>(xs, w, ldw, I, cols, out, add);
   }
 }
 
 void check_slots(const AdapterSlots& s) {
   TORCH_CHECK(s.a.dim() == 3 && s.b.dim() == 3 && s.spans.dim() == 3 && s.spans.size(2) == 3,
               "adapter slots: a [S, K, R], b [S, R, N], spans [S, blocks, 3]");
-  TORCH_CHECK(s.a.scalar_type() == at::kFloat && s.b.scalar_type() == at::kFloat &&
-                  s.spans.scalar_type() == at::kLong,
-              "adapter slots: a and b float32, spans int64");
+  TORCH_CHECK((s.a.scalar_type() == at::kFloat || s.a.scalar_type() == at::kHalf) &&
+                  s.b.scalar_type() == s.a.scalar_type() && s.spans.scalar_type() == at::kLong,
+              "adapter slots: a and b both float32 or both float16, spans int64");
   TORCH_CHECK(s.a.is_contiguous() && s.b.is_contiguous() && s.spans.is_contiguous(),
               "adapter slots must be contiguous");
   TORCH_CHECK(s.a.size(0) == s.b.size(0) && s.a.size(0) == s.spans.size(0) &&
                   s.a.size(2) == s.b.size(1) && s.spans.size(1) > 0 &&
                   s.a.size(2) % s.spans.size(1) == 0,
               "adapter slots: a, b and spans disagree on slots or rank");
+}
+
+// The delta itself, over slot weights of type W (float or at::Half); inputs checked.
+template <typename W>
+void run_adapters(at::Tensor& y, const at::Tensor& x, const AdapterSlots& slots,
+                  const AdapterPlan& plan) {
+  const int64_t K = slots.a.size(1), R = slots.a.size(2);
+  const int64_t N = slots.b.size(2), blocks = slots.spans.size(1), max_rank = R / blocks;
+  const int64_t* sp = slots.spans.data_ptr<int64_t>();
+  const int64_t ntiles = static_cast<int64_t>(plan.tile_slot.size());
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const W* ap = slots.a.data_ptr<W>();
+  const W* bp = slots.b.data_ptr<W>();
+  const int64_t n_rows = static_cast<int64_t>(plan.rows.size());
+  std::vector<float> u(n_rows * R);  // [rows in plan order, R]: x @ A
+  // Down-projection: one task per tile and block.
+  const int64_t tile_work = K * max_rank * std::min(kTile, n_rows);
+  at::parallel_for(0, ntiles * blocks, grain(tile_work), [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t k = task / blocks, blk = task % blocks, s = plan.tile_slot[k];
+      const int64_t rank = sp[(s * blocks + blk) * 3];
+      if (rank == 0) continue;
+      const float* xs[kTile];
+      float* out[kTile];
+      for (int64_t r = 0; r < plan.tile_rows[k]; ++r) {
+        xs[r] = xp + plan.rows[plan.tile_start[k] + r] * K;
+        out[r] = u.data() + (plan.tile_start[k] + r) * R + blk * max_rank;
+      }
+      small_gemm(plan.tile_rows[k], xs, ap + s * K * R + blk * max_rank, R, K, rank, out, false);
+    }
+  });
+  // Up-projection: one task per tile and chunk of output columns; the blocks of a chunk in
+  // order within the task.
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  const int64_t chunk_work = std::min(kChunk, N) * max_rank * std::min(kTile, n_rows);
+  at::parallel_for(0, ntiles * chunks, grain(chunk_work), [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t k = task / chunks, c0 = (task % chunks) * kChunk;
+      const int64_t c1 = std::min(N, c0 + kChunk), s = plan.tile_slot[k];
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t* e = sp + (s * blocks + blk) * 3;
+        const int64_t lo = std::max(c0, e[1]), hi = std::min(c1, e[1] + e[2]);
+        if (e[0] == 0 || lo >= hi) continue;
+        const float* us[kTile];
+        float* out[kTile];
+        for (int64_t r = 0; r < plan.tile_rows[k]; ++r) {
+          us[r] = u.data() + (plan.tile_start[k] + r) * R + blk * max_rank;
+          out[r] = yp + plan.rows[plan.tile_start[k] + r] * N + lo;
+        }
+        const W* w = bp + s * R * N + blk * max_rank * N + lo;
+        small_gemm(plan.tile_rows[k], us, w, N, e[0], hi - lo, out, true);
+      }
+    }
+  });
 }
 
 }  // namespace
@@ -181,51 +256,10 @@ void apply_adapters_(at::Tensor& y, const at::Tensor& x, const AdapterSlots& slo
                   "adapter spans out of range");
     }
   }
-  const float* xp = x.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  const float* ap = slots.a.data_ptr<float>();
-  const float* bp = slots.b.data_ptr<float>();
-  const int64_t n_rows = static_cast<int64_t>(plan.rows.size());
-  std::vector<float> u(n_rows * R);  // [rows in plan order, R]: x @ A
-  // Down-projection: one task per tile and block.
-  const int64_t tile_work = K * max_rank * std::min(kTile, n_rows);
-  at::parallel_for(0, ntiles * blocks, grain(tile_work), [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t k = task / blocks, blk = task % blocks, s = plan.tile_slot[k];
-      const int64_t rank = sp[(s * blocks + blk) * 3];
-      if (rank == 0) continue;
-      const float* xs[kTile];
-      float* out[kTile];
-      for (int64_t r = 0; r < plan.tile_rows[k]; ++r) {
-        xs[r] = xp + plan.rows[plan.tile_start[k] + r] * K;
-        out[r] = u.data() + (plan.tile_start[k] + r) * R + blk * max_rank;
-      }
-      small_gemm(plan.tile_rows[k], xs, ap + s * K * R + blk * max_rank, R, K, rank, out, false);
-    }
-  });
-  // Up-projection: one task per tile and chunk of output columns; the blocks of a chunk in
-  // order within the task.
-  const int64_t chunks = (N + kChunk - 1) / kChunk;
-  const int64_t chunk_work = std::min(kChunk, N) * max_rank * std::min(kTile, n_rows);
-  at::parallel_for(0, ntiles * chunks, grain(chunk_work), [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t k = task / chunks, c0 = (task % chunks) * kChunk;
-      const int64_t c1 = std::min(N, c0 + kChunk), s = plan.tile_slot[k];
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t* e = sp + (s * blocks + blk) * 3;
-        const int64_t lo = std::max(c0, e[1]), hi = std::min(c1, e[1] + e[2]);
-        if (e[0] == 0 || lo >= hi) continue;
-        const float* us[kTile];
-        float* out[kTile];
-        for (int64_t r = 0; r < plan.tile_rows[k]; ++r) {
-          us[r] = u.data() + (plan.tile_start[k] + r) * R + blk * max_rank;
-          out[r] = yp + plan.rows[plan.tile_start[k] + r] * N + lo;
-        }
-        const float* w = bp + s * R * N + blk * max_rank * N + lo;
-        small_gemm(plan.tile_rows[k], us, w, N, e[0], hi - lo, out, true);
-      }
-    }
-  });
+  if (slots.a.scalar_type() == at::kHalf)
+    run_adapters<at::Half>(y, x, slots, plan);
+  else
+    run_adapters<float>(y, x, slots, plan);
 }
 
 void lora_add_(at::Tensor& y, const at::Tensor& x, const at::Tensor& a, const at::Tensor& b,
