@@ -37,7 +37,7 @@ from heron.engine.replica import (
     plan_slots,
     start_local_replica,
 )
-from heron.engine.replica_member import ReplicaMember, ReplicaStatus
+from heron.engine.replica_member import ReplicaMember, ReplicaStatus, RestartBudget
 from heron.engine.rolling import RollingRestart, RollInProgressError, RollProgress
 from heron.engine.router import NoReplicaError, ReplicaLoad, Router
 from heron.engine.threads import usable_cpus
@@ -79,7 +79,7 @@ class DataParallelClient:
         self.router = Router(size, config.cache.block_size, policy)
         self._lock = threading.Lock()  # the router and the members' clients
         self._closing = False
-        self._restart_times: list[float] = []
+        self._budget = RestartBudget(MAX_RESTARTS, RESTART_WINDOW_S)
         self._retired: list[EngineStats] = []  # replaced clients' last stats: counters go on
         self._ids = itertools.count()
         self._roll: RollingRestart | None = None
@@ -165,8 +165,7 @@ class DataParallelClient:
     @property
     def crash_restarts_left(self) -> int:
         """Crash restarts allowed now (``MAX_RESTARTS`` per ``RESTART_WINDOW_S``)."""
-        now = time.monotonic()
-        return MAX_RESTARTS - sum(now - t < RESTART_WINDOW_S for t in self._restart_times)
+        return self._budget.left
 
     # ------------------------------------------------------------------ routing
     def _loads(self, excluded: set[int], draining_ok: bool) -> list[ReplicaLoad]:
@@ -260,7 +259,7 @@ class DataParallelClient:
             if not loaded and generation == 0:
                 restart = False  # failed to load: the model fails, as with one engine
             else:
-                restart = self._may_restart()
+                restart = self._budget.take()
             member.restarting = restart
         if not restart:
             logger.error("engine replica %d exited: %s", index, message)
@@ -271,14 +270,6 @@ class DataParallelClient:
         threading.Thread(
             target=self._restart, args=(member,), name=f"heron-replica-{index}-restart", daemon=True
         ).start()
-
-    def _may_restart(self) -> bool:
-        now = time.monotonic()
-        self._restart_times = [t for t in self._restart_times if now - t < RESTART_WINDOW_S]
-        if len(self._restart_times) >= MAX_RESTARTS:
-            return False
-        self._restart_times.append(now)
-        return True
 
     def _restart(self, member: ReplicaMember) -> None:
         """Replace a dead replica (its own thread)."""
@@ -305,15 +296,17 @@ class DataParallelClient:
             old.join(SUPERVISOR_TIMEOUT_S)  # its channel closes as the old process ends
         with contextlib.suppress(Exception):
             old_client.shutdown(timeout=stop_timeout)
+        if self._closing:  # shutdown() stops the old client; start no process it cannot see
+            return
         replica = self._factory(member.slot)
         client = self._new_client(index, generation, replica)
         with self._lock:
-            if self._closing:
-                client.shutdown()
-                return
-            self._retired.append(old_client.stats)
-            member.client, member.replica = client, replica
-            member.restarts[reason] += 1
+            if not (closing := self._closing):
+                self._retired.append(old_client.stats)
+                member.client, member.replica = client, replica
+                member.restarts[reason] += 1
+        if closing:  # outside the lock: the event loop routes under it
+            client.shutdown()
 
     # ------------------------------------------------------------------ rolling restarts
     def rolling_restart(self, drain_timeout_s: float) -> RollProgress:
@@ -346,9 +339,17 @@ class DataParallelClient:
             self._members[index].draining = draining
 
     def restart_replica(self, index: int) -> None:
-        """The rolling restart's step: replace replica ``index``; not a crash restart."""
+        """The rolling restart's step: replace replica ``index`` (not a crash restart), after
+        any crash restart of it under way; raises RuntimeError once the client shuts down."""
         member = self._members[index]
-        member.restarting = True
+        while True:
+            with self._lock:
+                if self._closing:
+                    raise RuntimeError("the engine is shutting down")
+                if not member.restarting:
+                    member.restarting = True  # claimed: one replacement of a slot at a time
+                    break
+            time.sleep(0.05)
         try:
             self._replace(member, "rolling", STOP_TIMEOUT_S)
         finally:
@@ -365,7 +366,8 @@ class DataParallelClient:
         return True
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop every replica (in parallel: each may take ``timeout`` to drain)."""
+        """Stop every replica (in parallel: each may take ``timeout`` to drain) and wait
+        for a rolling restart to stop."""
         with self._lock:
             self._closing = True
             clients = self.clients
@@ -376,6 +378,8 @@ class DataParallelClient:
             t.start()
         for t in threads:
             t.join()
+        if self._roll is not None:  # it sees _closing between steps and starts nothing more
+            self._roll.join(timeout + STOP_TIMEOUT_S)
 
 
 def start_engine(

@@ -1,9 +1,11 @@
 """One data-parallel slot as the data-parallel client holds it (``ReplicaMember``: the
 current replica and its client, through restarts) and as the server reports it
-(``ReplicaStatus``: /ready, /metrics, ``GET /admin/replicas``)."""
+(``ReplicaStatus``: /ready, /metrics, ``GET /admin/replicas``), and the slots' shared
+crash-restart budget (``RestartBudget``)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from heron.engine.core_client import AsyncEngineClient
@@ -71,3 +73,28 @@ class ReplicaMember:
             c.num_in_flight,
             dict(self.restarts),
         )
+
+
+@dataclass(slots=True)
+class RestartBudget:
+    """At most ``limit`` crash restarts per ``window_s`` seconds (monotonic clock); rolling
+    restarts never spend it. The data-parallel client uses it under its lock."""
+
+    limit: int
+    window_s: float
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def left(self) -> int:
+        """Restarts ``take`` would allow now."""
+        now = time.monotonic()
+        return self.limit - sum(now - t < self.window_s for t in self.times)
+
+    def take(self) -> bool:
+        """Spend one restart (True), or False when none is left. Drops expired ``times``."""
+        now = time.monotonic()
+        self.times = [t for t in self.times if now - t < self.window_s]
+        if len(self.times) >= self.limit:
+            return False
+        self.times.append(now)
+        return True

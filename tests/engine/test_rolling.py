@@ -7,6 +7,7 @@ drain timeout end with the replica's error, and none of it touches the crash bud
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -154,5 +155,71 @@ def test_a_request_still_running_at_the_drain_timeout_ends_with_the_replica_erro
         assert factory.started == [0, 1, 0, 1]
         assert client.crash_restarts_left == MAX_RESTARTS
         assert [r.restarts for r in client.replicas()] == [{"crash": 0, "rolling": 1}] * 2
+    finally:
+        client.shutdown(timeout=1)
+
+
+class GatedFactory(Factory):
+    """Holds the second start of slot 0 (its crash restart) until ``gate`` is set."""
+
+    def __init__(self, script: dict[int, list[str]]) -> None:
+        super().__init__(script)
+        self.gate = threading.Event()
+
+    def __call__(self, slot: ReplicaSlot) -> ScriptedReplica:
+        if slot.index == 0 and self.started.count(0) == 1:
+            self.started.append(slot.index)
+            assert self.gate.wait(30)
+            self.started.pop()
+        return super().__call__(slot)
+
+
+def test_a_roll_waits_for_a_crash_restart_of_its_replica_instead_of_racing_it(
+    model_dir: str,
+) -> None:
+    factory = GatedFactory({0: ["die", "ok"], 1: ["ok"]})
+    client = start(model_dir, factory)
+    try:
+        assert asyncio.run(collect(client, "a")) == [65, 66]  # replica 0 died: retried on 1
+        wait_for(lambda: factory.started == [0, 1, 0])  # its crash restart, held at the gate
+        progress = client.rolling_restart(drain_timeout_s=30)
+        wait_for(lambda: progress.current == 0 and progress.phase == "restarting")
+        time.sleep(0.3)
+        assert factory.started == [0, 1, 0], "the roll replaced replica 0 during its restart"
+        factory.gate.set()
+        wait_for(lambda: not progress.running)
+        assert progress.phase == "done", progress
+        assert factory.started == [0, 1, 0, 0, 1]  # crash restart, then one roll step each
+        assert [r.restarts for r in client.replicas()] == [
+            {"crash": 1, "rolling": 1},
+            {"crash": 0, "rolling": 1},
+        ]
+        assert asyncio.run(collect(client, "after")) == [65, 66]
+    finally:
+        factory.gate.set()
+        client.shutdown(timeout=1)
+
+
+def test_shutdown_stops_a_roll_and_starts_no_replica(model_dir: str) -> None:
+    factory = Factory({0: ["stream-then-hang"], 1: ["ok"]})
+    client = start(model_dir, factory)
+
+    async def scenario() -> None:
+        params = SamplingParams(max_tokens=2, temperature=0.0)
+        stuck = client.generate([1, 2, 3], params, request_id="stuck")  # idle tie: replica 0
+        await anext(stuck)
+        progress = client.rolling_restart(drain_timeout_s=60)
+        while progress.phase != "draining":
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(client.shutdown, 1)
+        assert progress.phase == "failed" and progress.finished_at is not None, progress
+        assert progress.error is not None and "shutting down" in progress.error
+        with pytest.raises(EngineDeadError):
+            async for _ in stuck:
+                pass
+
+    try:
+        asyncio.run(scenario())
+        assert factory.started == [0, 1]  # the drained replica was not replaced
     finally:
         client.shutdown(timeout=1)
