@@ -1,7 +1,8 @@
 """Rolling restarts of data-parallel replicas: one at a time, without failing a request.
 
-For each replica in slot order: wait until every other replica serves (never two out at
-once), mark it draining (the router sends it nothing new, as if it were down, though it is
+Replicas out of service (down, loading, or restarting after a crash) go first: restarting
+one takes nothing away. Then, for each serving replica in slot order: wait until every other
+replica serves (never two out at once), mark it draining (the router sends it nothing new, as if it were down, though it is
 not), wait for its in-flight requests to finish (at most ``drain_timeout_s``: what still
 runs then ends as on any replica exit: retried elsewhere if it had streamed nothing, else
 with the ``engine replica i exited`` error), restart it, and wait until it serves again.
@@ -116,7 +117,10 @@ class RollingRestart:
         self.target = target
         self.ready_timeout_s = ready_timeout_s
         self.stopped = stopped  # the target is shutting down: stop between steps
-        self.progress = RollProgress(list(range(target.size)), drain_timeout_s)
+        # False sorts first: a replica that is down now would stop a serving one's turn (it
+        # waits for every other to serve), so it comes back before any is taken out.
+        order = sorted(range(target.size), key=target.serving)
+        self.progress = RollProgress(order, drain_timeout_s)
         self._thread: threading.Thread | None = None
 
     @property
@@ -153,7 +157,10 @@ class RollingRestart:
         p, target = self.progress, self.target
         p.phase = "waiting"
         others = [i for i in range(target.size) if i != index]
-        if not self._wait(lambda: all(target.serving(i) for i in others), self.ready_timeout_s):
+        serving = target.serving(index)  # out of service already: nothing to wait for
+        if serving and not self._wait(
+            lambda: all(target.serving(i) for i in others), self.ready_timeout_s
+        ):
             raise RuntimeError(
                 f"replicas {others} did not all serve within {self.ready_timeout_s:.0f} s; "
                 f"replica {index} was not taken out"

@@ -16,6 +16,7 @@ from heron.config import EngineConfig
 from heron.engine.dp_client import MAX_RESTARTS, DataParallelClient
 from heron.engine.protocol import EngineDeadError
 from heron.engine.replica import ReplicaSlot
+from heron.engine.replica_member import RestartBudget
 from heron.engine.rolling import NothingToRollError, RollInProgressError
 from heron.sampling_params import SamplingParams
 from tests.engine.test_dp_client import Factory, ScriptedReplica, collect, start, wait_for
@@ -221,5 +222,26 @@ def test_shutdown_stops_a_roll_and_starts_no_replica(model_dir: str) -> None:
     try:
         asyncio.run(scenario())
         assert factory.started == [0, 1]  # the drained replica was not replaced
+    finally:
+        client.shutdown(timeout=1)
+
+
+def test_a_replica_down_for_good_is_restarted_first_and_the_roll_completes(
+    model_dir: str,
+) -> None:
+    factory = Factory({0: ["ok"], 1: ["die", "ok"]})
+    client = start(model_dir, factory)
+    try:
+        client._budget = RestartBudget(0, 300.0)  # no crash restart: replica 1 stays down
+        client.set_draining(0, True)  # so the request goes to replica 1, which dies on it
+        assert asyncio.run(collect(client, "a")) == [65, 66]  # retried on replica 0
+        client.set_draining(0, False)
+        wait_for(lambda: [r.state for r in client.replicas()] == ["serving", "down"])
+        progress = client.rolling_restart(drain_timeout_s=30)
+        assert progress.order == [1, 0]
+        wait_for(lambda: not progress.running)  # not stuck waiting for replica 1 to serve
+        assert progress.phase == "done" and progress.done == [1, 0], progress
+        assert factory.started == [0, 1, 1, 0]
+        assert [r.state for r in client.replicas()] == ["serving", "serving"]
     finally:
         client.shutdown(timeout=1)
