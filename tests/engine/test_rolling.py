@@ -2,7 +2,9 @@
 speaking the real protocol on real pipes, tests/engine/test_dp_client.py): replicas restart
 one at a time in slot order, never two out at once, every request during the roll
 succeeds, a second roll is refused, one replica cannot roll, requests still running at the
-drain timeout end with the replica's error, and none of it touches the crash budget."""
+drain timeout end with the replica's error, and none of it touches the crash budget; a roll
+waits for a crash restart of its replica, restarts a replica that is down first, and stops,
+starting nothing, when the client shuts down."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from heron.engine.dp_client import MAX_RESTARTS, DataParallelClient
 from heron.engine.protocol import EngineDeadError
 from heron.engine.replica import ReplicaSlot
 from heron.engine.replica_member import RestartBudget
-from heron.engine.rolling import NothingToRollError, RollInProgressError
+from heron.engine.rolling import NothingToRollError, RollInProgressError, RollProgress
 from heron.sampling_params import SamplingParams
 from tests.engine.test_dp_client import Factory, ScriptedReplica, collect, start, wait_for
 from tests.models.tiny import build
@@ -43,16 +45,21 @@ class WatchedFactory(Factory):
         return super().__call__(slot)
 
 
-async def traffic_until(client: DataParallelClient, done: object) -> tuple[list[object], int]:
-    """Four users sending requests back to back until ``done()``; every result (token ids
-    or the exception) and the most replicas seen out of rotation at once."""
+async def traffic_during_roll(
+    client: DataParallelClient,
+) -> tuple[RollProgress, list[object], int]:
+    """Four users sending requests back to back; the rolling restart starts once each has
+    finished one (so it cannot be over before traffic begins), and they stop when it is.
+    Returns its progress, every result (token ids or the exception), and the most replicas
+    seen out of rotation at once."""
     results: list[object] = []
     most_out = 0
+    rolls: list[RollProgress] = []
 
     async def user(u: int) -> None:
         nonlocal most_out
         i = 0
-        while not done():  # type: ignore[operator]
+        while not rolls or rolls[0].running:
             states = [r.state for r in client.replicas()]
             most_out = max(most_out, sum(s != "serving" for s in states))
             try:
@@ -61,8 +68,12 @@ async def traffic_until(client: DataParallelClient, done: object) -> tuple[list[
                 results.append(exc)
             i += 1
 
-    await asyncio.gather(*(user(u) for u in range(4)))
-    return results, most_out
+    users = asyncio.gather(*(user(u) for u in range(4)))
+    while len(results) < 4:
+        await asyncio.sleep(0.01)
+    rolls.append(client.rolling_restart(drain_timeout_s=30))
+    await users
+    return rolls[0], results, most_out
 
 
 def test_a_rolling_restart_takes_one_replica_at_a_time_and_fails_no_request(
@@ -72,9 +83,8 @@ def test_a_rolling_restart_takes_one_replica_at_a_time_and_fails_no_request(
     client = start(model_dir, factory)
     factory.client = client
     try:
-        progress = client.rolling_restart(drain_timeout_s=30)
+        progress, results, most_out = asyncio.run(traffic_during_roll(client))
         assert progress.order == [0, 1]
-        results, most_out = asyncio.run(traffic_until(client, lambda: not progress.running))
         assert progress.phase == "done" and progress.done == [0, 1], progress
         assert factory.started == [0, 1, 0, 1]  # each replica restarted once, in slot order
         assert factory.others_at_restart == [["serving"], ["serving"]]
@@ -139,8 +149,8 @@ def test_a_request_still_running_at_the_drain_timeout_ends_with_the_replica_erro
         params = SamplingParams(max_tokens=2, temperature=0.0)
         stuck = client.generate([1, 2, 3], params, request_id="stuck")  # idle tie: replica 0
         first = await anext(stuck)
+        started = time.monotonic()  # before the roll's thread can start its drain clock
         progress = client.rolling_restart(drain_timeout_s=0.3)
-        started = time.monotonic()
         with pytest.raises(EngineDeadError, match="engine replica 0 exited"):
             async for _ in stuck:
                 pass
