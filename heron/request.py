@@ -73,12 +73,13 @@ class Request:
     spec_token_ids: list[int] = field(default_factory=list)
     # estimated chance that each next draft is accepted (spec_accepted over accepted plus
     # rejections), from running averages per verified step of drafts accepted and of
-    # rejections (0 or 1: the step ended at a rejected draft); the prior is 2/3, so a new
-    # request starts with one draft and earns more
+    # rejections (0 or 1: the step ended at a rejected draft); the prior is 2/3 and light,
+    # so a new request starts with one draft, earns more, and stops after one rejection
     spec_acceptance: float = 2.0 / 3.0
-    spec_accepted: float = 1.0
-    spec_rejected: float = 0.5
+    spec_accepted: float = 0.5
+    spec_rejected: float = 0.25
     spec_idle_steps: int = 0  # decode steps since speculation was turned off for it
+    spec_probe_wait: int = 8  # idle decode steps before a probe (adaptive.PROBE_EVERY..64)
 
     def __post_init__(self) -> None:
         if not self.prompt_token_ids:

@@ -251,7 +251,7 @@ class EngineCore:
                 [r.request_id for r in complete if not r.is_finished],
                 RequestStatus.FINISHED_STOPPED,
             )
-        if self.speculator is not None:
+        if self.speculator is not None and (finished or complete):
             self.speculator.on_finished(list({id(r): r for r in finished + complete}.values()))
         outputs: list[EngineCoreOutput] = []
         for i, req in enumerate(requests):

@@ -13,13 +13,19 @@ likely to be accepted, and k is chosen by expected tokens per unit of step cost:
 2. Acceptance: each request estimates the chance ``a`` that its next draft is accepted,
    from running averages (per verified step) of drafts accepted and of rejections:
    ``a = accepted / (accepted + rejections)``, the estimate of a geometric run; it starts
-   at 2/3 (one draft at one user: a first guess in open chat costs little). With ``B`` decoding requests, a request's k maximises the step's tokens per cost,
+   at 2/3 with a light weight (one draft at one user: a first guess in open chat costs
+   little, and its rejection alone turns speculation off; its acceptance earns more). With ``B`` decoding
+   requests, a request's k maximises the step's tokens per cost,
    ``(B - 1 + E(k)) / (1 + c (B - 1) + c k)`` with ``E(k) = 1 + a + ... + a^k`` the
    expected tokens of its run and ``c = VERIFY_ROW_COST`` (the others counted without
    drafts). When no k > 0 beats none (one user: ``a`` below about ``c``), speculation is
-   off for the request; after ``PROBE_EVERY`` decode steps off it tries one draft again
-   (and again at the next step while the proposer has nothing to offer), so a request
-   whose text turns repetitive later (a quote, a code block) gets it back.
+   off for the request; it then probes with one draft after ``spec_probe_wait`` decode
+   steps (and again at the next step while the proposer has nothing to offer), so a
+   request whose text turns repetitive later (a quote, a code block) gets it back. The
+   wait starts at ``PROBE_EVERY``; a verified step whose drafts were all rejected and that
+   leaves speculation off doubles it (up to ``MAX_PROBE_WAIT``), one that accepted a
+   draft halves it (down to ``PROBE_EVERY``): where probes keep failing (open chat), they
+   become rare.
 3. Length: never more drafts than the output has room for after the next token.
 
 Greedy output does not depend on any of this (verification is exact); it only decides how
@@ -36,7 +42,8 @@ STEP_DRAFT_BUDGET = 16
 # The cost of one more verified row in a small step, as a fraction of a one-row step
 # (0: rows taken as free, every request drafts its whole cap).
 VERIFY_ROW_COST = 0.5
-PROBE_EVERY = 8
+PROBE_EVERY = 8  # decode steps off before the first probe (and the shortest wait)
+MAX_PROBE_WAIT = 64  # the longest wait after probes that keep being rejected
 EMA_WEIGHT = 0.3  # weight of the newest verified step in the running averages
 
 
@@ -68,7 +75,7 @@ def best_k(acceptance: float, limit: int, num_decoding: int = 1) -> int:
 def choose_k(request: Request, cap: int, num_decoding: int = 1) -> int:
     """How many drafts to ask for ``request`` this step (0: none), ``num_decoding``
     requests decoding in the step. Mutates the request's ``spec_idle_steps`` (the probe
-    counter while its speculation is off)."""
+    counter while its speculation is off; a probe is due at ``spec_probe_wait``)."""
     room = request.max_tokens - request.num_output_tokens - 1
     if cap <= 0 or room <= 0:
         return 0
@@ -77,7 +84,7 @@ def choose_k(request: Request, cap: int, num_decoding: int = 1) -> int:
         request.spec_idle_steps = 0
         return k
     request.spec_idle_steps += 1
-    if request.spec_idle_steps < PROBE_EVERY:
+    if request.spec_idle_steps < request.spec_probe_wait:
         return 0
     request.spec_idle_steps = 0
     return 1
@@ -88,12 +95,14 @@ def proposed_nothing(request: Request, num_decoding: int = 1) -> None:
     was a probe), probe again next step: an empty proposal costs the step nothing, and a
     probe should land where there is something to copy. Mutates ``spec_idle_steps``."""
     if best_k(request.spec_acceptance, 1, num_decoding) == 0:
-        request.spec_idle_steps = PROBE_EVERY - 1
+        request.spec_idle_steps = request.spec_probe_wait - 1
 
 
-def record(request: Request, num_drafts: int, num_accepted: int) -> None:
+def record(request: Request, num_drafts: int, num_accepted: int, num_decoding: int = 1) -> None:
     """Fold one verified step into the request's running averages and acceptance estimate
-    (mutates ``spec_accepted``, ``spec_rejected``, ``spec_acceptance``). A step without
+    (mutates ``spec_accepted``, ``spec_rejected``, ``spec_acceptance``), and adapt the wait
+    before its next probe (``spec_probe_wait``: halved when a draft was accepted, doubled
+    when none was and speculation is now off at ``num_decoding`` requests). A step without
     drafts tells nothing and changes nothing."""
     if num_drafts <= 0:
         return
@@ -102,3 +111,8 @@ def record(request: Request, num_drafts: int, num_accepted: int) -> None:
     request.spec_rejected += EMA_WEIGHT * (rejected - request.spec_rejected)
     total = request.spec_accepted + request.spec_rejected
     request.spec_acceptance = request.spec_accepted / total if total > 0 else 0.0
+    wait = request.spec_probe_wait
+    if num_accepted > 0:
+        request.spec_probe_wait = max(wait // 2, PROBE_EVERY)
+    elif best_k(request.spec_acceptance, 1, num_decoding) == 0:
+        request.spec_probe_wait = min(wait * 2, MAX_PROBE_WAIT)

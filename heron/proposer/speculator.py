@@ -41,18 +41,23 @@ class Speculator:
         self.config = config
         self.proposer = proposer or build_proposer(config, engine_config, target_config)
         self.counters = SpecCounters(accepted_per_pos=[0] * config.num_speculative_tokens)
+        self.num_decoding = 0  # decoding requests at the last ``propose`` (for ``record``)
 
     def propose(self, running: Sequence[Request]) -> None:
         """Set ``spec_token_ids`` of every running request (empty for those not decoding
         or not speculating this step, see ``adaptive``). Drafts a request's grammar
-        refuses are cut off."""
+        refuses are cut off. When the rule gives nobody drafts (past
+        ``adaptive.MAX_DECODING`` decoding requests, or every request off) the proposer is
+        not called; it catches up with the tokens it missed when it is next asked."""
+        for r in running:
+            if r.spec_token_ids:  # a prefill chunk's; update_from_output clears the rest
+                r.spec_token_ids = []
         decoding = [
             r
             for r in running
-            if r.status == RequestStatus.RUNNING and r.num_computed_tokens == r.num_tokens - 1
+            if r.num_computed_tokens == r.num_tokens - 1 and r.status == RequestStatus.RUNNING
         ]
-        for r in running:
-            r.spec_token_ids = []
+        self.num_decoding = len(decoding)
         cap = adaptive.step_cap(self.config.num_speculative_tokens, len(decoding))
         if cap == 0:
             return
@@ -80,7 +85,7 @@ class Speculator:
             c.num_accepted_tokens += accepted
             for j in range(min(accepted, len(c.accepted_per_pos))):
                 c.accepted_per_pos[j] += 1
-            adaptive.record(s.request, k, accepted)
+            adaptive.record(s.request, k, accepted, self.num_decoding)
 
     def on_finished(self, requests: Sequence[Request]) -> None:
         """Tell the proposer these requests are done."""

@@ -81,7 +81,9 @@ class RequestIndex:
 class RecentOutputs:
     """Outputs of recently finished requests, in two generations of automata. Each output
     ends with its own separator token (a negative id), so no match or guess crosses from one
-    output into the next."""
+    output into the next. Outputs are indexed lazily, in arrival order, when the automata
+    are next read (or once ``max_requests`` wait): a busy engine where nobody speculates
+    never pays for indexing per finished request."""
 
     def __init__(self, max_requests: int, max_tokens: int) -> None:
         self.max_requests = max_requests // 2  # per generation
@@ -90,29 +92,42 @@ class RecentOutputs:
         self.old: SuffixAutomaton | None = None
         self.num_young_requests = 0
         self.num_added = 0
+        self.pending: list[list[int]] = []  # finished outputs not indexed yet, oldest first
 
     @property
     def num_tokens(self) -> int:
-        """Tokens held, separators included."""
+        """Tokens held, separators included (indexes what is pending first)."""
+        self._flush()
         return self.young.num_tokens + (self.old.num_tokens if self.old else 0)
 
     def add(self, output_token_ids: Sequence[int]) -> None:
-        """Index one finished output (its last ``max_tokens - 1`` tokens when longer).
-        Mutates the young generation, first rotating the generations if it is full."""
+        """Queue one finished output (its last ``max_tokens - 1`` tokens when longer) for
+        indexing. Mutates ``pending``; indexes the queue when it holds a generation."""
         tokens = list(output_token_ids[-(self.max_tokens - 1) :])
         if not tokens:
             return
-        full_requests = self.num_young_requests >= self.max_requests
-        if full_requests or self.young.num_tokens + len(tokens) + 1 > self.max_tokens:
-            self.old, self.young, self.num_young_requests = self.young, SuffixAutomaton(), 0
-        self.num_added += 1
-        for token in tokens:
-            self.young.extend(token)
-        self.young.extend(-self.num_added)
-        self.num_young_requests += 1
+        self.pending.append(tokens)
+        if len(self.pending) >= self.max_requests:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Index the pending outputs in order: each joins the young generation, first
+        rotating the generations if it is full. Mutates the automata and ``pending``."""
+        pending, self.pending = self.pending, []
+        for tokens in pending:
+            full_requests = self.num_young_requests >= self.max_requests
+            if full_requests or self.young.num_tokens + len(tokens) + 1 > self.max_tokens:
+                self.old, self.young, self.num_young_requests = self.young, SuffixAutomaton(), 0
+            self.num_added += 1
+            extend = self.young.extend
+            for token in tokens:
+                extend(token)
+            extend(-self.num_added)
+            self.num_young_requests += 1
 
     def automata(self) -> list[SuffixAutomaton]:
-        """The generations, youngest first."""
+        """The generations, youngest first (indexes what is pending first)."""
+        self._flush()
         return [self.young] if self.old is None else [self.young, self.old]
 
 

@@ -34,8 +34,9 @@ def test_k_shrinks_with_acceptance_then_probes() -> None:
     for _ in range(6):
         adaptive.record(req, 4, 0)
     assert req.spec_acceptance < adaptive.VERIFY_ROW_COST  # below break-even: off
-    ks = [adaptive.choose_k(req, 4) for _ in range(adaptive.PROBE_EVERY)]
-    assert ks == [0] * (adaptive.PROBE_EVERY - 1) + [1]
+    assert req.spec_probe_wait > adaptive.PROBE_EVERY  # and rejected: probes wait longer
+    ks = [adaptive.choose_k(req, 4) for _ in range(req.spec_probe_wait)]
+    assert ks == [0] * (req.spec_probe_wait - 1) + [1]
     for _ in range(6):
         adaptive.record(req, 4, 4)  # the text turned repetitive: everything accepted
     assert adaptive.choose_k(req, 4) == 4
@@ -65,12 +66,50 @@ def test_a_probe_that_finds_nothing_is_retried_next_step() -> None:
     req = decoding()
     for _ in range(6):
         adaptive.record(req, 4, 0)
-    ks = [adaptive.choose_k(req, 4) for _ in range(adaptive.PROBE_EVERY)]
+    ks = [adaptive.choose_k(req, 4) for _ in range(req.spec_probe_wait)]
     assert ks[-1] == 1
     adaptive.proposed_nothing(req)  # nothing to copy yet: probe again at once
     assert adaptive.choose_k(req, 4) == 1
     adaptive.record(req, 1, 0)  # a probe that was rejected waits a full period again
     assert [adaptive.choose_k(req, 4) for _ in range(3)] == [0, 0, 0]
+
+
+def test_one_rejection_turns_a_new_request_off() -> None:
+    """The 2/3 prior is light: a first draft that is rejected stops the drafting (open
+    chat pays for one row), one that is accepted earns more."""
+    req = decoding()
+    assert adaptive.choose_k(req, 4) == 1
+    adaptive.record(req, 1, 0)
+    assert adaptive.choose_k(req, 4) == 0
+    lucky = decoding()
+    adaptive.record(lucky, 1, 1)
+    assert adaptive.choose_k(lucky, 4) > 1
+
+
+def probe_gaps(req: Request, accept: bool, num_probes: int) -> list[int]:
+    """Decode steps from one probe to the next, each probe accepted or rejected."""
+    gaps = []
+    for _ in range(num_probes):
+        steps = 1
+        while adaptive.choose_k(req, 4) == 0:
+            steps += 1
+        gaps.append(steps)
+        adaptive.record(req, 1, 1 if accept else 0)
+    return gaps
+
+
+def test_rejected_probes_back_off_and_accepted_ones_come_back() -> None:
+    req = decoding(max_tokens=10_000)
+    adaptive.record(req, 1, 0)  # off
+    p, top = adaptive.PROBE_EVERY, adaptive.MAX_PROBE_WAIT
+    assert probe_gaps(req, accept=False, num_probes=5) == [2 * p, 4 * p, top, top, top]
+    # The text turns repetitive: an accepted probe halves the wait, and drafting resumes
+    # once the estimate says it pays.
+    adaptive.record(req, 1, 1)
+    assert req.spec_probe_wait == top // 2
+    assert probe_gaps(req, accept=True, num_probes=3)[1:] == [1, 1]
+    assert req.spec_probe_wait == p
+    assert adaptive.choose_k(req, 4) >= 2
 
 
 def test_speculation_on_keeps_probing_when_on() -> None:

@@ -158,3 +158,25 @@ def test_long_runs_stay_cheap_and_still_propose() -> None:
     p = proposer()
     assert p.propose([request], [5]) == [[9] * 5]
     assert p.requests["r"].automaton.num_states <= 2 * 3000
+
+
+def test_finished_outputs_are_indexed_lazily_and_as_if_at_once() -> None:
+    """A finished output is queued, not indexed, until the automata are read; then the
+    generations are what indexing each output at its finish would have built."""
+    rng = random.Random(7)
+    outputs = [[rng.randrange(40) for _ in range(rng.randrange(1, 60))] for _ in range(30)]
+    lazy = RecentOutputs(max_requests=16, max_tokens=400)
+    eager = RecentOutputs(max_requests=16, max_tokens=400)
+    lazy.add(outputs[0])
+    assert lazy.young.num_tokens == 0 and lazy.pending  # nothing indexed per finish
+    for output in outputs[1:]:
+        lazy.add(output)
+    for output in outputs:
+        eager.add(output)
+        eager.automata()
+    assert len(lazy.pending) < 8  # bounded: half the capacity waits at most
+    got, want = lazy.automata(), eager.automata()
+    assert not lazy.pending
+    assert [(a.length, a.link, a.count, a.next) for a in got] == [
+        (a.length, a.link, a.count, a.next) for a in want
+    ]
