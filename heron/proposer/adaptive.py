@@ -14,8 +14,8 @@ likely to be accepted, and k is chosen by expected tokens per unit of step cost:
    from running averages (per verified step) of drafts accepted and of rejections:
    ``a = accepted / (accepted + rejections)``, the estimate of a geometric run; it starts
    at 2/3 with a light weight (one draft at one user: a first guess in open chat costs
-   little, and its rejection alone turns speculation off; its acceptance earns more). With ``B`` decoding
-   requests, a request's k maximises the step's tokens per cost,
+   little, and its rejection alone turns speculation off; its acceptance earns more).
+   With ``B`` decoding requests, a request's k maximises the step's tokens per cost,
    ``(B - 1 + E(k)) / (1 + c (B - 1) + c k)`` with ``E(k) = 1 + a + ... + a^k`` the
    expected tokens of its run and ``c = VERIFY_ROW_COST`` (the others counted without
    drafts). When no k > 0 beats none (one user: ``a`` below about ``c``), speculation is
