@@ -2,8 +2,9 @@
 
 Replicas out of service (down, loading, or restarting after a crash) go first: restarting
 one takes nothing away. Then, for each serving replica in slot order: wait until every other
-replica serves (never two out at once), mark it draining (the router sends it nothing new, as if it were down, though it is
-not), wait for its in-flight requests to finish (at most ``drain_timeout_s``: what still
+replica serves (never two out at once: one that goes out during the drain sends it back to
+waiting), mark it draining (the router sends it nothing new, as if it were down, though it
+is not), wait for its in-flight requests to finish (at most ``drain_timeout_s``: what still
 runs then ends as on any replica exit: retried elsewhere if it had streamed nothing, else
 with the ``engine replica i exited`` error), restart it, and wait until it serves again.
 A replica that does not come back within ``ready_timeout_s`` stops the roll there: the
@@ -154,21 +155,31 @@ class RollingRestart:
             p.finished_at = time.time()
 
     def _roll_one(self, index: int) -> None:
+        """Take replica ``index`` out (drained), restart it, and wait until it serves; sets
+        ``progress.phase`` as it goes. Raises RuntimeError on a timeout or a shutdown."""
         p, target = self.progress, self.target
-        p.phase = "waiting"
         others = [i for i in range(target.size) if i != index]
-        serving = target.serving(index)  # out of service already: nothing to wait for
-        if serving and not self._wait(
-            lambda: all(target.serving(i) for i in others), self.ready_timeout_s
-        ):
-            raise RuntimeError(
-                f"replicas {others} did not all serve within {self.ready_timeout_s:.0f} s; "
-                f"replica {index} was not taken out"
-            )
-        p.phase = "draining"
-        target.set_draining(index, True)
+        in_service = target.serving(index)  # out of service already: nothing to wait for
         try:
-            if not self._wait(lambda: target.in_flight(index) == 0, p.drain_timeout_s):
+            while True:
+                p.phase = "waiting"
+                if in_service and not self._wait(
+                    lambda: all(target.serving(i) for i in others), self.ready_timeout_s
+                ):
+                    raise RuntimeError(
+                        f"replicas {others} did not all serve within "
+                        f"{self.ready_timeout_s:.0f} s; replica {index} was not taken out"
+                    )
+                p.phase = "draining"
+                target.set_draining(index, True)
+                drained = self._wait(lambda: target.in_flight(index) == 0, p.drain_timeout_s)
+                if not in_service or all(target.serving(i) for i in others):
+                    break
+                # Another replica went out while this one drained (it crashed): restarting
+                # this one now would leave two out, so it serves again until that one is back.
+                logger.warning("rolling restart: replica %d waits for the others again", index)
+                target.set_draining(index, False)
+            if not drained:
                 logger.warning(
                     "replica %d still runs %d requests after %.0f s of draining; restarting it",
                     index,

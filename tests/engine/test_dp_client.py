@@ -6,6 +6,9 @@ with a clear error, and a dead replica is restarted through its factory."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -90,7 +93,10 @@ class ScriptedReplica:
         return self._thread.is_alive()
 
     def kill(self) -> None:
-        self._core.close()
+        """Shut the core's end down: the client reads EOF, and ``_serve``, blocked reading,
+        wakes and closes it (closing the descriptor alone wakes neither)."""
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self._core.fileno())) as s:
+            s.shutdown(socket.SHUT_RDWR)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)

@@ -255,3 +255,51 @@ def test_a_replica_down_for_good_is_restarted_first_and_the_roll_completes(
         assert [r.state for r in client.replicas()] == ["serving", "serving"]
     finally:
         client.shutdown(timeout=1)
+
+
+class HeldFactory(WatchedFactory):
+    """Holds the second start of slot 1 (its crash restart) until ``gate`` is set."""
+
+    def __init__(self, script: dict[int, list[str]]) -> None:
+        super().__init__(script)
+        self.gate = threading.Event()
+
+    def __call__(self, slot: ReplicaSlot) -> ScriptedReplica:
+        if slot.index == 1 and self.started.count(1) == 1:
+            assert self.gate.wait(30)
+        return super().__call__(slot)
+
+
+def test_a_replica_that_crashes_during_a_drain_sends_the_roll_back_to_waiting(
+    model_dir: str,
+) -> None:
+    factory = HeldFactory({0: ["stream-then-hang", "ok"], 1: ["ok"]})
+    client = start(model_dir, factory)
+    factory.client = client
+
+    async def scenario() -> None:
+        params = SamplingParams(max_tokens=2, temperature=0.0)
+        stuck = client.generate([1, 2, 3], params, request_id="stuck")  # idle tie: replica 0
+        await anext(stuck)
+        progress = client.rolling_restart(drain_timeout_s=0.5)
+        while progress.phase != "draining":
+            await asyncio.sleep(0.02)
+        client._members[1].replica.kill()  # replica 1 crashes; its restart is held
+        await asyncio.sleep(1.0)  # past the drain timeout: replica 0 must not restart yet
+        assert factory.started == [0, 1], "replica 0 restarted while replica 1 was out"
+        assert progress.current == 0 and progress.phase in ("waiting", "draining"), progress
+        factory.gate.set()
+        with pytest.raises(EngineDeadError):  # drained again, then restarted
+            async for _ in stuck:
+                pass
+        while progress.running:
+            await asyncio.sleep(0.02)
+        assert progress.phase == "done", progress
+
+    try:
+        asyncio.run(scenario())
+        assert factory.started == [0, 1, 1, 0, 1]  # crash restart of 1, then the roll
+        assert factory.others_at_restart[1] == ["serving"]  # replica 1 when 0 restarted
+    finally:
+        factory.gate.set()
+        client.shutdown(timeout=1)
