@@ -79,7 +79,7 @@ class Request:
     spec_accepted: float = 0.5
     spec_rejected: float = 0.25
     spec_idle_steps: int = 0  # decode steps since speculation was turned off for it
-    spec_probe_wait: int = 8  # idle decode steps before a probe (adaptive.PROBE_EVERY..64)
+    spec_probe_wait: int = 8  # idle decode steps before a probe (adaptive.PROBE_EVERY..32)
 
     def __post_init__(self) -> None:
         if not self.prompt_token_ids:

@@ -43,7 +43,7 @@ STEP_DRAFT_BUDGET = 16
 # (0: rows taken as free, every request drafts its whole cap).
 VERIFY_ROW_COST = 0.5
 PROBE_EVERY = 8  # decode steps off before the first probe (and the shortest wait)
-MAX_PROBE_WAIT = 64  # the longest wait after probes that keep being rejected
+MAX_PROBE_WAIT = 32  # the longest wait after probes that keep being rejected
 EMA_WEIGHT = 0.3  # weight of the newest verified step in the running averages
 
 

@@ -102,7 +102,7 @@ def test_rejected_probes_back_off_and_accepted_ones_come_back() -> None:
     req = decoding(max_tokens=10_000)
     adaptive.record(req, 1, 0)  # off
     p, top = adaptive.PROBE_EVERY, adaptive.MAX_PROBE_WAIT
-    assert probe_gaps(req, accept=False, num_probes=5) == [2 * p, 4 * p, top, top, top]
+    assert probe_gaps(req, accept=False, num_probes=5) == [2 * p, top, top, top, top]
     # The text turns repetitive: an accepted probe halves the wait, and drafting resumes
     # once the estimate says it pays.
     adaptive.record(req, 1, 1)
