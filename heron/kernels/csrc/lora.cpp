@@ -23,7 +23,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <vector>
 
 namespace heron {
@@ -35,18 +34,11 @@ constexpr int64_t kChunk = 256;  // output columns per task of the up-projection
 // Multiply-adds below which a phase runs on the calling thread: one user's delta (at most
 // ~50k per phase for SmolLM2's MLP) is a few microseconds of work, and waking the other
 // threads costs about as much, far more on a busy machine.
-// HERON_LORA_SPLIT_WORK overrides it (read once), to measure where the split starts to pay.
-int64_t min_work() {
-  static const int64_t value = [] {
-    const char* env = std::getenv("HERON_LORA_SPLIT_WORK");
-    return env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : int64_t{1} << 17;
-  }();
-  return value;
-}
+constexpr int64_t kMinWork = 1 << 17;
 
-// Tasks per thread so that each thread gets at least min_work() (all on one: run inline).
+// Tasks per thread so that each thread gets at least kMinWork (all on one: run inline).
 int64_t grain(int64_t work_per_task) {
-  return std::max<int64_t>(1, min_work() / std::max<int64_t>(1, work_per_task));
+  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_task));
 }
 
 // out[r][j] (+)= sum_i xs[r][i] * w[i * ldw + j] for r < R, j < cols (<= kCols): the plain
