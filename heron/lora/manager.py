@@ -19,7 +19,7 @@ from heron.kernels.fused import FusedDecoder
 from heron.lora.layer import LoRABatch, LoRAGroups
 from heron.lora.loader import load_adapter
 from heron.lora.request import LoRARequest
-from heron.lora.slots import SlotTable
+from heron.lora.slots import SlotTable, check_fits
 from heron.lora.weights import LoRAError, LoRAWeights
 from heron.models.base import CausalLM
 from heron.scheduler.output import ScheduledRequest
@@ -80,6 +80,7 @@ class LoRAManager:
             self.loaded.move_to_end(lora.int_id)
             return held[1].digest
         weights = load_adapter(lora.path, self.model_config, self.config.max_lora_rank)
+        check_fits(weights, self.table.weight_dtype)
         self.table.forget(lora.int_id)  # a reused int_id must not find old weights
         self.loaded[lora.int_id] = (lora, weights)
         self._shrink(in_use | {lora.int_id})

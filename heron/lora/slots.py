@@ -17,7 +17,20 @@ from heron.kernels import Kernels
 from heron.layers.linear import Linear
 from heron.lora.layer import LoRALinear, LoRAState
 from heron.lora.targets import MODULE_BLOCKS, model_targets
-from heron.lora.weights import LoRAWeights
+from heron.lora.weights import LoRAError, LoRAWeights
+
+
+def check_fits(weights: LoRAWeights, dtype: torch.dtype) -> None:
+    """Raise LoRAError when a factor of ``weights`` (lora_A, or lora_B with the scale folded
+    in, as the slots hold it) overflows ``dtype``: float16 tops out at 65504, and an
+    overflowed weight would turn the adapter's every output into inf or NaN."""
+    limit = torch.finfo(dtype).max
+    for (layer, name), m in weights.modules.items():
+        if m.a.abs().max() > limit or (m.b * m.scale).abs().max() > limit:
+            raise LoRAError(
+                f"layer {layer} {name}: a factor exceeds {str(dtype).removeprefix('torch.')}'s "
+                f"range ({limit:g}); serve this adapter with --lora-dtype float32"
+            )
 
 
 class SlotTable:

@@ -40,13 +40,21 @@ class BadAdapterError(ValueError):
     """A stored model's adapter does not load or does not fit its base model."""
 
 
-def check_adapter(path: str, model_config: ModelConfig, max_rank: int) -> int:
+def check_adapter(
+    path: str, model_config: ModelConfig, max_rank: int, held: str = "float16"
+) -> int:
     """Load ``path`` (a PEFT directory or a GGUF LoRA file) and check it against the base
-    model; returns its rank. Reads the whole adapter; run it off the event loop. Raises
+    model, and that its factors fit the slots' ``held`` dtype (``LoRAConfig.held_dtype``);
+    returns its rank. Reads the whole adapter; run it off the event loop. Raises
     ``heron.lora.LoRAError`` (a ValueError) naming the problem."""
-    from heron.lora import load_adapter
+    import torch
 
-    return int(load_adapter(path, model_config, max_rank).rank)
+    from heron.lora import load_adapter
+    from heron.lora.slots import check_fits
+
+    weights = load_adapter(path, model_config, max_rank)
+    check_fits(weights, getattr(torch, held))
+    return int(weights.rank)
 
 
 def engine_config_for(spec: ModelSpec, config: EngineConfig) -> EngineConfig:
@@ -80,11 +88,11 @@ def shared_adapter_spec(spec: ModelSpec, host: ModelSpec) -> ModelSpec:
     return dataclasses.replace(spec, lora=lora, base=host.name)
 
 
-def _fits(path: str, model_config: ModelConfig, max_rank: int) -> bool:
+def _fits(path: str, model_config: ModelConfig, max_rank: int, held: str) -> bool:
     """Whether the adapter at ``path`` loads on the model with ``model_config`` within
-    ``max_rank``. Reads the whole adapter; run it off the event loop."""
+    ``max_rank`` and ``held`` slots. Reads the whole adapter; run it off the event loop."""
     try:
-        check_adapter(path, model_config, max_rank)
+        check_adapter(path, model_config, max_rank, held)
     except (OSError, ValueError):
         return False
     return True
@@ -182,7 +190,9 @@ class AdapterRegistry:
             key = (spec.lora.path, base.name)
             if key not in self._fits:
                 config, rank = model.engine.model_config, lora.max_lora_rank
-                self._fits[key] = await asyncio.to_thread(_fits, spec.lora.path, config, rank)
+                self._fits[key] = await asyncio.to_thread(
+                    _fits, spec.lora.path, config, rank, lora.held_dtype
+                )
             if self._fits[key]:
                 return shared_adapter_spec(spec, base)
         return spec
@@ -252,6 +262,7 @@ def add_static(
     base: ModelSpec,
     modules: list[tuple[str, str]],
     max_rank: int,
+    held: str = "float16",
 ) -> None:
     """Register the ``--lora name=path`` adapters, each checked against ``base`` (the
     operator's paths: no directory rule). Raises ValueError naming the first bad one."""
@@ -269,7 +280,7 @@ def add_static(
         if not os.path.exists(real):
             raise ValueError(f"--lora {name}={path}: no such file or directory")
         try:
-            rank = check_adapter(real, config, max_rank)
+            rank = check_adapter(real, config, max_rank, held)
         except (OSError, ValueError) as exc:
             raise ValueError(f"--lora {name}={path}: {exc}") from None
         registry.add(name, real, rank)

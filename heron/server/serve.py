@@ -226,7 +226,8 @@ def pin_command_line_model(
         raise ValueError(f"{spec.name} has an ADAPTER of its own: serve its base model with --lora")
     lora = cfg.engine.lora
     rank = lora.max_lora_rank if lora is not None else MAX_ADAPTER_RANK
-    add_static(models.adapters, spec, cfg.lora_modules, rank)
+    held = lora.held_dtype if lora is not None else "float16"
+    add_static(models.adapters, spec, cfg.lora_modules, rank, held)
     models.pin(spec, process)
     return spec.name
 

@@ -65,6 +65,14 @@ def not_finite(d: Path) -> None:
     _edit_tensors(d, edit)
 
 
+def over_float16(d: Path) -> None:
+    def edit(t: dict[str, torch.Tensor]) -> None:
+        key = next(k for k in t if "lora_B" in k)
+        t[key][0, 0] = 1e6  # finite in float32, past float16's 65504 in the slots
+
+    _edit_tensors(d, edit)
+
+
 def truncated(d: Path) -> None:
     file = d / "adapter_model.safetensors"
     file.write_bytes(file.read_bytes()[:100])
@@ -80,6 +88,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing half": (missing_half, "lora_B is missing"),
     "layer out of range": (layer_out_of_range, "has 3 layers"),
     "not finite": (not_finite, "not finite"),
+    "over float16": (over_float16, "exceeds float16's range \\(65504\\); serve this adapter with"),
     "truncated file": (truncated, "cannot read the adapter weights"),
     "corrupt config": (garbage_config, "cannot read the adapter config"),
     "dora": (lambda d: _edit_config(d, use_dora=True), "DoRA"),
@@ -132,6 +141,17 @@ def test_one_int_id_is_one_adapter(llm: LLM, llama_set: dict[str, Path]) -> None
     llm.generate(p, greedy(2), lora_request=LoRARequest("qv8", 42, str(llama_set["qv8"])))
     other = LoRARequest("all16", 42, str(llama_set["all16"]))
     expect_refused(llm, other, "int_id 42 is already adapter 'qv8'")
+
+
+def test_float32_slots_take_what_float16_refuses(
+    llama_set: dict[str, Path], tmp_path: Path
+) -> None:
+    big = Path(shutil.copytree(llama_set["all16"], tmp_path / "big"))
+    over_float16(big)
+    wide = lora_llm(llama_set["base"], lora_dtype="float32")
+    p = [{"prompt_token_ids": prompts(1)[0]}]
+    out = wide.generate(p, greedy(2), lora_request=LoRARequest("big", 1, str(big)))
+    assert len(out[0].outputs[0].token_ids) == 2
 
 
 def test_an_unknown_lora_dtype_is_refused(llama_set: dict[str, Path]) -> None:

@@ -49,6 +49,8 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "wrong_shape": write_peft_adapter(allowed / "wrong", wrong_shape=True),
         "rank32": write_peft_adapter(allowed / "rank32", rank=32),
         "corrupt": corrupt(write_peft_adapter(allowed / "corrupt", seed=3)),
+        # finite, but past float16's 65504 in the default float16 slots
+        "huge": write_peft_adapter(allowed / "huge", seed=4, scale=1e6),
     }
 
 
@@ -242,11 +244,12 @@ def test_bad_adapters_are_refused_and_change_nothing(
     lora_server: ServerProcess, paths: dict[str, Path]
 ) -> None:
     before = _ids(lora_server)
-    for name in ("wrong_shape", "rank32", "corrupt"):
+    for name in ("wrong_shape", "rank32", "corrupt", "huge"):
         body = {"lora_name": name, "lora_path": str(paths[name])}
         r = _post(lora_server, "/v1/load_lora_adapter", body)
         assert r.status_code == 400, (name, r.text)
         assert f"invalid LoRA adapter '{name}'" in r.json()["error"]["message"]
+    assert "exceeds float16's range" in r.json()["error"]["message"]
     assert _ids(lora_server) == before
     assert _complete(_openai(lora_server), "tuned")
 

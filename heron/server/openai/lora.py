@@ -42,9 +42,10 @@ async def load_adapter(state: ServerState, body: LoadLoRAAdapterRequest) -> Plai
     path = registry.allowed_path(body.lora_path)
     lora = models.engine_config.lora
     max_rank = lora.max_lora_rank if lora is not None else MAX_ADAPTER_RANK
+    held = lora.held_dtype if lora is not None else "float16"
     try:
         config = await _base_config(state)
-        rank = await asyncio.to_thread(check_adapter, path, config, max_rank)
+        rank = await asyncio.to_thread(check_adapter, path, config, max_rank, held)
     except (OSError, ValueError) as exc:
         raise APIError(400, f"invalid LoRA adapter '{name}': {exc}", param="lora_path") from None
     registry.check_new(name, models.pinned)  # a load running alongside may have taken it
