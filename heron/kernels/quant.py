@@ -1,7 +1,7 @@
 """GGUF's Q4_1 / Q8_0 block layouts as the kernels hold them, and which kernel runs each.
 
 A weight [N, K] is cut into blocks of 32 inputs (``BLOCK``) with fp16 scales (and, in q4_1,
-fp16 minimums). Where the kernels have the packed (AVX-512 VNNI) linears and N is a multiple
+fp16 minimums). Where the kernels have the packed (AVX2 or VNNI) linears and N is a multiple
 of 8, the blocks are repacked eight output rows at a time (``packed.cpp``); the numbers stay
 the same. The ``dequantize_*`` functions are the torch reference of each layout.
 """

@@ -7,7 +7,7 @@ Kinds (``Linear.quantize``):
   per row and block to int8. A weight that came from a Q4_1 (Q8_0) GGUF tensor is reproduced
   exactly, so only the activation rounding differs from the fp32 reference. Each output is
   one fixed-order dot product of its own row, so results do not depend on the batch. The
-  layouts (plain, or packed eight rows at a time for AVX-512 VNNI) and which kernel runs
+  layouts (plain, or packed eight rows at a time for AVX2 and AVX-512 VNNI) and which kernel runs
   them are ``heron.kernels.quant``'s business.
 - ``int8``: fbgemm's dynamic int8 linear (per-channel int8 weights, activations quantized per
   call as one tensor, so a row's result depends on the rest of the batch).

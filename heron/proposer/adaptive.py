@@ -1,11 +1,13 @@
 """When to speculate, and how far: the per-step choice of k for each decoding request.
 
 Verifying k drafts computes k more rows in the step's forward. On a GPU, or a CPU whose
-decode is bound by weight reads, those rows are nearly free. On Heron's CPU kernels they
-are not: the int8 dot products of the quantized linears and the LM head cost per row, and
-one more row costs about half a one-row step (``VERIFY_ROW_COST``, measured with SmolLM2-135M
-Q4_1 on AVX2: a 5-row step took 2.8-3.8x a 1-row one). So a draft pays only when it is
-likely to be accepted, and k is chosen by expected tokens per unit of step cost:
+decode is bound by weight reads, those rows are nearly free. On a CPU they are not quite:
+the packed quantized linears load and unpack each weight block once for up to 4-8 rows, but
+every row still pays its own int8 products and its own attention over the context, so one
+more row costs about a quarter of a one-row step (``VERIFY_ROW_COST``, measured with
+SmolLM2-135M Q4_1 on AVX2 with a 400-700-token context: steps of 2, 5 and 8 rows took
+1.3x, 2.1-2.3x and 2.4x a 1-row one). So a draft pays only when it is likely enough to be
+accepted, and k is chosen by expected tokens per unit of step cost:
 
 1. Load: with more than ``MAX_DECODING`` decoding requests nobody speculates (so a 16-user
    batch runs exactly the plain engine), and the step's drafts are capped at
@@ -13,8 +15,8 @@ likely to be accepted, and k is chosen by expected tokens per unit of step cost:
 2. Acceptance: each request estimates the chance ``a`` that its next draft is accepted,
    from running averages (per verified step) of drafts accepted and of rejections:
    ``a = accepted / (accepted + rejections)``, the estimate of a geometric run; it starts
-   at 2/3 with a light weight (one draft at one user: a first guess in open chat costs
-   little, and its rejection alone turns speculation off; its acceptance earns more).
+   at 2/3 with a light weight (two drafts at one user: a first guess in open chat costs
+   little, and three rejected steps in a row turn speculation off; acceptance earns more).
    With ``B`` decoding requests, a request's k maximises the step's tokens per cost,
    ``(B - 1 + E(k)) / (1 + c (B - 1) + c k)`` with ``E(k) = 1 + a + ... + a^k`` the
    expected tokens of its run and ``c = VERIFY_ROW_COST`` (the others counted without
@@ -41,7 +43,7 @@ MAX_DECODING = 8
 STEP_DRAFT_BUDGET = 16
 # The cost of one more verified row in a small step, as a fraction of a one-row step
 # (0: rows taken as free, every request drafts its whole cap).
-VERIFY_ROW_COST = 0.5
+VERIFY_ROW_COST = 0.25
 PROBE_EVERY = 8  # decode steps off before the first probe (and the shortest wait)
 MAX_PROBE_WAIT = 32  # the longest wait after probes that keep being rejected
 EMA_WEIGHT = 0.3  # weight of the newest verified step in the running averages

@@ -129,7 +129,8 @@ def test_json_schema_is_identical(plain: LLM, spec: LLM) -> None:
         "properties": {"name": {"type": "string"}, "items": {"type": "array"}},
         "required": ["name", "items"],
     }
-    prompt = 'Return {"name": "cart", "items": ["apple", "pear"]} as JSON. Again: '
+    obj = '{"name": "cart", "items": ["apple", "pear"]}'
+    prompt = f"Return {obj} as JSON: {obj}. Again: "
     params = SamplingParams(
         temperature=0.0, max_tokens=40, structured_outputs=StructuredOutputsParams(json=schema)
     )

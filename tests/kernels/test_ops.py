@@ -160,6 +160,44 @@ def test_attention_is_the_same_alone_and_in_a_batch(
         assert torch.equal(alone[0], batch[i])
 
 
+@pytest.mark.parametrize("softcap", [0.0, 20.0])
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dim", [16, 64])
+@pytest.mark.parametrize("group", [1, 3])
+def test_a_verify_steps_queries_equal_each_alone_and_the_reference(
+    kernels: ModuleType, dim: int, cache_dtype: torch.dtype, softcap: float, group: int
+) -> None:
+    # A verify step: rows with one block table and contexts one apart (runs of 9 and 2 here,
+    # with lone decode rows between them); every row must equal itself alone and the dense
+    # reference.
+    g = torch.Generator().manual_seed(5)
+    bs, kv_heads = 4, 2
+    k_cache = torch.randn(40, bs, kv_heads, dim, generator=g).to(cache_dtype)
+    v_cache = torch.randn(40, bs, kv_heads, dim, generator=g).to(cache_dtype)
+    blocks = [torch.randperm(40, generator=g)[:10] for _ in range(3)]
+    rows = [(0, n) for n in range(21, 30)] + [(1, 6)] + [(2, 3), (2, 4)] + [(0, 5)]
+    table = torch.stack([blocks[s] for s, _ in rows])
+    lens = torch.tensor([n for _, n in rows])
+    q = torch.randn(len(rows), kv_heads * group, dim, generator=g)
+    batch = kernels.paged_decode_attention(q, k_cache, v_cache, table, lens, 0.25, 0, softcap)
+    for i, (seq, n) in enumerate(rows):
+        alone = kernels.paged_decode_attention(
+            q[i : i + 1].contiguous(),
+            k_cache,
+            v_cache,
+            table[i : i + 1].contiguous(),
+            lens[i : i + 1].contiguous(),
+            0.25,
+            0,
+            softcap,
+        )
+        assert torch.equal(alone[0], batch[i]), i
+        keys = k_cache[blocks[seq]].float().reshape(-1, kv_heads, dim)[:n]
+        values = v_cache[blocks[seq]].float().reshape(-1, kv_heads, dim)[:n]
+        ref = _reference_attention(q[i], keys, values, 0.25, 0, softcap)
+        assert torch.allclose(batch[i], ref, atol=1e-5), i
+
+
 def test_silu_mul_matches_torch(kernels: ModuleType) -> None:
     gu = torch.randn(5, 2 * 84, generator=torch.Generator().manual_seed(7)) * 4  # 84: a tail of 4
     gate, up = gu.chunk(2, dim=-1)

@@ -1,5 +1,5 @@
-"""The 8-row packed layouts: exact repacking of GGUF blocks, the same results as the plain
-layout's kernels, and no dependence on the batch."""
+"""The 8-row packed layouts (AVX2 and AVX-512 VNNI): exact repacking of GGUF blocks, the same
+results as the plain layout's kernels, and no dependence on the batch."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ SHAPES = [(8, 32), (40, 96), (96, 576), (48, 1536), (16, 160)]
 @pytest.fixture
 def packed(kernels: ModuleType) -> ModuleType:
     if not kernels.has_packed():
-        pytest.skip("no AVX-512 VNNI at this level: the packed linears are not built")
+        pytest.skip("no AVX2 at this level: the packed linears are not built")
     return kernels
 
 
@@ -88,6 +88,19 @@ def test_extreme_values_do_not_overflow(packed: ModuleType) -> None:
     x[1] = -1.0
     out = packed.linear_q8_0(x, *packed.pack_q8_0(qs, d), None)
     assert torch.allclose(out, x @ dequantize_q8_0(qs, d).T)
+
+
+@pytest.mark.parametrize("m", [1, 3, 4, 7])
+def test_extreme_q4_values_do_not_overflow(packed: ModuleType, m: int) -> None:
+    # Every weight at 15 against x at +-full scale: AVX2 adds a block's 16-bit pair sums (up
+    # to 30480 each) before widening them, which must stay exact.
+    qs = torch.full((16, 64), 0xFF, dtype=torch.uint8)
+    d = torch.ones(16, 4, dtype=torch.float16)
+    mins = torch.zeros(16, 4, dtype=torch.float16)
+    x = torch.full((m, 128), 1.0)
+    x[::2] = -1.0
+    out = packed.linear_q4_1(x, *packed.pack_q4_1(qs, d, mins), None)
+    assert torch.equal(out, x @ dequantize_q4_1(qs, d, mins).T)
 
 
 def test_linear_layers_use_the_packed_layout(packed: ModuleType) -> None:

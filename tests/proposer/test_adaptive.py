@@ -24,7 +24,7 @@ def test_load_caps_and_turns_speculation_off() -> None:
 
 def test_k_shrinks_with_acceptance_then_probes() -> None:
     req = decoding()
-    assert adaptive.choose_k(req, 4) == 1  # a fresh request starts with one draft (a = 2/3)
+    assert 0 < adaptive.choose_k(req, 4) < 4  # a fresh request starts with few drafts (a = 2/3)
     for _ in range(8):
         adaptive.record(req, 1, 1)
     assert adaptive.choose_k(req, 4) == 4  # earned
@@ -57,8 +57,8 @@ def test_best_k_weighs_expected_tokens_against_row_cost() -> None:
     assert adaptive.best_k(c * 0.9, 4) == 0  # one draft costs more than it brings
     assert adaptive.best_k(0.95, 8) > adaptive.best_k(0.7, 8) > 0
     # More requests in the step: the step's cost is shared, so drafts need more acceptance.
-    assert adaptive.best_k(0.75, 4, num_decoding=1) > 0
-    assert adaptive.best_k(0.75, 4, num_decoding=8) == 0
+    assert adaptive.best_k(0.6, 4, num_decoding=1) > 0
+    assert adaptive.best_k(0.6, 4, num_decoding=8) == 0
     assert adaptive.best_k(0.99, 4, num_decoding=8) > 0
 
 
@@ -74,16 +74,20 @@ def test_a_probe_that_finds_nothing_is_retried_next_step() -> None:
     assert [adaptive.choose_k(req, 4) for _ in range(3)] == [0, 0, 0]
 
 
-def test_one_rejection_turns_a_new_request_off() -> None:
-    """The 2/3 prior is light: a first draft that is rejected stops the drafting (open
-    chat pays for one row), one that is accepted earns more."""
+def test_a_few_rejections_turn_a_new_request_off() -> None:
+    """The 2/3 prior is light: first drafts that are rejected stop the drafting within three
+    verified steps (open chat pays for a few rows), one that is accepted earns more."""
     req = decoding()
-    assert adaptive.choose_k(req, 4) == 1
-    adaptive.record(req, 1, 0)
+    ks = []
+    for _ in range(3):
+        ks.append(adaptive.choose_k(req, 4))
+        adaptive.record(req, ks[-1], 0)
+    assert all(k > 0 for k in ks) and sum(ks) <= 4
     assert adaptive.choose_k(req, 4) == 0
     lucky = decoding()
-    adaptive.record(lucky, 1, 1)
-    assert adaptive.choose_k(lucky, 4) > 1
+    first = adaptive.choose_k(lucky, 4)
+    adaptive.record(lucky, first, first)
+    assert adaptive.choose_k(lucky, 4) > first
 
 
 def probe_gaps(req: Request, accept: bool, num_probes: int) -> list[int]:
@@ -100,7 +104,8 @@ def probe_gaps(req: Request, accept: bool, num_probes: int) -> list[int]:
 
 def test_rejected_probes_back_off_and_accepted_ones_come_back() -> None:
     req = decoding(max_tokens=10_000)
-    adaptive.record(req, 1, 0)  # off
+    for _ in range(3):
+        adaptive.record(req, 1, 0)  # off (the last of them doubles the wait)
     p, top = adaptive.PROBE_EVERY, adaptive.MAX_PROBE_WAIT
     assert probe_gaps(req, accept=False, num_probes=5) == [2 * p, top, top, top, top]
     # The text turns repetitive: an accepted probe halves the wait, and drafting resumes

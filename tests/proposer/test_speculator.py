@@ -45,4 +45,4 @@ def test_past_the_threshold_the_proposer_is_not_asked() -> None:
         assert all(not r.spec_token_ids for r in running)
     assert all(r.spec_idle_steps == 0 for r in running)
     spec.propose(running[:1])  # one user: a first guess
-    assert proposer.asked == 1 and running[0].spec_token_ids == [3]
+    assert proposer.asked == 1 and set(running[0].spec_token_ids) == {3}

@@ -24,7 +24,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "x [M, K] -> (xq int8, dx, dx * sum(xq), sum(xq)): the linears' activation blocks");
   m.def("pack_q4_1", &heron::pack_q4_1, "(qs, d, m) -> the 8-row packed layout");
   m.def("pack_q8_0", &heron::pack_q8_0, "(qs, d) -> the 8-row packed layout");
-  m.def("has_packed", &heron::has_packed, "whether the packed (VNNI) linears are built");
+  m.def("has_packed", &heron::has_packed, "whether the packed (8-row, AVX2 or VNNI) linears are built");
   m.def("has_avx2", &heron::has_avx2);
   m.def("has_vnni", &heron::has_vnni, "whether the linears use AVX-512 VNNI");
   m.def("rms_norm", &heron::rms_norm);

@@ -1,7 +1,10 @@
-// Quantized linears on weights repacked eight output rows at a time, for CPUs with AVX-512
-// VNNI. The numbers are GGUF's Q4_1 / Q8_0 blocks unchanged; only their order in memory
-// differs, so that one 256-bit vpdpbusd multiplies four inputs into eight outputs at once and
-// a block's eight integer dot products come out in one vector, with no horizontal sums.
+// Quantized linears on weights repacked eight output rows at a time, for CPUs with AVX2 (and
+// faster with AVX-512 VNNI). The numbers are GGUF's Q4_1 / Q8_0 blocks unchanged; only their
+// order in memory differs, so that one 256-bit vpdpbusd (VNNI) or maddubs (AVX2) multiplies
+// four inputs into eight outputs at once and a block's eight integer dot products come out in
+// one vector, with no horizontal sums. Each extra row of x then costs only its own multiplies:
+// the weight bytes are loaded and unpacked once for up to 4 (AVX2) or 8 (VNNI) rows, which is
+// what makes verifying speculative drafts cheap.
 //
 // Layouts, for G = N / 8 groups of eight output rows c = 0..7 and nb = K / 32 blocks:
 //   q4_1 x8: qs [G, nb, 128] uint8: byte h * 32 + c * 4 + t (h = 0..3, t = 0..3) holds the
@@ -19,10 +22,12 @@
 
 #include <cstring>
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && defined(__AVX512VL__) && \
-    defined(__AVX512VNNI__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define HERON_PACKED 1
+#if defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define HERON_PACKED_VNNI 1
+#endif
 #endif
 
 namespace heron {
@@ -53,6 +58,7 @@ inline __m256 load_half8(const uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
+#ifdef HERON_PACKED_VNNI
 // R rows of x against one group of eight q4_1 weight rows; writes out[r * ldo + c].
 template <int R>
 inline void tile_q4(const uint8_t* wq, const uint16_t* wd, const uint16_t* wm, const int8_t* xq,
@@ -110,14 +116,99 @@ inline void tile_q8(const uint8_t* wq, const uint16_t* wd, const int8_t* xq, con
   for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, acc[r]);
 }
 
-// Runs tile(R, row) over all M rows in tiles of 8, then 4, then one tile of the last 1-3 rows
-// (so 2 or 3 rows, a verify step or a small batch, read each weight block once, not per row).
+#else
+// AVX2 without VNNI: maddubs (unsigned x signed bytes -> int16 sums of pairs) and madd by
+// ones (-> int32 sums of four) give vpdpbusd's lanes exactly, for the same layouts. Tiles go
+// up to 5 rows so that every accumulator stays in the 16 vector registers.
+
+// q4_1: weights 0..15 and |xq| <= 127 (quantize.cpp), so one maddubs lane is at most
+// 2 * 15 * 127 = 3810 in size and a block's eight of them at most 30480: the int16 lanes add
+// exactly, and one madd per block and row widens them.
+template <int R>
+inline void tile_q4(const uint8_t* wq, const uint16_t* wd, const uint16_t* wm, const int8_t* xq,
+                    const float* xd, const float* xs, int64_t K, int64_t nb, float* out,
+                    int64_t ldo) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* wb = wq + b * 128;
+    __m256i s16[R];
+    for (int r = 0; r < R; ++r) s16[r] = _mm256_setzero_si256();
+    for (int h = 0; h < 4; ++h) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + h * 32));
+      const __m256i lo = _mm256_and_si256(raw, low);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+      for (int r = 0; r < R; ++r) {
+        const int8_t* x = xq + r * K + b * QK + h * 8;
+        s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(lo, broadcast4(x)));
+        s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(hi, broadcast4(x + 4)));
+      }
+    }
+    const __m256 dw = load_half8(wd + b * kCols), mw = load_half8(wm + b * kCols);
+    for (int r = 0; r < R; ++r) {
+      const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(xd[r * nb + b]));
+      const __m256i isum = _mm256_madd_epi16(s16[r], ones);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
+      acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xs[r * nb + b]), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, acc[r]);
+}
+
+// q8_0: the stored bytes minus 128 are the signed weights again. maddubs takes |w| (128 for
+// -128, read unsigned) against x carrying w's sign; a lane is at most 2 * 128 * 127 = 32512,
+// so it cannot saturate, and each is widened to int32 before the next is added.
+template <int R>
+inline void tile_q8(const uint8_t* wq, const uint16_t* wd, const int8_t* xq, const float* xd,
+                    const int32_t* /*xsum*/, int64_t K, int64_t nb, float* out, int64_t ldo) {
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* wb = wq + b * 256;
+    __m256i isum[R];
+    for (int r = 0; r < R; ++r) isum[r] = _mm256_setzero_si256();
+    for (int q = 0; q < 8; ++q) {
+      const __m256i w = _mm256_xor_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + q * 32)), flip);
+      const __m256i wabs = _mm256_abs_epi8(w);
+      for (int r = 0; r < R; ++r) {
+        const __m256i xs = _mm256_sign_epi8(broadcast4(xq + r * K + b * QK + q * 4), w);
+        isum[r] = _mm256_add_epi32(
+            isum[r], _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, xs), ones));
+      }
+    }
+    const __m256 dw = load_half8(wd + b * kCols);
+    for (int r = 0; r < R; ++r) {
+      const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(xd[r * nb + b]));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), scale, acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + r * ldo, acc[r]);
+}
+#endif
+
+// Runs tile(R, row) over all M rows in tiles of 8 (VNNI) or 4, then one tile of the last 1-3
+// (or, on AVX2, 5) rows, so a verify step or a small batch reads each weight block once.
 template <typename Tile>
 inline void over_rows(int64_t M, Tile tile) {
   int64_t r = 0;
+#ifdef HERON_PACKED_VNNI
   for (; r + 8 <= M; r += 8) tile(std::integral_constant<int, 8>{}, r);
   for (; r + 4 <= M; r += 4) tile(std::integral_constant<int, 4>{}, r);
+#else
+  // Five rows in one tile (one user verifying 4 drafts, the default), else fours.
+  for (; M - r >= 4 && M - r != 5; r += 4) tile(std::integral_constant<int, 4>{}, r);
+#endif
   switch (M - r) {
+#ifndef HERON_PACKED_VNNI
+    case 5:
+      tile(std::integral_constant<int, 5>{}, r);
+      break;
+#endif
     case 3:
       tile(std::integral_constant<int, 3>{}, r);
       break;
@@ -165,7 +256,7 @@ at::Tensor linear_q4_1_x8(const at::Tensor& x, const at::Tensor& qs, const at::T
   if (bias.has_value()) out.add_(*bias);
   return out;
 #else
-  TORCH_CHECK(false, "packed q4_1 weights need a CPU with AVX-512 VNNI");
+  TORCH_CHECK(false, "packed q4_1 weights need a CPU with AVX2");
 #endif
 }
 
@@ -197,7 +288,7 @@ at::Tensor linear_q8_0_x8(const at::Tensor& x, const at::Tensor& qs, const at::T
   if (bias.has_value()) out.add_(*bias);
   return out;
 #else
-  TORCH_CHECK(false, "packed q8_0 weights need a CPU with AVX-512 VNNI");
+  TORCH_CHECK(false, "packed q8_0 weights need a CPU with AVX2");
 #endif
 }
 
