@@ -94,10 +94,13 @@ inline __m256 load8(const uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
-// [sum(a[0]), ..., sum(a[7])]: the lane sums of eight vectors, in one vector.
-inline __m256 sum8x8(const __m256* a) {
-  const __m256 h01 = _mm256_hadd_ps(a[0], a[1]), h23 = _mm256_hadd_ps(a[2], a[3]);
-  const __m256 h45 = _mm256_hadd_ps(a[4], a[5]), h67 = _mm256_hadd_ps(a[6], a[7]);
+// [sum(a0), ..., sum(a7)]: the lane sums of eight vectors, in one vector. By value: an
+// accumulator array whose address is taken stays in memory, and GCC then stores and
+// reloads every accumulator on every step of the loop that fills it (a 3-4x slowdown).
+inline __m256 sum8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5,
+                     __m256 a6, __m256 a7) {
+  const __m256 h01 = _mm256_hadd_ps(a0, a1), h23 = _mm256_hadd_ps(a2, a3);
+  const __m256 h45 = _mm256_hadd_ps(a4, a5), h67 = _mm256_hadd_ps(a6, a7);
   const __m256 h03 = _mm256_hadd_ps(h01, h23), h47 = _mm256_hadd_ps(h45, h67);
   return _mm256_add_ps(_mm256_permute2f128_ps(h03, h47, 0x20),
                        _mm256_permute2f128_ps(h03, h47, 0x31));
@@ -107,8 +110,10 @@ inline __m256 sum8x8(const __m256* a) {
 // row has eight independent accumulators, and each key chunk is loaded once for all rows, so
 // NR rows cost little more memory traffic than one. A row's operations and their order do
 // not depend on NR, so its scores are bit-identical however many rows share the call.
+// Not inlined, for the same reason as weighted_sum64_rows below.
 template <int NR, typename T>
-inline void dot8_rows(const float* const* q, const T* const* keys, int64_t D, __m256* out) {
+__attribute__((noinline)) void dot8_rows(const float* const* q, const T* const* keys, int64_t D,
+                                         __m256* out) {
   __m256 acc[NR][8];
   for (int r = 0; r < NR; ++r)
     for (int k = 0; k < 8; ++k) acc[r][k] = _mm256_setzero_ps();
@@ -120,15 +125,18 @@ inline void dot8_rows(const float* const* q, const T* const* keys, int64_t D, __
       for (int r = 0; r < NR; ++r) acc[r][k] = _mm256_fmadd_ps(qj[r], kv, acc[r][k]);
     }
   }
-  for (int r = 0; r < NR; ++r) out[r] = sum8x8(acc[r]);
+  for (int r = 0; r < NR; ++r)
+    out[r] = sum8x8(acc[r][0], acc[r][1], acc[r][2], acc[r][3], acc[r][4], acc[r][5], acc[r][6],
+                    acc[r][7]);
 }
 
 // out[r][off:off+64] = sum_t p[r][t] * rows[t][off:off+64] for NR rows of weights,
 // accumulated in registers; each value chunk is loaded once for all rows. Per row the same
-// operations in the same order whatever NR is.
+// operations in the same order whatever NR is. Not inlined: inside the large attention task
+// GCC kept the accumulators in memory as well, storing all of them on every row of L.
 template <int NR, typename T>
-inline void weighted_sum64_rows(float* const* out, const float* const* p, const T* const* rows,
-                                int64_t L, int64_t off) {
+__attribute__((noinline)) void weighted_sum64_rows(float* const* out, const float* const* p,
+                                                   const T* const* rows, int64_t L, int64_t off) {
   __m256 acc[NR][8];
   for (int r = 0; r < NR; ++r)
     for (int j = 0; j < 8; ++j) acc[r][j] = _mm256_setzero_ps();
