@@ -125,6 +125,32 @@ def test_float16_cache_matches_float32(kernels: ModuleType, dim: int) -> None:
         kernels.cache_write_(k, v, caches[torch.float32][0], caches[torch.float16][1], slots)
 
 
+def _alone(
+    kernels: ModuleType,
+    i: int,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    table: torch.Tensor,
+    lens: torch.Tensor,
+    window: int,
+    softcap: float,
+) -> torch.Tensor:
+    """Query row i of a batch run on its own: [heads, D]."""
+    rows = slice(i, i + 1)
+    out: torch.Tensor = kernels.paged_decode_attention(
+        q[rows].contiguous(),
+        k_cache,
+        v_cache,
+        table[rows].contiguous(),
+        lens[rows].contiguous(),
+        0.25,
+        window,
+        softcap,
+    )
+    return out[0]
+
+
 @pytest.mark.parametrize(("window", "softcap"), [(0, 0.0), (3, 20.0)])
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("group", [1, 2, 3, 4, 5])  # heads per KV head: rows of 3, 2 and 1
@@ -147,17 +173,8 @@ def test_attention_is_the_same_alone_and_in_a_batch(
     lens = torch.randint(1, 25, (24,), generator=g)
     batch = kernels.paged_decode_attention(q, k_cache, v_cache, table, lens, 0.25, window, softcap)
     for i in range(24):
-        alone = kernels.paged_decode_attention(
-            q[i : i + 1].contiguous(),
-            k_cache,
-            v_cache,
-            table[i : i + 1].contiguous(),
-            lens[i : i + 1].contiguous(),
-            0.25,
-            window,
-            softcap,
-        )
-        assert torch.equal(alone[0], batch[i])
+        alone = _alone(kernels, i, q, k_cache, v_cache, table, lens, window, softcap)
+        assert torch.equal(alone, batch[i])
 
 
 @pytest.mark.parametrize("softcap", [0.0, 20.0])
@@ -181,17 +198,8 @@ def test_a_verify_steps_queries_equal_each_alone_and_the_reference(
     q = torch.randn(len(rows), kv_heads * group, dim, generator=g)
     batch = kernels.paged_decode_attention(q, k_cache, v_cache, table, lens, 0.25, 0, softcap)
     for i, (seq, n) in enumerate(rows):
-        alone = kernels.paged_decode_attention(
-            q[i : i + 1].contiguous(),
-            k_cache,
-            v_cache,
-            table[i : i + 1].contiguous(),
-            lens[i : i + 1].contiguous(),
-            0.25,
-            0,
-            softcap,
-        )
-        assert torch.equal(alone[0], batch[i]), i
+        alone = _alone(kernels, i, q, k_cache, v_cache, table, lens, 0, softcap)
+        assert torch.equal(alone, batch[i]), i
         keys = k_cache[blocks[seq]].float().reshape(-1, kv_heads, dim)[:n]
         values = v_cache[blocks[seq]].float().reshape(-1, kv_heads, dim)[:n]
         ref = _reference_attention(q[i], keys, values, 0.25, 0, softcap)
