@@ -17,7 +17,8 @@ server in turn (the order rotates between repeats) runs each workload of
 - ``chat``: one user, 4 different open questions (little to copy; the adaptive rule must
   back off);
 - ``users16``: 16 users at once, 16 different open questions, Heron only (speculation must
-  not cost throughput).
+  not cost throughput). ``heron-again``, a second Heron server without speculation, measures
+  the noise floor: at 16 users nobody drafts, so every Heron server runs the same steps.
 
 Greedy decoding, end of sequence honoured. tok/s is decode speed: the tokens after the first
 over the time after the first (prefill is the same with and without speculation), summed
@@ -50,6 +51,9 @@ HERON_SPECS: dict[str, list[str]] = {
     "heron": [],
     "heron-ngram": ["--speculative", "ngram"],
     "heron-suffix": ["--speculative", "suffix"],
+    # A second server without speculation: its ratio to ``heron`` is the run-to-run noise
+    # floor (an A/A control) against which the speculative servers' ratios are read.
+    "heron-again": [],
 }
 # llama-server's speculation without a draft model (SmolLM2-135M has no smaller sibling).
 LLAMA_SPECS: dict[str, list[str]] = {

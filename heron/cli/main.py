@@ -127,7 +127,10 @@ SpeculativeOpt = Annotated[
     ),
 ]
 NumSpecTokensOpt = Annotated[
-    int | None, typer.Option(help="Most draft tokens verified per request and step (4).")
+    int | None,
+    typer.Option(
+        help="Most draft tokens verified per request and step (ngram 4, suffix 8, draft 4)."
+    ),
 ]
 TensorParallelOpt = Annotated[
     int,

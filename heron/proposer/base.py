@@ -35,6 +35,11 @@ def check_speculative_option(value: str) -> None:
 # A verified step computes 1 + k tokens per request: beyond this the forward stops being
 # memory-bound and a rejected guess costs real compute.
 MAX_SPECULATIVE_TOKENS = 16
+# The most drafts per request and step when none is given. ``suffix`` guesses only as far as
+# its match is long, and the adaptive rule asks for long guesses only at high acceptance, so
+# it can afford a higher cap: on the copy-edit workload 8 ran 7-14% faster than 4 (A/B in
+# one process, three runs), with quoting and open chat unchanged within noise.
+DEFAULT_SPECULATIVE_TOKENS = {"ngram": 4, "suffix": 8, "draft": 4}
 
 
 class Proposer(Protocol):
@@ -54,13 +59,14 @@ class SpeculativeConfig:
     """Which proposer guesses, and how much.
 
     ``num_speculative_tokens`` is the most drafts one request verifies in a step (the
-    adaptive rule may use fewer). ``prompt_lookup_min``/``prompt_lookup_max`` bound the n of
+    adaptive rule may use fewer); None takes the method's ``DEFAULT_SPECULATIVE_TOKENS``, so
+    after construction it is always an int (``max_drafts``). ``prompt_lookup_min``/``prompt_lookup_max`` bound the n of
     the n-gram matched by ``ngram``. ``draft_model`` is the resolved path of the draft
     model for ``draft``.
     """
 
     method: str
-    num_speculative_tokens: int = 4
+    num_speculative_tokens: int | None = None
     prompt_lookup_min: int = 2
     prompt_lookup_max: int = 5
     draft_model: str | None = None
@@ -72,6 +78,9 @@ class SpeculativeConfig:
                 f"{', '.join(SPECULATIVE_METHODS)}"
             )
         k = self.num_speculative_tokens
+        if k is None:
+            k = DEFAULT_SPECULATIVE_TOKENS[self.method]
+            object.__setattr__(self, "num_speculative_tokens", k)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_SPECULATIVE_TOKENS:
             raise ValueError(
                 f"num_speculative_tokens must be an integer in [1, {MAX_SPECULATIVE_TOKENS}], "
@@ -87,3 +96,10 @@ class SpeculativeConfig:
             raise ValueError("speculative method 'draft' needs a draft_model")
         if self.method != "draft" and self.draft_model is not None:
             raise ValueError(f"draft_model is only for method 'draft', not {self.method!r}")
+
+    @property
+    def max_drafts(self) -> int:
+        """``num_speculative_tokens``, resolved (never None after construction)."""
+        k = self.num_speculative_tokens
+        assert k is not None
+        return k

@@ -40,7 +40,7 @@ class Speculator:
     ) -> None:
         self.config = config
         self.proposer = proposer or build_proposer(config, engine_config, target_config)
-        self.counters = SpecCounters(accepted_per_pos=[0] * config.num_speculative_tokens)
+        self.counters = SpecCounters(accepted_per_pos=[0] * config.max_drafts)
         self.num_decoding = 0  # decoding requests at the last ``propose`` (for ``record``)
 
     def propose(self, running: Sequence[Request]) -> None:
@@ -58,7 +58,7 @@ class Speculator:
             if r.num_computed_tokens == r.num_tokens - 1 and r.status == RequestStatus.RUNNING
         ]
         self.num_decoding = len(decoding)
-        cap = adaptive.step_cap(self.config.num_speculative_tokens, len(decoding))
+        cap = adaptive.step_cap(self.config.max_drafts, len(decoding))
         if cap == 0:
             return
         wanted = [(r, adaptive.choose_k(r, cap, len(decoding))) for r in decoding]

@@ -87,6 +87,18 @@ def test_config_validation_names_the_problem(kwargs: dict[str, object], problem:
         SpeculativeConfig(**kwargs)  # type: ignore[arg-type]
 
 
+def test_each_method_has_its_default_cap_and_an_explicit_one_wins() -> None:
+    assert SpeculativeConfig("ngram").num_speculative_tokens == 4
+    assert SpeculativeConfig("suffix").num_speculative_tokens == 8
+    assert SpeculativeConfig("suffix").max_drafts == 8
+    assert SpeculativeConfig("suffix", 3).num_speculative_tokens == 3
+    assert parse_speculative_option("suffix") == SpeculativeConfig("suffix", 8)
+    assert speculative_from_dict({"method": "suffix"}).num_speculative_tokens == 8
+    assert speculative_from_dict({"method": "ngram"}).num_speculative_tokens == 4
+    with pytest.raises(ValueError, match="num_speculative_tokens"):
+        SpeculativeConfig("suffix", 0)
+
+
 def test_options_spellings() -> None:
     assert parse_speculative_option(None) is None
     assert parse_speculative_option("none") is None
