@@ -10,7 +10,8 @@ decode each prompt of the workload (``benchmarks.spec_prompts``, as in
 machine slows both alike. Each prompt is first run for one token on each engine, so the timed
 runs find their prompt in the prefix cache and time decoding. Greedy. Prints each
 configuration's tok/s and the ratio B/A; an A/A run (the same configuration twice) shows the
-noise floor of the method.
+noise floor of the method. Every round starts fresh engines, so ``suffix`` never copies an
+answer it gave in an earlier round.
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ def main() -> None:
 
     configs: list[dict[str, Any]] = [json.loads(args.config_a), json.loads(args.config_b)]
     build, max_tokens = WORKLOADS[args.workload]
-    llms = [LLM(find_packaged_model(), quantization="auto", **c) for c in configs]
-    renderer = ChatRenderer(llms[0].engine.tokenizer)
-    prompts = [renderer.encode(m, add_generation_prompt=True) for m in build()]
     tokens, seconds = [0, 0], [0.0, 0.0]
     for r in range(args.rounds):
+        # Fresh engines every round: a round sends the same prompts again, and ``suffix``
+        # would copy its own answers from the round before.
+        llms = [LLM(find_packaged_model(), quantization="auto", **c) for c in configs]
+        renderer = ChatRenderer(llms[0].engine.tokenizer)
+        prompts = [renderer.encode(m, add_generation_prompt=True) for m in build()]
         for j, ids in enumerate(prompts):
             for i in (0, 1) if (r + j) % 2 == 0 else (1, 0):
                 llms[i].generate(
@@ -60,6 +63,8 @@ def main() -> None:
                 )[0]
                 seconds[i] += time.perf_counter() - t0
                 tokens[i] += len(out.outputs[0].token_ids)
+        for llm in llms:
+            llm.close()
     rates = [tokens[i] / seconds[i] for i in (0, 1)]
     for i, name in enumerate("AB"):
         print(f"{name} {json.dumps(configs[i])}: {tokens[i]} tokens, {rates[i]:.1f} tok/s")

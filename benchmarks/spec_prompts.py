@@ -407,6 +407,12 @@ def multi_turn() -> list[Messages]:
     ]
 
 
+def warm_up() -> list[Messages]:
+    """A first request for a fresh server, unlike every workload's (so that a proposer
+    that learns across requests has nothing from it to copy)."""
+    return [[{"role": "user", "content": "Name three colours."}]]
+
+
 def open_chat(n: int = 4) -> list[Messages]:
     """Open questions (little to copy); ``n`` distinct ones."""
     return [[{"role": "user", "content": q}] for q in CHAT_QUESTIONS[:n]]

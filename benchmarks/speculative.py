@@ -5,9 +5,10 @@
 Starts the servers on SmolLM2-135M (the store's ``smollm2``, its GGUF for llama-server):
 Heron without speculation, with ``--speculative ngram`` and with ``--speculative suffix``;
 llama-server as it starts by default and with each of its prompt-lookup speculation types
-(``LLAMA_SPECS``; the best of them is reported as its best setting). Then, per repeat, every
-server in turn (the order rotates between repeats) runs each workload of
-``benchmarks.spec_prompts``, where every request carries distinct content:
+(``LLAMA_SPECS``; the best of them is reported as its best setting). Then, per repeat (on
+freshly started servers, warmed on a prompt no workload sends), every server in turn (the
+order rotates between repeats) runs each workload of ``benchmarks.spec_prompts``, where
+every request carries distinct content:
 
 - ``edit``: one user, 4 sequential requests, each rewriting a different ~300-token code file
   with one rename (the workload speculation is for);
@@ -253,10 +254,13 @@ def main() -> None:
     llama_names = [n for n in names if n in LLAMA_SPECS]
     results: dict[str, dict[str, Result]] = {w: {} for w in workloads}
     records: list[dict[str, object]] = []
-    with servers(stored_gguf("smollm2"), names) as urls:
-        for url in urls.values():  # warm every server (first-request costs)
-            asyncio.run(run_sequential(url, spec_prompts.open_chat(1), 8))
-        for rep in range(args.repeat):
+    for rep in range(args.repeat):
+        # Fresh servers for every repeat: a repeat sends the same prompts again, and a
+        # proposer that learns across requests (``suffix``, llama-server's ``ngram-mod``)
+        # would copy its own earlier answers.
+        with servers(stored_gguf("smollm2"), names) as urls:
+            for url in urls.values():  # warm every server on a prompt no workload sends
+                asyncio.run(run_sequential(url, spec_prompts.warm_up(), 8))
             order = names[rep % len(names) :] + names[: rep % len(names)]
             for workload in workloads:
                 for name in order:
