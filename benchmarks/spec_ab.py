@@ -21,14 +21,9 @@ import json
 import time
 from typing import Any
 
-from benchmarks import spec_prompts
+from benchmarks.speculative import ONE_USER
 
-WORKLOADS = {
-    "edit": (spec_prompts.copy_edit, 400),
-    "quote": (spec_prompts.quote_summary, 200),
-    "turns": (spec_prompts.multi_turn, 400),
-    "chat": (spec_prompts.open_chat, 200),
-}
+WORKLOADS = ONE_USER  # benchmarks.speculative's one-user workloads
 
 
 def main() -> None:
